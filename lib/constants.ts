@@ -1,0 +1,115 @@
+/**
+ * Named KVM constants (include/uapi/linux/kvm.h, Linux 6.18, x86_64). Call sites use these
+ * names, never bare numbers.
+ * @module
+ */
+
+/**
+ * KVM_CAP_* capability numbers, for `kvm.checkExtension()` and `vm.checkExtension()`
+ * (ioctl KVM_CHECK_EXTENSION). A value of 0 means "not supported"; some capabilities return
+ * a count or a bitmask instead of 1.
+ */
+export const Cap = {
+  /** KVM_CAP_IRQCHIP: in-kernel interrupt controller. */
+  IRQCHIP: 0,
+  /** KVM_CAP_HLT: HLT exits to userspace. */
+  HLT: 1,
+  /** KVM_CAP_USER_MEMORY: KVM_SET_USER_MEMORY_REGION. */
+  USER_MEMORY: 3,
+  /** KVM_CAP_NR_VCPUS: recommended maximum number of vCPUs. */
+  NR_VCPUS: 9,
+  /** KVM_CAP_NR_MEMSLOTS: number of memslots per address space. */
+  NR_MEMSLOTS: 10,
+  /** KVM_CAP_SYNC_MMU: guest memory follows host page-table changes. */
+  SYNC_MMU: 16,
+  /** KVM_CAP_MAX_VCPUS: hard maximum number of vCPUs. */
+  MAX_VCPUS: 66,
+  /** KVM_CAP_READONLY_MEM: KVM_MEM_READONLY memslots. */
+  READONLY_MEM: 81,
+  /** KVM_CAP_MULTI_ADDRESS_SPACE: number of memslot address spaces. */
+  MULTI_ADDRESS_SPACE: 118,
+  /** KVM_CAP_MAX_VCPU_ID: largest vCPU id + 1. */
+  MAX_VCPU_ID: 128,
+  /** KVM_CAP_IMMEDIATE_EXIT: kvm_run.immediate_exit. */
+  IMMEDIATE_EXIT: 136,
+  /** KVM_CAP_USER_MEMORY2: KVM_SET_USER_MEMORY_REGION2. */
+  USER_MEMORY2: 231,
+  /** KVM_CAP_MEMORY_FAULT_INFO: KVM_EXIT_MEMORY_FAULT details. */
+  MEMORY_FAULT_INFO: 232,
+  /** KVM_CAP_MEMORY_ATTRIBUTES: bitmask of KVM_SET_MEMORY_ATTRIBUTES attributes (PRIVATE = 8). */
+  MEMORY_ATTRIBUTES: 233,
+  /** KVM_CAP_GUEST_MEMFD: KVM_CREATE_GUEST_MEMFD. */
+  GUEST_MEMFD: 234,
+  /** KVM_CAP_VM_TYPES: bitmask of supported VM types (1 << VmType.*). */
+  VM_TYPES: 235,
+  /** KVM_CAP_PRE_FAULT_MEMORY: KVM_PRE_FAULT_MEMORY. */
+  PRE_FAULT_MEMORY: 236,
+  /** KVM_CAP_GUEST_MEMFD_FLAGS: bitmask of GuestMemfdFlag values this VM accepts. */
+  GUEST_MEMFD_FLAGS: 244,
+} as const;
+
+/** The name of a {@link Cap} entry. */
+export type CapName = keyof typeof Cap;
+
+/**
+ * Flags for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd.flags, a u64, so the
+ * values are bigints: `gmem.flags & GuestMemfdFlag.MMAP` works directly).
+ */
+export const GuestMemfdFlag = {
+  /** GUEST_MEMFD_FLAG_MMAP: the file can be mmap()ed by the host (Linux 6.18). */
+  MMAP: 1n << 0n,
+  /** GUEST_MEMFD_FLAG_INIT_SHARED: memory starts shared with the host, not private (Linux 6.18). */
+  INIT_SHARED: 1n << 1n,
+} as const;
+
+/** Memslot flags (struct kvm_userspace_memory_region2.flags, a u32). */
+export const MemslotFlag = {
+  /** KVM_MEM_LOG_DIRTY_PAGES: track dirty pages in this slot. */
+  LOG_DIRTY_PAGES: 1 << 0,
+  /** KVM_MEM_READONLY: guest writes exit to userspace as MMIO. */
+  READONLY: 1 << 1,
+  /** KVM_MEM_GUEST_MEMFD: the slot's private memory comes from a guest_memfd. */
+  GUEST_MEMFD: 1 << 2,
+} as const;
+
+/** VM types for `kvm.createVm(type)` (x86: KVM_X86_*_VM). Supported ones are bits of Cap.VM_TYPES. */
+export const VmType = {
+  /** KVM_X86_DEFAULT_VM: an ordinary VM. */
+  DEFAULT: 0,
+  /** KVM_X86_SW_PROTECTED_VM: software-protected VM (testing private memory without hardware). */
+  SW_PROTECTED: 1,
+  /** KVM_X86_SEV_VM. */
+  SEV: 2,
+  /** KVM_X86_SEV_ES_VM. */
+  SEV_ES: 3,
+  /** KVM_X86_SNP_VM. */
+  SNP: 4,
+  /** KVM_X86_TDX_VM. */
+  TDX: 5,
+} as const;
+
+/** fallocate() modes used on guest_memfd (linux/falloc.h). */
+export const FallocMode = {
+  /** FALLOC_FL_KEEP_SIZE: guest_memfd requires it (mode 0 is refused with EOPNOTSUPP). */
+  KEEP_SIZE: 0x01,
+  /** FALLOC_FL_PUNCH_HOLE: must be combined with KEEP_SIZE. */
+  PUNCH_HOLE: 0x02,
+} as const;
+
+/** The host page size this library assumes (x86_64). */
+export const PAGE_SIZE = 4096;
+
+/** Names the set bits of `value` using `table` (unknown bits as hex). */
+export function decodeBits(value: bigint | number, table: Record<string, bigint | number>): string[] {
+  let rest = BigInt(value);
+  const names: string[] = [];
+  for (const [name, bit] of Object.entries(table)) {
+    const b = BigInt(bit);
+    if (b !== 0n && (rest & b) === b) {
+      names.push(name);
+      rest &= ~b;
+    }
+  }
+  if (rest !== 0n) names.push(`0x${rest.toString(16)}`);
+  return names;
+}

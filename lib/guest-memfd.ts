@@ -1,0 +1,98 @@
+/**
+ * GuestMemfd: a guest_memfd file (KVM_CREATE_GUEST_MEMFD), guest memory that the host
+ * allocates, punches and (with GuestMemfdFlag.MMAP) maps.
+ * @module
+ */
+import { FallocMode } from './constants.js';
+import { Mapping, checkLength } from './mapping.js';
+import { native } from './native.js';
+import { off } from './numbers.js';
+import { FdResource } from './resource.js';
+
+/** What `GuestMemfd.stat()` reports (fstat(2)). */
+export interface GuestMemfdStat {
+  /** st_size: the file's size in bytes. */
+  size: bigint;
+  /** st_blksize: the preferred I/O block size (the page size). */
+  blksize: number;
+  /** st_blocks: 512-byte blocks allocated. */
+  blocks: bigint;
+  /** st_ino: the inode number (distinct per guest_memfd). */
+  ino: bigint;
+  /** st_dev. */
+  dev: bigint;
+  /** st_mode (file type and permission bits). */
+  mode: number;
+  /** st_nlink. */
+  nlink: number;
+}
+
+/** What /proc/self/fd/N reads as for a guest_memfd. */
+export const GUEST_MEMFD_LINK = 'anon_inode:[kvm-gmem]';
+
+/**
+ * A guest_memfd. Created by `vm.createGuestMemfd()`; bound into a VM with
+ * `vm.setUserMemoryRegion2({ guestMemfd })`.
+ *
+ * Lifetime follows the kernel: the file keeps its VM alive, so closing the Vm first leaves this
+ * object fully usable. The fd is FD_CLOEXEC (the kernel creates it without), so spawned children
+ * never inherit guest memory.
+ */
+export class GuestMemfd extends FdResource {
+  /** The size given at creation, in bytes. */
+  readonly size: bigint;
+  /** The GuestMemfdFlag bits given at creation. */
+  readonly flags: bigint;
+
+  /** @internal Use vm.createGuestMemfd(). */
+  constructor(fd: number, size: bigint, flags: bigint) {
+    super(fd, 'GuestMemfd', GUEST_MEMFD_LINK);
+    this.size = size;
+    this.flags = flags;
+  }
+
+  /**
+   * fstat(2) on the file: size, block size, blocks allocated, inode.
+   * @throws KvmError (syscall 'fstat'); KvmStateError ERR_KVM_CLOSED after close()
+   */
+  stat(): GuestMemfdStat {
+    return native.fstat(this.open());
+  }
+
+  /**
+   * Allocates backing memory for [offset, offset + length): fallocate(FALLOC_FL_KEEP_SIZE).
+   * Offset and length must be page-aligned and within the file.
+   * @throws KvmError (syscall 'fallocate'): EINVAL when unaligned or outside the file, ENOMEM,
+   * ENOSPC; TypeError/RangeError for a bad number; ERR_KVM_CLOSED after close()
+   */
+  allocate(offset: number | bigint, length: number | bigint): void {
+    const o = off(offset, 'offset');
+    const l = off(length, 'length');
+    native.fallocate(this.open(), FallocMode.KEEP_SIZE, o, l);
+  }
+
+  /**
+   * Frees [offset, offset + length): fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
+   * The range reads as zeros afterwards, from the host mapping and from the guest.
+   * @throws KvmError (syscall 'fallocate'): EINVAL when unaligned; TypeError/RangeError for a
+   * bad number; ERR_KVM_CLOSED after close()
+   */
+  punchHole(offset: number | bigint, length: number | bigint): void {
+    const o = off(offset, 'offset');
+    const l = off(length, 'length');
+    native.fallocate(this.open(), FallocMode.KEEP_SIZE | FallocMode.PUNCH_HOLE, o, l);
+  }
+
+  /**
+   * Maps [offset, offset + length) of the file into the host (mmap PROT_READ|PROT_WRITE,
+   * MAP_SHARED). Needs GuestMemfdFlag.MMAP. `length` defaults to the rest of the file.
+   * The mapping outlives close() of this object; close the Mapping to unmap.
+   * @throws KvmError (syscall 'mmap'): ENODEV without GuestMemfdFlag.MMAP, EINVAL when
+   * unaligned; RangeError for a length of 0 or over 4 GiB; ERR_KVM_CLOSED after close()
+   */
+  map(offset: number | bigint = 0, length?: number | bigint): Mapping {
+    const o = off(offset, 'offset');
+    const l = checkLength(length ?? (this.size > o ? this.size - o : 0n));
+    return new Mapping(native.mapShared(this.open(), o, l), o);
+  }
+}

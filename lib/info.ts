@@ -1,0 +1,126 @@
+/**
+ * What `kvm-gmem info` reports about a host: the first thing to run on a new machine.
+ * @module
+ */
+import { arch, release } from 'node:os';
+import { Cap, GuestMemfdFlag, VmType, decodeBits, type CapName } from './constants.js';
+import { KvmError } from './errors.js';
+import { Kvm, KVM_DEVICE } from './kvm.js';
+
+/** One capability as the system fd and a default VM report it. */
+export interface CapabilityInfo {
+  /** The Cap name, e.g. 'GUEST_MEMFD'. */
+  name: CapName;
+  /** The KVM_CAP_* number. */
+  number: number;
+  /** KVM_CHECK_EXTENSION on /dev/kvm, or null if it could not be asked. */
+  system: number | null;
+  /** KVM_CHECK_EXTENSION on a default VM, or null if no VM could be created. */
+  vm: number | null;
+}
+
+/** The host report. */
+export interface HostInfo {
+  /** The device path asked. */
+  device: string;
+  /** uname release and machine. */
+  kernel: string;
+  /** Node's process.arch. */
+  arch: string;
+  /** Whether this process could open the device. */
+  canOpen: boolean;
+  /** Why it could not, with what to do, when canOpen is false. */
+  openError?: { code: string; message: string };
+  /** KVM_GET_API_VERSION. */
+  apiVersion?: number;
+  /** Every named capability. */
+  capabilities: CapabilityInfo[];
+  /** Cap.VM_TYPES decoded into VmType names. */
+  vmTypes?: { value: number; names: string[] };
+  /** Cap.GUEST_MEMFD_FLAGS (asked on a default VM) decoded into GuestMemfdFlag names. */
+  guestMemfdFlags?: { value: number; names: string[] };
+  /** Cap.NR_MEMSLOTS: memslots per address space. */
+  memslots?: number;
+  /** Why the per-VM column is empty, if it is. */
+  vmError?: string;
+}
+
+/**
+ * Opens the device, asks every named capability on it and on a fresh default VM, and
+ * closes everything again. Never throws for a missing or forbidden device: that is reported
+ * in `canOpen` / `openError`.
+ */
+export function hostInfo(device: string = KVM_DEVICE): HostInfo {
+  const info: HostInfo = { device, kernel: release(), arch: arch(), canOpen: false, capabilities: [] };
+  let kvm: Kvm;
+  try {
+    kvm = Kvm.open(device);
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    info.openError = { code: err.code ?? 'ERROR', message: err.message };
+    return info;
+  }
+  using k = kvm;
+  info.canOpen = true;
+  info.apiVersion = k.apiVersion;
+  let vm;
+  try {
+    vm = k.createVm(VmType.DEFAULT);
+  } catch (e) {
+    info.vmError = e instanceof KvmError ? e.message : String(e);
+  }
+  try {
+    for (const [name, number] of Object.entries(Cap) as [CapName, number][]) {
+      info.capabilities.push({ name, number, system: ask(() => k.checkExtension(number)), vm: vm ? ask(() => vm.checkExtension(number)) : null });
+    }
+  } finally {
+    vm?.close();
+  }
+  const value = (name: CapName, where: 'system' | 'vm') =>
+    info.capabilities.find((c) => c.name === name)?.[where] ?? null;
+  const types = value('VM_TYPES', 'system');
+  if (types !== null) {
+    const table = Object.fromEntries(Object.entries(VmType).map(([n, t]) => [n, 1 << t]));
+    // KVM_CAP_VM_TYPES returns 0 on kernels that only know the default type.
+    info.vmTypes = { value: types, names: types === 0 ? ['DEFAULT'] : decodeBits(types, table) };
+  }
+  const flags = value('GUEST_MEMFD_FLAGS', 'vm') ?? value('GUEST_MEMFD_FLAGS', 'system');
+  if (flags !== null) info.guestMemfdFlags = { value: flags, names: decodeBits(flags, GuestMemfdFlag) };
+  const slots = value('NR_MEMSLOTS', 'vm') ?? value('NR_MEMSLOTS', 'system');
+  if (slots !== null) info.memslots = slots;
+  return info;
+}
+
+function ask(f: () => number): number | null {
+  try {
+    return f();
+  } catch {
+    return null;
+  }
+}
+
+/** Formats a HostInfo as the human-readable report `kvm-gmem info` prints. */
+export function formatHostInfo(info: HostInfo): string {
+  const lines: string[] = [];
+  lines.push(`kernel        ${info.kernel} (${info.arch})`);
+  lines.push(`device        ${info.device}: ${info.canOpen ? 'opened by this process' : 'cannot be opened'}`);
+  if (!info.canOpen) {
+    lines.push(`              ${info.openError?.message ?? 'unknown error'}`);
+    return lines.join('\n') + '\n';
+  }
+  lines.push(`api version   ${info.apiVersion}`);
+  if (info.vmTypes) lines.push(`vm types      ${info.vmTypes.names.join(', ')} (0x${info.vmTypes.value.toString(16)})`);
+  if (info.guestMemfdFlags) {
+    const names = info.guestMemfdFlags.names.length ? info.guestMemfdFlags.names.join(' | ') : 'none';
+    lines.push(`gmem flags    ${names} (0x${info.guestMemfdFlags.value.toString(16)})`);
+  }
+  if (info.memslots !== undefined) lines.push(`memslots      ${info.memslots}`);
+  if (info.vmError) lines.push(`vm            could not create a default VM: ${info.vmError}`);
+  lines.push('');
+  lines.push('capability                 num    system        vm');
+  for (const c of info.capabilities) {
+    const show = (v: number | null) => (v === null ? '-' : String(v));
+    lines.push(`${c.name.padEnd(24)} ${String(c.number).padStart(5)} ${show(c.system).padStart(9)} ${show(c.vm).padStart(9)}`);
+  }
+  return lines.join('\n') + '\n';
+}

@@ -1,0 +1,97 @@
+/**
+ * A host mapping of memory (a guest_memfd range, or anonymous memory) exposed to JavaScript
+ * without copying.
+ * @module
+ */
+import { KvmStateError } from './errors.js';
+import { native, type NativeMapping } from './native.js';
+import { u64 } from './numbers.js';
+
+/** Node 20's largest ArrayBuffer (buffer.constants.MAX_LENGTH): the largest mapping exposed. */
+export const MAX_MAPPING_LENGTH = 2 ** 32;
+
+/**
+ * A MAP_SHARED (guest_memfd) or MAP_PRIVATE|MAP_ANONYMOUS mapping. `bytes` is a Uint8Array
+ * over the mapped memory itself: writes through it are writes to the file, with no copy.
+ *
+ * close() (or `using`) unmaps it (munmap) and detaches `bytes`, so no view can reach the
+ * range afterwards. A mapping holds its own reference to the file: closing the GuestMemfd does
+ * not unmap it, as in the kernel. If a mapping is dropped without close(), the garbage
+ * collector unmaps it eventually (a safety net, not the way to release memory).
+ *
+ * Touching bytes beyond the end of a guest_memfd, or memory the kernel will not fault in,
+ * raises SIGBUS, which kills the process: keep accesses within the file's size.
+ */
+export class Mapping implements Disposable {
+  #buffer: ArrayBuffer | undefined;
+  #bytes: Uint8Array | undefined;
+  /** The host virtual address of the first byte (for memslot userspace_addr). */
+  readonly address: bigint;
+  /** The mapping's length in bytes. */
+  readonly length: number;
+  /** The offset in the file where the mapping starts (0 for anonymous memory). */
+  readonly offset: bigint;
+
+  /** @internal Use GuestMemfd.map() or Mapping.anonymous(). */
+  constructor(m: NativeMapping, offset: bigint) {
+    this.#buffer = m.buffer;
+    this.address = m.address;
+    this.length = m.buffer.byteLength;
+    this.offset = offset;
+  }
+
+  /**
+   * Maps `length` bytes of fresh anonymous memory (mmap MAP_PRIVATE|MAP_ANONYMOUS), e.g. for a
+   * legacy memslot.
+   * @throws RangeError if length is 0 or larger than {@link MAX_MAPPING_LENGTH}
+   * @throws KvmError (syscall 'mmap') if the kernel refuses, e.g. ENOMEM
+   */
+  static anonymous(length: number | bigint): Mapping {
+    const len = checkLength(length);
+    return new Mapping(native.mapAnonymous(len), 0n);
+  }
+
+  /** The mapped memory as bytes, without copying. Throws ERR_KVM_CLOSED after close(). */
+  get bytes(): Uint8Array {
+    const buffer = this.#buffer;
+    if (buffer === undefined) throw new KvmStateError('ERR_KVM_CLOSED', 'Mapping is closed (unmapped)');
+    return (this.#bytes ??= new Uint8Array(buffer));
+  }
+
+  /** Whether close() has been called. */
+  get closed(): boolean {
+    return this.#buffer === undefined;
+  }
+
+  /**
+   * Unmaps the range (munmap) and detaches `bytes`. Idempotent.
+   * @throws KvmError (syscall 'munmap') if the kernel refuses
+   */
+  close(): void {
+    const buffer = this.#buffer;
+    if (buffer === undefined) return;
+    this.#buffer = undefined;
+    this.#bytes = undefined;
+    native.unmap(buffer);
+  }
+
+  /** Unmaps like close(), but never throws (for `using`). */
+  [Symbol.dispose](): void {
+    try {
+      this.close();
+    } catch {
+      // dispose must not throw.
+    }
+  }
+}
+
+/** Checks a mapping length: > 0 and small enough for an ArrayBuffer. */
+export function checkLength(length: unknown, name = 'length'): bigint {
+  const len = u64(length, name);
+  if (len === 0n || len > BigInt(MAX_MAPPING_LENGTH)) {
+    throw new RangeError(
+      `The "${name}" argument must be > 0 and <= 4 GiB (Node's largest ArrayBuffer); received ${len}`,
+    );
+  }
+  return len;
+}

@@ -1,0 +1,207 @@
+/**
+ * Vm: a KVM virtual machine fd (KVM_CREATE_VM). Creates guest_memfds and owns memslots.
+ * @module
+ */
+import { KvmStateError } from './errors.js';
+import { MemslotFlag } from './constants.js';
+import { GuestMemfd } from './guest-memfd.js';
+import { Mapping } from './mapping.js';
+import { native } from './native.js';
+import { fdNumber, options, u32, u64 } from './numbers.js';
+import { FdResource } from './resource.js';
+
+/** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
+export interface GuestMemfdOptions {
+  /** Size in bytes: a non-zero multiple of the page size. */
+  size: number | bigint;
+  /** GuestMemfdFlag bits (default 0). */
+  flags?: number | bigint;
+}
+
+/** A host address for a memslot: a number, a bigint, or a Mapping (its address is used). */
+export type UserspaceAddr = number | bigint | Mapping;
+
+/** A memslot for `vm.setUserMemoryRegion2()` (struct kvm_userspace_memory_region2). */
+export interface MemoryRegion2 {
+  /** Slot id (bits 16+ select the address space). */
+  slot: number;
+  /** MemslotFlag bits. Default: MemslotFlag.GUEST_MEMFD when guestMemfd is given, else 0. */
+  flags?: number;
+  /** Guest physical address of the slot's first byte (page-aligned). */
+  guestPhysAddr: number | bigint;
+  /** Size in bytes (page-aligned); use deleteMemoryRegion() to delete, not a size of 0. */
+  memorySize: number | bigint;
+  /** Host address backing the slot's shared memory; a Mapping of the guest_memfd works. Default 0. */
+  userspaceAddr?: UserspaceAddr;
+  /** The guest_memfd backing the slot's private memory, or a raw fd number (to test refusals). */
+  guestMemfd?: GuestMemfd | number;
+  /** Offset into the guest_memfd (page-aligned). Default 0. */
+  guestMemfdOffset?: number | bigint;
+}
+
+/** A memslot for the legacy `vm.setUserMemoryRegion()` (struct kvm_userspace_memory_region). */
+export interface MemoryRegion {
+  /** Slot id. */
+  slot: number;
+  /** MemslotFlag bits (default 0). */
+  flags?: number;
+  /** Guest physical address (page-aligned). */
+  guestPhysAddr: number | bigint;
+  /** Size in bytes (page-aligned). */
+  memorySize: number | bigint;
+  /** Host address backing the slot, or a Mapping. */
+  userspaceAddr: UserspaceAddr;
+}
+
+/** A memslot as this Vm set it. u64 fields are bigints. */
+export interface Memslot {
+  /** Slot id. */
+  slot: number;
+  /** MemslotFlag bits. */
+  flags: number;
+  /** Guest physical address. */
+  guestPhysAddr: bigint;
+  /** Size in bytes. */
+  memorySize: bigint;
+  /** Host address. */
+  userspaceAddr: bigint;
+  /** The guest_memfd (object or fd number), for GUEST_MEMFD slots. */
+  guestMemfd?: GuestMemfd | number;
+  /** Offset into the guest_memfd. */
+  guestMemfdOffset: bigint;
+  /** Which ioctl set it: 'region2' (KVM_SET_USER_MEMORY_REGION2) or 'region' (the legacy one). */
+  via: 'region' | 'region2';
+}
+
+/** What /proc/self/fd/N reads as for a VM fd. */
+export const VM_LINK = 'anon_inode:kvm-vm';
+
+/**
+ * A VM. Created by `kvm.createVm()`.
+ *
+ * Lifetime follows the kernel: close() releases this fd only. GuestMemfds created from the VM
+ * stay open and keep the VM alive in the kernel until they are closed too.
+ */
+export class Vm extends FdResource {
+  /** The VM type given to KVM_CREATE_VM (VmType). */
+  readonly type: number;
+  readonly #slots = new Map<number, Memslot>();
+
+  /** @internal Use kvm.createVm(). */
+  constructor(fd: number, type: number) {
+    super(fd, 'Vm', VM_LINK);
+    this.type = type;
+  }
+
+  /**
+   * Asks this VM about a capability (ioctl KVM_CHECK_EXTENSION on the VM fd); some answers,
+   * e.g. Cap.GUEST_MEMFD_FLAGS, depend on the VM type.
+   * @param cap a Cap value
+   * @returns 0 if unsupported, else 1 or a capability-specific count or bitmask
+   * @throws KvmError; ERR_KVM_CLOSED after close()
+   */
+  checkExtension(cap: number): number {
+    return native.checkExtension(this.open(), u32(cap, 'cap'));
+  }
+
+  /**
+   * Creates a guest_memfd bound to this VM for life (ioctl KVM_CREATE_GUEST_MEMFD), and sets
+   * FD_CLOEXEC on it.
+   * @throws KvmError: EINVAL for a size that is 0 or not page-aligned, or an unsupported flag;
+   * TypeError/RangeError for bad numbers; ERR_KVM_CLOSED after close()
+   */
+  createGuestMemfd(opts: GuestMemfdOptions): GuestMemfd {
+    const o = options(opts, 'options');
+    const size = u64(o.size, 'size');
+    const flags = u64(o.flags ?? 0, 'flags');
+    const fd = native.createGuestMemfd(this.open(), size, flags);
+    return new GuestMemfd(fd, size, flags);
+  }
+
+  /**
+   * Creates or changes a memslot (ioctl KVM_SET_USER_MEMORY_REGION2). Pass `guestMemfd` to
+   * back the slot with a guest_memfd; `userspaceAddr` may be a Mapping of that guest_memfd.
+   * @throws KvmError: EEXIST when the guest range overlaps another slot; EINVAL for unaligned
+   * values, an fd that is not a guest_memfd of this VM, a range past the file's end, a
+   * guest_memfd range already bound, GUEST_MEMFD with READONLY or LOG_DIRTY_PAGES, or moving a
+   * guest_memfd slot; EBADF for a closed fd. KvmStateError if this Vm, the GuestMemfd or the
+   * Mapping is closed. TypeError/RangeError for bad numbers, or a Mapping shorter than the slot.
+   */
+  setUserMemoryRegion2(region: MemoryRegion2): void {
+    const r = options(region, 'region');
+    const slot = u32(r.slot, 'slot');
+    let gm: GuestMemfd | number | undefined;
+    let gmemFd = 0;
+    if (r.guestMemfd instanceof GuestMemfd) {
+      gm = r.guestMemfd;
+      gmemFd = gm.fd; // throws ERR_KVM_CLOSED if it was closed
+    } else if (r.guestMemfd !== undefined) {
+      gm = gmemFd = fdNumber(r.guestMemfd, 'guestMemfd');
+    }
+    const flags = u32(r.flags ?? (gm !== undefined ? MemslotFlag.GUEST_MEMFD : 0), 'flags');
+    const gpa = u64(r.guestPhysAddr, 'guestPhysAddr');
+    const size = u64(r.memorySize, 'memorySize');
+    const uaddr = userspaceAddr(r.userspaceAddr ?? 0, size);
+    const gmemOffset = u64(r.guestMemfdOffset ?? 0, 'guestMemfdOffset');
+    native.setUserMemoryRegion2(this.open(), slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
+    this.#record({
+      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr,
+      guestMemfdOffset: gmemOffset, via: 'region2', ...(gm !== undefined ? { guestMemfd: gm } : {}),
+    });
+  }
+
+  /**
+   * Creates or changes a memslot with the legacy call (ioctl KVM_SET_USER_MEMORY_REGION), which
+   * cannot carry a guest_memfd (the kernel refuses MemslotFlag.GUEST_MEMFD here with EINVAL).
+   * @throws KvmError: EEXIST on overlap, EINVAL for unaligned values or unsupported flags;
+   * KvmStateError if this Vm or the Mapping is closed; TypeError/RangeError for bad numbers
+   */
+  setUserMemoryRegion(region: MemoryRegion): void {
+    const r = options(region, 'region');
+    const slot = u32(r.slot, 'slot');
+    const flags = u32(r.flags ?? 0, 'flags');
+    const gpa = u64(r.guestPhysAddr, 'guestPhysAddr');
+    const size = u64(r.memorySize, 'memorySize');
+    const uaddr = userspaceAddr(r.userspaceAddr, size);
+    native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
+    this.#record({
+      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: 0n, via: 'region',
+    });
+  }
+
+  /**
+   * Deletes a memslot: the same ioctl that created it, with memory_size 0. The guest_memfd and
+   * its data are untouched.
+   * @throws KvmError EINVAL if the slot does not exist; ERR_KVM_CLOSED after close()
+   */
+  deleteMemoryRegion(slot: number): void {
+    const s = u32(slot, 'slot');
+    const fd = this.open();
+    if (this.#slots.get(s)?.via === 'region2') native.setUserMemoryRegion2(fd, s, 0, 0n, 0n, 0n, 0n, 0);
+    else native.setUserMemoryRegion(fd, s, 0, 0n, 0n, 0n);
+    this.#slots.delete(s);
+  }
+
+  /** The memslots this object has set and not deleted, by slot id. */
+  get memslots(): ReadonlyMap<number, Readonly<Memslot>> {
+    return this.#slots;
+  }
+
+  #record(m: Memslot): void {
+    if (m.memorySize === 0n) this.#slots.delete(m.slot);
+    else this.#slots.set(m.slot, m);
+  }
+}
+
+function userspaceAddr(value: unknown, size: bigint): bigint {
+  if (value instanceof Mapping) {
+    if (value.closed) throw new KvmStateError('ERR_KVM_CLOSED', 'userspaceAddr: the Mapping is closed');
+    if (BigInt(value.length) < size) {
+      throw new RangeError(
+        `The "userspaceAddr" Mapping is ${value.length} bytes, shorter than memorySize ${size}`,
+      );
+    }
+    return value.address;
+  }
+  return u64(value, 'userspaceAddr');
+}

@@ -1,0 +1,14 @@
+// The addon's entry point: gathers each kernel object's functions into one exports object.
+#include "objects.h"
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  kg::InitErrors(env, exports);
+  kg::InitFd(env, exports);
+  kg::InitSystem(env, exports);
+  kg::InitVm(env, exports);
+  kg::InitGuestMemfd(env, exports);
+  kg::InitMapping(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(kvm_gmem, Init)

@@ -1,0 +1,56 @@
+// The guest_memfd file: fstat and fallocate. (mmap lives in mapping.cc.)
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cinttypes>
+
+#include "args.h"
+#include "objects.h"
+
+namespace kg {
+
+// fstat(fd) -> { size, blksize, blocks, ino, dev, mode, nlink }. size and ino are BigInt
+// (u64 by convention); the small fields are Numbers.
+static Napi::Value Fstat(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  struct stat st;
+  if (fstat(fd, &st) != 0) ThrowSys(info.Env(), errno, "fstat", nullptr, Fmt("fd %d", fd));
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("size", U64(env, static_cast<uint64_t>(st.st_size)));
+  o.Set("blksize", Napi::Number::New(env, static_cast<double>(st.st_blksize)));
+  o.Set("blocks", U64(env, static_cast<uint64_t>(st.st_blocks)));
+  o.Set("ino", U64(env, static_cast<uint64_t>(st.st_ino)));
+  o.Set("dev", U64(env, static_cast<uint64_t>(st.st_dev)));
+  o.Set("mode", Napi::Number::New(env, st.st_mode));
+  o.Set("nlink", Napi::Number::New(env, static_cast<double>(st.st_nlink)));
+  return o;
+}
+
+// fallocate(fd, mode, offset, length). lib/ passes FALLOC_FL_KEEP_SIZE (allocate) or
+// FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE (punch); other modes reach the kernel as given
+// so that its refusals can be observed.
+static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int32_t mode = ArgI32(info, 1, "mode");
+  int64_t offset = ArgOff(info, 2, "offset");
+  int64_t length = ArgOff(info, 3, "length");
+  int r;
+  do {
+    r = fallocate(fd, mode, offset, length);
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) {
+    ThrowSys(info.Env(), errno, "fallocate", nullptr,
+             Fmt("fd %d, mode=0x%x, offset=0x%" PRIx64 ", length=0x%" PRIx64, fd, mode,
+                 static_cast<uint64_t>(offset), static_cast<uint64_t>(length)));
+  }
+  return info.Env().Undefined();
+}
+
+void InitGuestMemfd(Napi::Env env, Napi::Object exports) {
+  exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+}
+
+}  // namespace kg

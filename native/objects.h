@@ -1,0 +1,13 @@
+// One Init function per native file; addon.cc calls them all.
+#pragma once
+
+#include <napi.h>
+
+namespace kg {
+void InitErrors(Napi::Env env, Napi::Object exports);  // args.cc
+void InitFd(Napi::Env env, Napi::Object exports);      // fd.cc
+void InitSystem(Napi::Env env, Napi::Object exports);  // system.cc: /dev/kvm
+void InitVm(Napi::Env env, Napi::Object exports);      // vm.cc: the VM fd
+void InitGuestMemfd(Napi::Env env, Napi::Object exports);  // guest_memfd.cc
+void InitMapping(Napi::Env env, Napi::Object exports);     // mapping.cc: mmap/munmap
+}  // namespace kg

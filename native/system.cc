@@ -1,0 +1,65 @@
+// The KVM system fd (/dev/kvm): open, API version, extensions, VM creation.
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "args.h"
+#include "objects.h"
+#include "uapi.h"
+
+namespace kg {
+
+// open(path, O_RDWR | O_CLOEXEC): the only way the library obtains a system fd.
+static Napi::Value Open(const Napi::CallbackInfo& info) {
+  std::string path = ArgString(info, 0, "path");
+  int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) ThrowSys(info.Env(), errno, "open", nullptr, Fmt("'%s', O_RDWR|O_CLOEXEC", path.c_str()));
+  return Napi::Number::New(info.Env(), fd);
+}
+
+static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int r = ioctl(fd, KVM_GET_API_VERSION, 0);
+  if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_GET_API_VERSION", Fmt("fd %d", fd));
+  return Napi::Number::New(info.Env(), r);
+}
+
+// KVM_CHECK_EXTENSION works on the system fd and on a VM fd (per-VM answers).
+static Napi::Value CheckExtension(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  uint32_t cap = ArgU32(info, 1, "cap");
+  int r = ioctl(fd, KVM_CHECK_EXTENSION, static_cast<unsigned long>(cap));
+  if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_CHECK_EXTENSION", Fmt("fd %d, cap %u", fd, cap));
+  return Napi::Number::New(info.Env(), r);
+}
+
+// KVM_CREATE_VM returns a VM fd that the kernel already marks O_CLOEXEC.
+static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  uint32_t type = ArgU32(info, 1, "type");
+  int r;
+  do {
+    r = ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type));
+  } while (r < 0 && errno == EINTR);  // the kernel returns EINTR if a signal lands mid-create
+  if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_VM", Fmt("fd %d, type %u", fd, type));
+  return Napi::Number::New(info.Env(), r);
+}
+
+static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int r = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_GET_VCPU_MMAP_SIZE", Fmt("fd %d", fd));
+  return Napi::Number::New(info.Env(), r);
+}
+
+void InitSystem(Napi::Env env, Napi::Object exports) {
+  exports.Set("open", Napi::Function::New(env, Open, "open"));
+  exports.Set("getApiVersion", Napi::Function::New(env, GetApiVersion, "getApiVersion"));
+  exports.Set("checkExtension", Napi::Function::New(env, CheckExtension, "checkExtension"));
+  exports.Set("createVm", Napi::Function::New(env, CreateVm, "createVm"));
+  exports.Set("getVcpuMmapSize", Napi::Function::New(env, GetVcpuMmapSize, "getVcpuMmapSize"));
+}
+
+}  // namespace kg
