@@ -58,6 +58,26 @@ export class Mapping implements Disposable {
     return (this.#bytes ??= new Uint8Array(buffer));
   }
 
+  /**
+   * Which pages of the range are resident (mincore(2)): one byte per page, 1 where resident.
+   * For a guest_memfd mapping this is whether the file has the page allocated (by allocate()
+   * or a fault from any mapping or the guest), which fstat's st_blocks does not show (it stays
+   * 0 for guest_memfd).
+   * @throws KvmError (syscall 'mincore'); KvmStateError ERR_KVM_CLOSED after close()
+   */
+  residency(): Uint8Array {
+    const buffer = this.#buffer;
+    if (buffer === undefined) throw new KvmStateError('ERR_KVM_CLOSED', 'Mapping is closed (unmapped)');
+    return native.mincore(buffer);
+  }
+
+  /** The number of resident pages in the range (see residency()). */
+  residentPages(): number {
+    let n = 0;
+    for (const r of this.residency()) n += r;
+    return n;
+  }
+
   /** Whether close() has been called. */
   get closed(): boolean {
     return this.#buffer === undefined;

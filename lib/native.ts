@@ -39,6 +39,7 @@ export interface NativeAddon {
   open(path: string): number;
   close(fd: number): void;
   setCloexec(fd: number): void;
+  memfdCreate(name: string): number;
   getApiVersion(fd: number): number;
   checkExtension(fd: number, cap: number): number;
   createVm(fd: number, type: number): number;
@@ -56,6 +57,7 @@ export interface NativeAddon {
   mapShared(fd: number, offset: U64In, length: U64In): NativeMapping;
   mapAnonymous(length: U64In): NativeMapping;
   unmap(buffer: ArrayBuffer): void;
+  mincore(buffer: ArrayBuffer): Uint8Array;
 }
 
 function load(): NativeAddon {

@@ -1,0 +1,337 @@
+// GuestMemfd: creation, fstat, fallocate, punch-hole and mmap, checked against fstat,
+// /proc/self/fd, fdinfo and the bytes read back.
+import { closeSync, fstatSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { describe, expect, it, type TestContext } from 'vitest';
+import { Cap, GuestMemfd, GuestMemfdFlag, KvmError, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
+import { fdLink, isCloexec, needCap, openKvm, thrown } from './kvm-host.js';
+
+const MMAP = GuestMemfdFlag.MMAP;
+const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
+const MiB = 1 << 20;
+
+/** A VM on a host with guest_memfd (and, if asked, the given creation flags). */
+function gmemVm(ctx: TestContext, flags = 0n): Vm {
+  const kvm = openKvm(ctx);
+  try {
+    needCap(ctx, kvm, Cap.GUEST_MEMFD, 'GUEST_MEMFD');
+    const vm = kvm.createVm();
+    if (flags !== 0n) {
+      const supported = BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS));
+      if ((supported & flags) !== flags) {
+        vm.close();
+        needCap(ctx, { checkExtension: () => 0 }, Cap.GUEST_MEMFD_FLAGS, `GUEST_MEMFD_FLAGS with 0x${flags.toString(16)}`);
+      }
+    }
+    return vm;
+  } finally {
+    kvm.close(); // the VM lives on without the system fd
+  }
+}
+
+/** Host-wide unevictable memory in bytes (/proc/meminfo), where guest_memfd pages are counted. */
+function unevictable(): number {
+  const m = /^Unevictable:\s+(\d+) kB$/m.exec(readFileSync('/proc/meminfo', 'utf8'));
+  if (!m) throw new Error('no Unevictable line in /proc/meminfo');
+  return Number(m[1]) * 1024;
+}
+
+/** Within 16 MiB: other processes on this shared host move the figure a little. */
+function expectNear(actual: number, expected: number): void {
+  expect(Math.abs(actual - expected), `${actual} bytes, expected about ${expected}`).toBeLessThan(16 * MiB);
+}
+
+function expectKvmError(f: () => unknown, code: string, syscall?: string): void {
+  const e = thrown(f);
+  expect(e, e.message).toBeInstanceOf(KvmError);
+  expect(e.code).toBe(code);
+  if (syscall) expect(e.syscall).toBe(syscall);
+}
+
+describe('vm.createGuestMemfd', () => {
+  it.each([
+    ['0', 0n],
+    ['MMAP', MMAP],
+    ['INIT_SHARED', GuestMemfdFlag.INIT_SHARED],
+    ['MMAP|INIT_SHARED', SHARED],
+  ])('creates files with flags %s: sizes, distinct inodes, close-on-exec', (_, flags, ctx) => {
+    using vm = gmemVm(ctx, flags);
+    const files: GuestMemfd[] = [];
+    try {
+      for (const size of [PAGE_SIZE, 2 * PAGE_SIZE, MiB, 64 * MiB]) {
+        const g = vm.createGuestMemfd({ size, flags });
+        files.push(g);
+        expect(g.size).toBe(BigInt(size));
+        expect(g.flags).toBe(flags);
+        const st = g.stat();
+        expect(st.size).toBe(BigInt(size));
+        expect(st.blksize).toBe(PAGE_SIZE);
+        expect(fdLink(g.fd)).toBe('anon_inode:[kvm-gmem]');
+        expect(isCloexec(g.fd)).toBe(true); // the kernel creates it without; the library sets it
+        expect(fstatSync(g.fd, { bigint: true }).ino).toBe(st.ino); // Node's fstat agrees
+      }
+      const inodes = new Set(files.map((g) => g.stat().ino));
+      expect(inodes.size).toBe(files.length);
+    } finally {
+      for (const g of files) g.close();
+    }
+  });
+
+  it('refuses sizes that are zero or not page-aligned (EINVAL)', (ctx) => {
+    using vm = gmemVm(ctx);
+    for (const size of [0, 1, 512, PAGE_SIZE - 1, PAGE_SIZE + 1, MiB + 17]) {
+      expectKvmError(() => vm.createGuestMemfd({ size }), 'EINVAL', 'ioctl');
+    }
+  });
+
+  it('accepts exactly the flag bits KVM_CAP_GUEST_MEMFD_FLAGS reports, every other bit is EINVAL', (ctx) => {
+    using vm = gmemVm(ctx);
+    const supported = BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS));
+    for (let bit = 0n; bit < 64n; bit++) {
+      const flag = 1n << bit;
+      if (supported & flag) {
+        vm.createGuestMemfd({ size: PAGE_SIZE, flags: flag }).close();
+      } else {
+        const e = thrown(() => vm.createGuestMemfd({ size: PAGE_SIZE, flags: flag }));
+        expect(e.code, `flag bit ${bit}`).toBe('EINVAL');
+        expect(e.request).toBe('KVM_CREATE_GUEST_MEMFD');
+        expect(e.message).toContain(`flags=0x${flag.toString(16)}`);
+      }
+    }
+  });
+
+  it('rejects bad size and flags arguments before any system call', (ctx) => {
+    using vm = gmemVm(ctx);
+    const bad: [unknown, unknown, typeof TypeError | typeof RangeError][] = [
+      ['4096', 0, TypeError],
+      [null, 0, TypeError],
+      [undefined, 0, TypeError],
+      [-4096, 0, RangeError],
+      [4096.5, 0, RangeError],
+      [2 ** 53, 0, RangeError], // unsafe: would be silently rounded
+      [-1n, 0, RangeError],
+      [1n << 64n, 0, RangeError], // would wrap to 0
+      [4096, '1', TypeError],
+      [4096, -1, RangeError],
+      [4096, 1n << 64n, RangeError],
+    ];
+    for (const [size, flags, type] of bad) {
+      expect(() => vm.createGuestMemfd({ size, flags } as never), `size ${String(size)} flags ${String(flags)}`).toThrow(type);
+    }
+    expect(() => vm.createGuestMemfd(undefined as never)).toThrow(TypeError);
+    expect(() => vm.createGuestMemfd(4096 as never)).toThrow(TypeError);
+  });
+
+  it('accepts a bigint size beyond 2^53 up to the kernel (no truncation on the way)', (ctx) => {
+    using vm = gmemVm(ctx);
+    // 2^62 bytes is page-aligned; the kernel decides (it refuses sizes past the max file size).
+    const size = 1n << 62n;
+    try {
+      const g = vm.createGuestMemfd({ size });
+      expect(g.stat().size).toBe(size);
+      g.close();
+    } catch (e) {
+      expect(e).toBeInstanceOf(KvmError);
+      expect((e as KvmError).message).toContain(`size=${size}`);
+    }
+  });
+});
+
+describe('guest_memfd as a file', () => {
+  it('refuses read and write (EINVAL), pread and pwrite (ESPIPE: the file has no position)', (ctx) => {
+    using vm = gmemVm(ctx);
+    using g = vm.createGuestMemfd({ size: PAGE_SIZE });
+    const buf = Buffer.alloc(16);
+    expect(() => readSync(g.fd, buf, 0, 16, null)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => readSync(g.fd, buf, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'ESPIPE' })); // pread
+    expect(() => writeSync(g.fd, buf, 0, 16, null)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    expect(() => writeSync(g.fd, buf, 0, 16, 0)).toThrow(expect.objectContaining({ code: 'ESPIPE' })); // pwrite
+  });
+});
+
+describe('gmem.allocate and gmem.punchHole', () => {
+  // fstat's st_blocks stays 0 for guest_memfd; its pages are accounted as Unevictable in
+  // /proc/meminfo, which is how the allocation is observed here (a host-wide figure, so the
+  // checks use sizes far above the noise and a tolerance).
+  it('allocate adds backing memory, punch frees it, the size never changes', (ctx) => {
+    using vm = gmemVm(ctx);
+    using g = vm.createGuestMemfd({ size: 256 * MiB });
+    const base = unevictable();
+    g.allocate(0, 64 * MiB);
+    expectNear(unevictable() - base, 64 * MiB);
+    g.allocate(0, 256 * MiB); // the first 64 MiB are not allocated twice
+    expectNear(unevictable() - base, 256 * MiB);
+    g.punchHole(64 * MiB, 128 * MiB);
+    expectNear(unevictable() - base, 128 * MiB);
+    g.punchHole(0, 256 * MiB);
+    expectNear(unevictable() - base, 0);
+    expect(g.stat().size).toBe(BigInt(256 * MiB)); // KEEP_SIZE
+  });
+
+  it('refuses allocation outside the file (EINVAL)', (ctx) => {
+    using vm = gmemVm(ctx);
+    using g = vm.createGuestMemfd({ size: MiB });
+    expectKvmError(() => g.allocate(MiB, PAGE_SIZE), 'EINVAL', 'fallocate');
+    expectKvmError(() => g.allocate(MiB - PAGE_SIZE, 2 * PAGE_SIZE), 'EINVAL', 'fallocate');
+    expectKvmError(() => g.allocate(0, MiB + PAGE_SIZE), 'EINVAL', 'fallocate');
+  });
+
+  it('refuses unaligned punches (EINVAL) and keeps the data', (ctx) => {
+    using vm = gmemVm(ctx, SHARED);
+    using g = vm.createGuestMemfd({ size: MiB, flags: SHARED });
+    using m = g.map();
+    m.bytes.fill(0x5a);
+    for (const [o, l] of [[1, PAGE_SIZE], [0, 1], [PAGE_SIZE - 1, PAGE_SIZE], [0, PAGE_SIZE + 1], [PAGE_SIZE / 2, PAGE_SIZE / 2]]) {
+      expectKvmError(() => g.punchHole(o!, l!), 'EINVAL', 'fallocate');
+    }
+    expect(m.bytes.every((b) => b === 0x5a)).toBe(true);
+  });
+
+  it('rejects bad offsets and lengths before any system call', (ctx) => {
+    using vm = gmemVm(ctx);
+    using g = vm.createGuestMemfd({ size: MiB });
+    expect(() => g.allocate('0' as never, PAGE_SIZE)).toThrow(TypeError);
+    expect(() => g.allocate(0, -PAGE_SIZE)).toThrow(RangeError);
+    expect(() => g.allocate(0, 2 ** 60)).toThrow(RangeError); // not a safe integer
+    expect(() => g.punchHole(1n << 63n, PAGE_SIZE)).toThrow(RangeError); // past off_t
+    expect(() => g.punchHole(0, NaN)).toThrow(RangeError);
+  });
+});
+
+describe('gmem.map', () => {
+  it('maps MAP_SHARED: data written through the mapping survives unmap and remap', (ctx) => {
+    using vm = gmemVm(ctx, SHARED);
+    using g = vm.createGuestMemfd({ size: MiB, flags: SHARED });
+    const first = g.map();
+    expect(first.length).toBe(MiB);
+    expect(first.offset).toBe(0n);
+    expect(first.address % BigInt(PAGE_SIZE)).toBe(0n);
+    expect(first.bytes.byteLength).toBe(MiB);
+    for (let i = 0; i < MiB; i++) first.bytes[i] = i % 251;
+    first.close();
+    expect(first.closed).toBe(true);
+    expect(thrown(() => first.bytes).code).toBe('ERR_KVM_CLOSED');
+    using again = g.map();
+    let ok = true;
+    for (let i = 0; i < MiB; i++) if (again.bytes[i] !== i % 251) ok = false;
+    expect(ok).toBe(true);
+    // A mapping at an offset sees the same bytes.
+    using tail = g.map(PAGE_SIZE * 3, PAGE_SIZE);
+    expect(tail.offset).toBe(BigInt(PAGE_SIZE * 3));
+    expect(tail.bytes[0]).toBe((PAGE_SIZE * 3) % 251);
+  });
+
+  it('shows up in /proc/self/maps while mapped and is gone after close', (ctx) => {
+    using vm = gmemVm(ctx, SHARED);
+    using g = vm.createGuestMemfd({ size: MiB, flags: SHARED });
+    const m = g.map();
+    const start = m.address.toString(16);
+    const maps = () => readFileSync('/proc/self/maps', 'utf8');
+    const line = maps().split('\n').find((l) => l.startsWith(`${start}-`));
+    expect(line).toBeDefined();
+    expect(line).toMatch(/rw-s/); // shared, read-write
+    expect(line).toContain('kvm-gmem');
+    m.close();
+    expect(maps().split('\n').some((l) => l.startsWith(`${start}-`))).toBe(false);
+  });
+
+  it('a punched page reads back as zeros while its neighbours keep their bytes', (ctx) => {
+    using vm = gmemVm(ctx, SHARED);
+    using g = vm.createGuestMemfd({ size: 16 * PAGE_SIZE, flags: SHARED });
+    using m = g.map();
+    m.bytes.fill(0xaa);
+    expect(m.residentPages()).toBe(16);
+    g.punchHole(5 * PAGE_SIZE, PAGE_SIZE);
+    // Before anything reads it again, only page 5 is gone from the file.
+    expect(Array.from(m.residency())).toEqual(Array.from({ length: 16 }, (_, i) => (i === 5 ? 0 : 1)));
+    const page = (n: number) => m.bytes.subarray(n * PAGE_SIZE, (n + 1) * PAGE_SIZE);
+    expect(page(5).every((b) => b === 0)).toBe(true);
+    expect(page(4).every((b) => b === 0xaa)).toBe(true);
+    expect(page(6).every((b) => b === 0xaa)).toBe(true);
+  });
+
+  it('refuses to map without GUEST_MEMFD_FLAG_MMAP (ENODEV)', (ctx) => {
+    using vm = gmemVm(ctx);
+    using g = vm.createGuestMemfd({ size: MiB });
+    expectKvmError(() => g.map(), 'ENODEV', 'mmap');
+  });
+
+  it('refuses unaligned offsets (EINVAL) and bad lengths', (ctx) => {
+    using vm = gmemVm(ctx, MMAP);
+    using g = vm.createGuestMemfd({ size: MiB, flags: MMAP });
+    expectKvmError(() => g.map(1, PAGE_SIZE), 'EINVAL', 'mmap');
+    expect(() => g.map(0, 0)).toThrow(RangeError);
+    expect(() => g.map(0, 2 ** 32 + PAGE_SIZE)).toThrow(RangeError); // larger than an ArrayBuffer can be
+    expect(() => g.map(MiB)).toThrow(RangeError); // nothing left to map by default
+    expect(() => g.map('0' as never)).toThrow(TypeError);
+  });
+
+  it('the mapping outlives close() of the GuestMemfd (it holds the file)', (ctx) => {
+    using vm = gmemVm(ctx, SHARED);
+    const g = vm.createGuestMemfd({ size: MiB, flags: SHARED });
+    using m = g.map();
+    m.bytes.fill(7);
+    g.close();
+    expect(m.bytes.every((b) => b === 7)).toBe(true);
+    m.bytes[100] = 9;
+    expect(m.bytes[100]).toBe(9);
+  });
+
+  it('allocates, fills and punches 1 GiB', (ctx) => {
+    const GiB = 1024 * MiB;
+    using vm = gmemVm(ctx, SHARED);
+    using g = vm.createGuestMemfd({ size: GiB, flags: SHARED });
+    const base = unevictable();
+    g.allocate(0, GiB);
+    expectNear(unevictable() - base, GiB);
+    using m = g.map();
+    expect(m.bytes.byteLength).toBe(GiB);
+    m.bytes.fill(0xc3);
+    expect(m.bytes[0]).toBe(0xc3);
+    expect(m.bytes[GiB - 1]).toBe(0xc3);
+    expect(m.bytes[GiB / 2 + 12345]).toBe(0xc3);
+    g.punchHole(0, GiB);
+    expectNear(unevictable() - base, 0);
+    expect(m.residentPages()).toBe(0);
+    expect(m.bytes[GiB - 1]).toBe(0);
+    expect(m.bytes[0]).toBe(0);
+  });
+});
+
+describe('Mapping.anonymous', () => {
+  it('maps private anonymous memory that unmaps on close', () => {
+    const m = Mapping.anonymous(2 * PAGE_SIZE);
+    expect(m.length).toBe(2 * PAGE_SIZE);
+    m.bytes.fill(1);
+    const view = m.bytes;
+    m.close();
+    m.close();
+    expect(view.byteLength).toBe(0); // detached: no view can reach the range any more
+    expect(() => Mapping.anonymous(0)).toThrow(RangeError);
+  });
+});
+
+describe('GuestMemfd lifetime', () => {
+  it('is clear after close, idempotent, and dispose never throws', (ctx) => {
+    using vm = gmemVm(ctx);
+    const g = vm.createGuestMemfd({ size: PAGE_SIZE });
+    const fd = g.fd;
+    g.close();
+    g.close();
+    g[Symbol.dispose]();
+    expect(() => fdLink(fd)).toThrow();
+    for (const call of [() => g.fd, () => g.stat(), () => g.allocate(0, PAGE_SIZE), () => g.punchHole(0, PAGE_SIZE), () => g.map()]) {
+      const e = thrown(call);
+      expect(e).toBeInstanceOf(KvmStateError);
+      expect(e.code).toBe('ERR_KVM_CLOSED');
+    }
+  });
+
+  it('close() reports EBADF when the fd was closed behind its back, and forgets it anyway', (ctx) => {
+    using vm = gmemVm(ctx);
+    const g = vm.createGuestMemfd({ size: PAGE_SIZE });
+    closeSync(g.fd);
+    expect(thrown(() => g.close()).code).toBe('EBADF');
+    expect(g.closed).toBe(true);
+    expect(() => g.close()).not.toThrow();
+  });
+});

@@ -1,0 +1,83 @@
+/**
+ * How the tests meet the host: on a machine without a usable /dev/kvm each KVM test is skipped
+ * with the reason, unless KVM_GMEM_REQUIRE_KVM=1 (CI), where that is a failure instead.
+ */
+import { accessSync, constants, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import type { TestContext } from 'vitest';
+import { Kvm, KVM_DEVICE } from '../lib/index.js';
+
+/** True when KVM_GMEM_REQUIRE_KVM=1: a missing device or capability fails instead of skipping. */
+export const REQUIRE_KVM = process.env.KVM_GMEM_REQUIRE_KVM === '1';
+
+function unavailable(): string | undefined {
+  try {
+    accessSync(KVM_DEVICE, constants.R_OK | constants.W_OK);
+    return undefined;
+  } catch (e) {
+    return `${KVM_DEVICE} is not usable here (${(e as NodeJS.ErrnoException).code}): no KVM on this host`;
+  }
+}
+
+const missing = unavailable();
+
+/** Skips (or, with KVM_GMEM_REQUIRE_KVM=1, fails) the test when `reason` is set. */
+export function skipOrFail(ctx: TestContext, reason: string | undefined): void {
+  if (reason === undefined) return;
+  if (REQUIRE_KVM) throw new Error(`KVM_GMEM_REQUIRE_KVM=1 but ${reason}`);
+  ctx.skip(reason);
+}
+
+/** Opens /dev/kvm for a test, or skips/fails it with the reason. */
+export function openKvm(ctx: TestContext): Kvm {
+  skipOrFail(ctx, missing);
+  return Kvm.open();
+}
+
+/** Requires a capability of the host (asked on `on`), or skips/fails with the reason. */
+export function needCap(ctx: TestContext, on: { checkExtension(cap: number): number }, cap: number, name: string): number {
+  const v = on.checkExtension(cap);
+  skipOrFail(ctx, v === 0 ? `the host does not offer KVM_CAP_${name}` : undefined);
+  return v;
+}
+
+/** Whether fd is close-on-exec, read from /proc/self/fdinfo (flags are octal; O_CLOEXEC = 02000000). */
+export function isCloexec(fd: number): boolean {
+  const m = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  if (!m) throw new Error(`no flags line in /proc/self/fdinfo/${fd}`);
+  return (parseInt(m[1]!, 8) & 0o2000000) !== 0;
+}
+
+/** What /proc/self/fd/N names. */
+export function fdLink(fd: number): string {
+  return readlinkSync(`/proc/self/fd/${fd}`);
+}
+
+/** The open fds of this process with their links. */
+export function openFds(): Map<number, string> {
+  const fds = new Map<number, string>();
+  for (const n of readdirSync('/proc/self/fd')) {
+    try {
+      fds.set(Number(n), readlinkSync(`/proc/self/fd/${n}`));
+    } catch {
+      // the fd of the readdir itself is gone by now
+    }
+  }
+  return fds;
+}
+
+/** The number of open fds whose link contains `needle`. */
+export function countFds(needle: string): number {
+  let n = 0;
+  for (const link of openFds().values()) if (link.includes(needle)) n++;
+  return n;
+}
+
+/** Runs f and returns what it threw (fails if it did not throw). */
+export function thrown(f: () => unknown): Error & { code?: string; errno?: number; syscall?: string; request?: string } {
+  try {
+    f();
+  } catch (e) {
+    return e as Error;
+  }
+  throw new Error('expected the call to throw');
+}
