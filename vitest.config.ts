@@ -8,5 +8,6 @@ export default defineConfig({
     // Tests allocate and fill 1 GiB and run 10,000 create/close cycles; these machines are shared.
     testTimeout: 60_000,
     hookTimeout: 30_000,
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

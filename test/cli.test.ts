@@ -1,0 +1,67 @@
+// `kvm-gmem info`, run as a user runs it: the built CLI in a child process.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { Cap, GuestMemfdFlag, VmType, type HostInfo } from '../lib/index.js';
+import { openKvm } from './kvm-host.js';
+
+const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+
+describe('kvm-gmem info', () => {
+  it('--json reports what the kernel answers, capability by capability', (ctx) => {
+    using kvm = openKvm(ctx);
+    using vm = kvm.createVm();
+    const r = run('info', '--json');
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const info = JSON.parse(r.stdout) as HostInfo;
+    expect(info.canOpen).toBe(true);
+    expect(info.apiVersion).toBe(kvm.apiVersion);
+    expect(info.capabilities.map((c) => c.name)).toEqual(Object.keys(Cap));
+    for (const c of info.capabilities) {
+      expect(c.number).toBe(Cap[c.name]);
+      expect(c.system, c.name).toBe(kvm.checkExtension(c.number));
+      expect(c.vm, c.name).toBe(vm.checkExtension(c.number));
+    }
+    const flags = vm.checkExtension(Cap.GUEST_MEMFD_FLAGS);
+    expect(info.guestMemfdFlags?.value).toBe(flags);
+    for (const [name, bit] of Object.entries(GuestMemfdFlag)) {
+      expect(info.guestMemfdFlags?.names.includes(name)).toBe((BigInt(flags) & bit) !== 0n);
+    }
+    expect(info.memslots).toBe(vm.checkExtension(Cap.NR_MEMSLOTS));
+    expect(info.vmTypes?.names).toContain('DEFAULT');
+    const types = kvm.checkExtension(Cap.VM_TYPES);
+    for (const [name, t] of Object.entries(VmType)) {
+      if (types & (1 << t)) expect(info.vmTypes?.names).toContain(name);
+    }
+  });
+
+  it('prints a readable report', (ctx) => {
+    openKvm(ctx).close();
+    const r = run('info');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^api version\s+12$/m);
+    expect(r.stdout).toMatch(/^device\s+\/dev\/kvm: opened by this process$/m);
+    expect(r.stdout).toMatch(/^GUEST_MEMFD\s+234\s+\d+\s+\d+$/m);
+    expect(r.stdout).toMatch(/^gmem flags\s+/m);
+  });
+
+  it('says what to do when the device cannot be opened, and exits 1', () => {
+    const r = run('info', '--device', '/nonexistent/kvm');
+    expect(r.status).toBe(1);
+    expect(r.stdout).toMatch(/cannot be opened/);
+    expect(r.stdout).toMatch(/modprobe kvm_intel or kvm_amd/);
+    const j = run('info', '--json', '--device', '/nonexistent/kvm');
+    expect(j.status).toBe(1);
+    expect(JSON.parse(j.stdout)).toMatchObject({ canOpen: false, openError: { code: 'ENOENT' } });
+  });
+
+  it('rejects unknown commands and options with usage (exit 2)', () => {
+    const r = run('frobnicate');
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/unknown command 'frobnicate'/);
+    expect(run('info', '--bogus').status).toBe(2);
+    expect(run('--help').stdout).toMatch(/usage: kvm-gmem/);
+  });
+});
