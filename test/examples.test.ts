@@ -1,0 +1,20 @@
+// The README's example runs as a user would run it, and prints what the kernel did.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { openKvm } from './kvm-host.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+describe('examples/basics.mjs', () => {
+  it('binds a guest_memfd, punches a page and shows a refusal', (ctx) => {
+    openKvm(ctx).close();
+    const r = spawnSync(process.execPath, ['examples/basics.mjs'], { cwd: root, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^KVM API 12, guest_memfd flags 0x[0-9a-f]+$/m);
+    expect(r.stdout).toMatch(/^slot 0: GPA 0x100000-0x300000 -> guest_memfd fd \d+, inode \d+$/m);
+    expect(r.stdout).toMatch(/^after punch: byte 0 = 0x0, byte 4096 = 0xaa$/m);
+    expect(r.stdout).toMatch(/^refused: EINVAL from KVM_CREATE_GUEST_MEMFD$/m);
+  });
+});
