@@ -65,11 +65,14 @@ export class KvmError extends Error {
 }
 
 /** Codes carried by {@link KvmStateError}. */
-export type KvmStateCode = 'ERR_KVM_CLOSED';
+export type KvmStateCode = 'ERR_KVM_CLOSED' | 'ERR_KVM_PRIVATE_MEMORY';
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
-  /** 'ERR_KVM_CLOSED' for use after close. */
+  /**
+   * 'ERR_KVM_CLOSED' for use after close; 'ERR_KVM_PRIVATE_MEMORY' for host access to memory
+   * the kernel keeps private to the guest.
+   */
   readonly code: KvmStateCode;
   /** Builds the error. */
   constructor(code: KvmStateCode, message: string) {

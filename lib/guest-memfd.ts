@@ -3,7 +3,7 @@
  * allocates, punches and (with GuestMemfdFlag.MMAP) maps.
  * @module
  */
-import { FallocMode } from './constants.js';
+import { FallocMode, GuestMemfdFlag } from './constants.js';
 import { Mapping, checkLength } from './mapping.js';
 import { native } from './native.js';
 import { off } from './numbers.js';
@@ -87,12 +87,28 @@ export class GuestMemfd extends FdResource {
    * Maps [offset, offset + length) of the file into the host (mmap PROT_READ|PROT_WRITE,
    * MAP_SHARED). Needs GuestMemfdFlag.MMAP. `length` defaults to the rest of the file.
    * The mapping outlives close() of this object; close the Mapping to unmap.
+   *
+   * A guest_memfd created without GuestMemfdFlag.INIT_SHARED can be mapped (for its address),
+   * but its memory is private to the guest: the host's first touch would raise SIGBUS, so the
+   * Mapping's `bytes` is refused (KvmStateError ERR_KVM_PRIVATE_MEMORY).
    * @throws KvmError (syscall 'mmap'): ENODEV without GuestMemfdFlag.MMAP, EINVAL when
-   * unaligned; RangeError for a length of 0 or over 4 GiB; ERR_KVM_CLOSED after close()
+   * unaligned; RangeError for a length of 0, over 4 GiB, or past the end of the file (a host
+   * access there would raise SIGBUS); ERR_KVM_CLOSED after close()
    */
   map(offset: number | bigint = 0, length?: number | bigint): Mapping {
     const o = off(offset, 'offset');
     const l = checkLength(length ?? (this.size > o ? this.size - o : 0n));
-    return new Mapping(native.mapShared(this.open(), o, l), o);
+    if (o + l > this.size) {
+      throw new RangeError(
+        `The range [${o}, ${o + l}) extends past the end of the guest_memfd (size ${this.size}); ` +
+          'a host access there would raise SIGBUS',
+      );
+    }
+    const privateReason =
+      this.flags & GuestMemfdFlag.INIT_SHARED
+        ? undefined
+        : 'this guest_memfd was created without GuestMemfdFlag.INIT_SHARED: its memory is private ' +
+          'to the guest and a host access would raise SIGBUS';
+    return new Mapping(native.mapShared(this.open(), o, l), o, privateReason);
   }
 }

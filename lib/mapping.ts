@@ -19,12 +19,14 @@ export const MAX_MAPPING_LENGTH = 2 ** 32;
  * not unmap it, as in the kernel. If a mapping is dropped without close(), the garbage
  * collector unmaps it eventually (a safety net, not the way to release memory).
  *
- * Touching bytes beyond the end of a guest_memfd, or memory the kernel will not fault in,
- * raises SIGBUS, which kills the process: keep accesses within the file's size.
+ * Host access to guest_memfd memory the kernel will not fault in (beyond the file's end, or
+ * private to the guest) raises SIGBUS, which would kill the process; so GuestMemfd.map() refuses
+ * ranges past the end, and `bytes` is refused for guest_memfds without INIT_SHARED.
  */
 export class Mapping implements Disposable {
   #buffer: ArrayBuffer | undefined;
   #bytes: Uint8Array | undefined;
+  readonly #privateReason: string | undefined;
   /** The host virtual address of the first byte (for memslot userspace_addr). */
   readonly address: bigint;
   /** The mapping's length in bytes. */
@@ -32,9 +34,14 @@ export class Mapping implements Disposable {
   /** The offset in the file where the mapping starts (0 for anonymous memory). */
   readonly offset: bigint;
 
-  /** @internal Use GuestMemfd.map() or Mapping.anonymous(). */
-  constructor(m: NativeMapping, offset: bigint) {
+  /**
+   * @internal Use GuestMemfd.map() or Mapping.anonymous().
+   * @param privateReason set when every host access to the range would fault (SIGBUS): `bytes`
+   * is then refused with that reason instead of handing out a view that kills the process.
+   */
+  constructor(m: NativeMapping, offset: bigint, privateReason?: string) {
     this.#buffer = m.buffer;
+    this.#privateReason = privateReason;
     this.address = m.address;
     this.length = m.buffer.byteLength;
     this.offset = offset;
@@ -51,18 +58,23 @@ export class Mapping implements Disposable {
     return new Mapping(native.mapAnonymous(len), 0n);
   }
 
-  /** The mapped memory as bytes, without copying. Throws ERR_KVM_CLOSED after close(). */
+  /**
+   * The mapped memory as bytes, without copying.
+   * @throws KvmStateError ERR_KVM_CLOSED after close(); ERR_KVM_PRIVATE_MEMORY for a guest_memfd
+   * created without GuestMemfdFlag.INIT_SHARED, whose pages the kernel refuses to the host
+   */
   get bytes(): Uint8Array {
     const buffer = this.#buffer;
     if (buffer === undefined) throw new KvmStateError('ERR_KVM_CLOSED', 'Mapping is closed (unmapped)');
+    if (this.#privateReason !== undefined) throw new KvmStateError('ERR_KVM_PRIVATE_MEMORY', this.#privateReason);
     return (this.#bytes ??= new Uint8Array(buffer));
   }
 
   /**
    * Which pages of the range are resident (mincore(2)): one byte per page, 1 where resident.
-   * For a guest_memfd mapping this is whether the file has the page allocated (by allocate()
-   * or a fault from any mapping or the guest), which fstat's st_blocks does not show (it stays
-   * 0 for guest_memfd).
+   * For a guest_memfd mapping, 1 means the file holds the page up to date: faulted in by a host
+   * or guest access. Pages only reserved by allocate() and not yet touched count as 0; punched
+   * pages are 0 until touched again.
    * @throws KvmError (syscall 'mincore'); KvmStateError ERR_KVM_CLOSED after close()
    */
   residency(): Uint8Array {

@@ -12,23 +12,31 @@ const I64_MAX = (1n << 63n) - 1n;
 /** A u64 input: a non-negative safe integer or a bigint in [0, 2^64). */
 export type U64 = number | bigint;
 
-/** Checks a u64 argument and returns it as a bigint. */
-export function u64(value: unknown, name: string): bigint {
-  if (typeof value === 'bigint') {
-    if (value < 0n || value > U64_MAX) {
-      throw new RangeError(`The "${name}" argument must be in [0, 2^64); received ${value}n`);
-    }
-    return value;
-  }
+/**
+ * Checks a u64 argument and returns it unchanged (a number stays a number: the addon reads it
+ * with one Node-API call, and no BigInt is allocated on hot paths).
+ */
+export function checkU64(value: unknown, name: string): number | bigint {
   if (typeof value === 'number') {
     if (!Number.isSafeInteger(value) || value < 0) {
       throw new RangeError(
         `The "${name}" argument must be a non-negative safe integer (or a bigint); received ${value}`,
       );
     }
-    return BigInt(value);
+    return value;
+  }
+  if (typeof value === 'bigint') {
+    if (value < 0n || value > U64_MAX) {
+      throw new RangeError(`The "${name}" argument must be in [0, 2^64); received ${value}n`);
+    }
+    return value;
   }
   throw new TypeError(`The "${name}" argument must be a number or a bigint; received ${describe(value)}`);
+}
+
+/** Checks a u64 argument and returns it as a bigint. */
+export function u64(value: unknown, name: string): bigint {
+  return BigInt(checkU64(value, name));
 }
 
 /** Checks a file offset or length: a u64 that also fits a signed 64-bit off_t. */

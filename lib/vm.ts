@@ -7,7 +7,7 @@ import { MemslotFlag } from './constants.js';
 import { GuestMemfd } from './guest-memfd.js';
 import { Mapping } from './mapping.js';
 import { native } from './native.js';
-import { fdNumber, options, u32, u64 } from './numbers.js';
+import { checkU64, fdNumber, options, u32, u64 } from './numbers.js';
 import { FdResource } from './resource.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
@@ -112,10 +112,10 @@ export class Vm extends FdResource {
    */
   createGuestMemfd(opts: GuestMemfdOptions): GuestMemfd {
     const o = options(opts, 'options');
-    const size = u64(o.size, 'size');
-    const flags = u64(o.flags ?? 0, 'flags');
+    const size = checkU64(o.size, 'size');
+    const flags = checkU64(o.flags ?? 0, 'flags');
     const fd = native.createGuestMemfd(this.open(), size, flags);
-    return new GuestMemfd(fd, size, flags);
+    return new GuestMemfd(fd, BigInt(size), BigInt(flags));
   }
 
   /**

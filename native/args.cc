@@ -32,10 +32,13 @@ struct ErrorData {
 
 }  // namespace
 
+// The readers below call napi_get_value_double/bigint directly: one Node-API call per argument
+// (the type check is the status of that call), since these run on every kernel call.
+
 int ArgFd(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = Arg(info, i, name);
-  if (!v.IsNumber()) BadType(info.Env(), name, "a file descriptor (integer)");
-  double d = v.As<Napi::Number>().DoubleValue();
+  double d;
+  if (napi_get_value_double(info.Env(), v, &d) != napi_ok) BadType(info.Env(), name, "a file descriptor (integer)");
   if (!(d >= 0 && d <= 2147483647.0) || std::floor(d) != d) {
     BadRange(info.Env(), name, "a file descriptor (integer >= 0 and <= 2147483647)");
   }
@@ -44,16 +47,17 @@ int ArgFd(const Napi::CallbackInfo& info, size_t i, const char* name) {
 
 uint64_t ArgU64(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = Arg(info, i, name);
-  if (v.IsNumber()) {
-    double d = v.As<Napi::Number>().DoubleValue();
+  double d;
+  napi_status st = napi_get_value_double(info.Env(), v, &d);
+  if (st == napi_ok) {
     if (!(d >= 0 && d <= kMaxSafe) || std::floor(d) != d) {
       BadRange(info.Env(), name, "a non-negative safe integer or a bigint in [0, 2^64)");
     }
     return static_cast<uint64_t>(d);
   }
-  if (v.IsBigInt()) {
-    bool lossless = false;
-    uint64_t r = v.As<Napi::BigInt>().Uint64Value(&lossless);
+  uint64_t r;
+  bool lossless = false;
+  if (napi_get_value_bigint_uint64(info.Env(), v, &r, &lossless) == napi_ok) {
     if (!lossless) BadRange(info.Env(), name, "a bigint in [0, 2^64)");
     return r;
   }
@@ -68,8 +72,8 @@ int64_t ArgOff(const Napi::CallbackInfo& info, size_t i, const char* name) {
 
 uint32_t ArgU32(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = Arg(info, i, name);
-  if (!v.IsNumber()) BadType(info.Env(), name, "an integer");
-  double d = v.As<Napi::Number>().DoubleValue();
+  double d;
+  if (napi_get_value_double(info.Env(), v, &d) != napi_ok) BadType(info.Env(), name, "an integer");
   if (!(d >= 0 && d <= 4294967295.0) || std::floor(d) != d) {
     BadRange(info.Env(), name, "an integer >= 0 and <= 4294967295");
   }

@@ -19,8 +19,7 @@ static Napi::Value Close(const Napi::CallbackInfo& info) {
 
 static Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
-  int flags = fcntl(fd, F_GETFD);
-  if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) != 0) {
+  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {  // FD_CLOEXEC is the only fd flag
     ThrowSys(info.Env(), errno, "fcntl", nullptr, Fmt("fd %d, F_SETFD FD_CLOEXEC", fd));
   }
   return info.Env().Undefined();

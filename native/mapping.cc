@@ -102,60 +102,61 @@ static Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
   return Expose(info.Env(), p, length);
 }
 
-// munmap(buffer): only for a buffer that MapShared/MapAnonymous returned and that is still
-// mapped. Detaches the buffer so every view over it reads as length 0 afterwards.
-static Napi::Value Unmap(const Napi::CallbackInfo& info) {
+// The ArrayBuffer argument, checked to be a live mapping of ours: its data pointer and length
+// must match a record. Anything else (a plain ArrayBuffer, a detached one) is a TypeError.
+static Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsArrayBuffer()) {
     throw Napi::TypeError::New(env, "The \"buffer\" argument must be an ArrayBuffer");
   }
   Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  bool known;
+  {
+    std::lock_guard<std::mutex> lk(g_mu);
+    auto it = g_live.find(ab.Data());
+    known = ab.Data() != nullptr && it != g_live.end() && it->second->length == ab.ByteLength();
+  }
+  if (!known) throw Napi::TypeError::New(env, "The \"buffer\" argument is not a live kvm-gmem mapping");
+  return ab;
+}
+
+// munmap(buffer): only for a buffer that MapShared/MapAnonymous returned and that is still
+// mapped. Detaches the buffer so every view over it reads as length 0 afterwards.
+static Napi::Value Unmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::ArrayBuffer ab = LiveBuffer(info);
   void* addr = ab.Data();
   size_t length = ab.ByteLength();
   // Nothing that can run JavaScript (and so a finalizer that takes g_mu) happens under the lock.
-  bool known = false;
+  // The record cannot go away meanwhile: its finalizer needs `ab`, which is alive here.
   int err = 0;
   {
     std::lock_guard<std::mutex> lk(g_mu);
-    auto it = g_live.find(addr);
-    known = addr != nullptr && it != g_live.end() && it->second->length == length;
-    if (known) {
-      if (munmap(addr, length) != 0) {
-        err = errno;
-      } else {
-        it->second->live = false;
-        g_live.erase(it);
-      }
+    if (munmap(addr, length) != 0) {
+      err = errno;
+    } else {
+      auto it = g_live.find(addr);
+      it->second->live = false;
+      g_live.erase(it);
     }
   }
-  if (!known) throw Napi::TypeError::New(env, "The \"buffer\" argument is not a live kvm-gmem mapping");
   if (err != 0) ThrowSys(env, err, "munmap", nullptr, Fmt("address=%p, length=0x%zx", addr, length));
   ab.Detach();
   return env.Undefined();
 }
 
-// mincore(buffer) -> Uint8Array, one byte per page: 1 where the page is resident (for a
-// guest_memfd mapping: allocated in the file, whether or not this mapping touched it). The only
-// per-page view of guest_memfd allocation the kernel offers, as fstat's st_blocks stays 0.
+// mincore(buffer) -> Uint8Array, one byte per page: 1 where the page is resident. For a
+// guest_memfd mapping that is a page the file holds up to date: faulted in by a host or guest
+// access (pages only reserved by fallocate, not yet touched, count as 0), and gone again once
+// punched.
 static Napi::Value Mincore(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsArrayBuffer()) {
-    throw Napi::TypeError::New(env, "The \"buffer\" argument must be an ArrayBuffer");
-  }
-  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
-  void* addr = ab.Data();
+  Napi::ArrayBuffer ab = LiveBuffer(info);
   size_t length = ab.ByteLength();
-  bool known;
-  {
-    std::lock_guard<std::mutex> lk(g_mu);
-    auto it = g_live.find(addr);
-    known = addr != nullptr && it != g_live.end() && it->second->length == length;
-  }
-  if (!known) throw Napi::TypeError::New(env, "The \"buffer\" argument is not a live kvm-gmem mapping");
   size_t pages = (length + 4095) / 4096;
   Napi::Uint8Array out = Napi::Uint8Array::New(env, pages);
-  if (mincore(addr, length, out.Data()) != 0) {
-    ThrowSys(env, errno, "mincore", nullptr, Fmt("address=%p, length=0x%zx", addr, length));
+  if (mincore(ab.Data(), length, out.Data()) != 0) {
+    ThrowSys(env, errno, "mincore", nullptr, Fmt("address=%p, length=0x%zx", ab.Data(), length));
   }
   for (size_t i = 0; i < pages; i++) out[i] &= 1;
   return out;

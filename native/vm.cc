@@ -25,8 +25,8 @@ static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
     ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_GUEST_MEMFD",
              Fmt("vm fd %d, size=%" PRIu64 ", flags=0x%" PRIx64, vmfd, args.size, args.flags));
   }
-  int fl = fcntl(fd, F_GETFD);
-  if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) != 0) {
+  // FD_CLOEXEC is the only fd flag, so it is set outright (no F_GETFD round trip).
+  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
     int err = errno;
     close(fd);
     ThrowSys(info.Env(), err, "fcntl", nullptr, Fmt("guest_memfd %d, F_SETFD FD_CLOEXEC", fd));

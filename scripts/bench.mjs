@@ -1,5 +1,5 @@
 #!/usr/bin/env zx
-// npm run bench [-- --quick] [-- --json]
+// npm run bench -- [--quick] [--json]
 //
 // Times the same kernel operations from a small C program (scripts/bench/bench.c) and from the
 // library (dist/, in this process), and reports library / C ratios against targets. Absolute
@@ -8,24 +8,47 @@
 // error (no compiler, no /dev/kvm, a failing call) exits 1.
 //
 // Noise control: every operation runs in several rounds; each round runs C then the library, or
-// the library then C (alternating), so slow phases of the machine hit both sides. Each side does
-// one untimed warm-up repetition per round. Per-call operations time a batch of calls and divide.
-// The reported figure is the median of all samples of a side.
+// the library then C (alternating), so slow phases of the machine hit both sides. Each side warms
+// up first in every round: per-call operations run untimed batches for `warmupMs` (the JIT needs
+// a few thousand calls before a loop reaches steady state), bulk ones one untimed repetition.
+// Per-call operations time a batch of calls and divide. The reported figure is the median of all
+// samples of a side. Both sides run pinned to the same CPU (see below).
 import { $, argv, fs, os, path } from 'zx';
+import { spawnSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const USAGE = 'usage: npm run bench [-- --quick] [-- --json]';
+const USAGE = 'usage: npm run bench -- [--quick] [--json]';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-const unknown = Object.keys(argv).filter((k) => !['_', 'quick', 'json', 'help'].includes(k));
-if (argv.help) {
+if (argv.help === true) {
   console.log(`${USAGE}\n  --quick  fewer rounds and smaller batches (a smoke run)\n  --json   machine-readable output on stdout`);
   process.exit(0);
 }
-if (unknown.length || argv._.length || [argv.quick, argv.json].some((v) => v !== undefined && typeof v !== 'boolean')) {
-  console.error(`bench: unexpected arguments ${JSON.stringify(process.argv.slice(2))}\n${USAGE}`);
+const bad = [
+  ...argv._,
+  ...Object.entries(argv)
+    .filter(([k, v]) => k !== '_' && !(['quick', 'json'].includes(k) && typeof v === 'boolean'))
+    .map(([k, v]) => (v === true ? `--${k}` : `--${k}=${v}`)),
+];
+if (bad.length) {
+  console.error(`bench: unexpected argument(s): ${bad.join(' ')}\n${USAGE}`);
   process.exit(2);
 }
+
+// Pin this process, and so the C program it spawns, to one CPU (the first one allowed), by running
+// the script again under taskset. On small shared VMs the vCPUs can differ a lot for KVM calls
+// that wait on other CPUs (memslot changes wait for SRCU; VM create/destroy): on the 2-vCPU host
+// this was written on, memslot add+delete took 9 us on CPU 0 and 150 us on CPU 1. Unpinned, a
+// side's median depends on where the scheduler put it.
+const PIN_ENV = 'KVM_GMEM_BENCH_CPU';
+if (process.env[PIN_ENV] === undefined) {
+  const cpu = /Cpus_allowed_list:\s*(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0';
+  const args = ['-c', cpu, process.execPath, ...process.execArgv, ...process.argv.slice(1)];
+  const r = spawnSync('taskset', args, { stdio: 'inherit', env: { ...process.env, [PIN_ENV]: cpu } });
+  if (!r.error) process.exit(r.status ?? 1);
+  console.error(`bench: warning: cannot pin to one CPU with taskset (${r.error.message}); expect more noise`);
+}
+const pinnedCpu = process.env[PIN_ENV] ?? null;
 
 const MiB = 1 << 20;
 const GiB = 1 << 30;
@@ -34,8 +57,8 @@ const BIG = GiB;
 
 // Rounds per operation; per round and side: `reps` timed samples of `batch` calls each.
 const plan = argv.quick
-  ? { rounds: 2, perCallReps: 3, batch: { check_extension: 10000, vm: 20, gmem: 500, memslot: 200 }, fallocReps: 2, fillReps: 1 }
-  : { rounds: 5, perCallReps: 7, batch: { check_extension: 50000, vm: 50, gmem: 2000, memslot: 1000 }, fallocReps: 4, fillReps: 2 };
+  ? { rounds: 2, warmupMs: 50, perCallReps: 3, batch: { check_extension: 10000, vm: 20, gmem: 500, memslot: 200 }, fallocReps: 2, fillReps: 1 }
+  : { rounds: 5, warmupMs: 100, perCallReps: 7, batch: { check_extension: 50000, vm: 50, gmem: 2000, memslot: 1000 }, fallocReps: 4, fillReps: 2 };
 
 // The table's rows, in order. `group` is what one C run / library run measures (two metrics for
 // the bulk groups, which set up each other's precondition: allocate then punch, punch then fill).
@@ -68,19 +91,27 @@ async function loadLibrary() {
   const dist = path.join(root, 'dist', 'index.js');
   if (!fs.existsSync(dist)) throw new Error(`${path.relative(process.cwd(), dist)} is missing: run npm run build`);
   const built = fs.statSync(dist).mtimeMs;
-  const lib = path.join(root, 'lib');
-  const newer = fs.readdirSync(lib, { recursive: true }).filter((f) => f.endsWith('.ts') && fs.statSync(path.join(lib, f)).mtimeMs > built);
+  const libDir = path.join(root, 'lib');
+  const newer = fs.readdirSync(libDir, { recursive: true }).filter((f) => f.endsWith('.ts') && fs.statSync(path.join(libDir, f)).mtimeMs > built);
   if (newer.length) console.error(`bench: warning: dist/ is older than lib/ (${newer.join(', ')}): run npm run build to bench the current sources`);
-  return import(pathToFileURL(dist).href);
+  const lib = await import(pathToFileURL(dist).href);
+  const { native } = await import(pathToFileURL(path.join(root, 'dist', 'native.js')).href);
+  return { ...lib, native };
 }
 
-// The library side of each group: returns { metricKey: samples[] }, the same shape as bench.c.
-function libraryRunner({ Kvm, Cap, GuestMemfdFlag }) {
+// This process's VMA count (lines of /proc/self/maps): KVM_CREATE_VM walks every VMA of the
+// caller (mmu_notifier_register -> mm_take_all_locks), so a Node process pays for its larger
+// address space there. Reported next to bench.c's count to explain the VM row.
+const countVmas = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length - 1;
+
+// The library side of each group: returns { vmas, samples: { metricKey: samples[] } }, the same
+// content as bench.c prints.
+function libraryRunner({ Kvm, Cap, GuestMemfdFlag, MemslotFlag, native }) {
   const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
   const now = () => Number(process.hrtime.bigint());
 
-  // Per-call groups: `makeBatch` returns a function running n calls with the loop inlined, so the
-  // benchmark harness adds no call of its own per operation (C calls through a pointer, ~1 ns).
+  // Per-call groups: each entry takes the fixture and returns a function running n calls with the
+  // loop inside, so the harness adds no call of its own per operation (C calls through a pointer).
   const perCall = {
     check_extension: ({ kvm }) => (n) => {
       let sink = 0;
@@ -101,21 +132,60 @@ function libraryRunner({ Kvm, Cap, GuestMemfdFlag }) {
     },
   };
 
+  // The same per-call operations through the raw addon (lib/native.ts, no TypeScript layer):
+  // the 'addon' column separates what the library's own code costs from the cost of crossing
+  // Node-API and of running in a multi-threaded Node process.
+  const perCallAddon = {
+    check_extension: ({ kvm }) => {
+      const fd = kvm.fd;
+      return (n) => {
+        let sink = 0;
+        for (let i = 0; i < n; i++) sink += native.checkExtension(fd, Cap.USER_MEMORY2);
+        return sink;
+      };
+    },
+    vm: ({ kvm }) => {
+      const fd = kvm.fd;
+      return (n) => {
+        for (let i = 0; i < n; i++) native.close(native.createVm(fd, 0));
+      };
+    },
+    gmem: ({ vm }) => {
+      const fd = vm.fd;
+      return (n) => {
+        for (let i = 0; i < n; i++) native.close(native.createGuestMemfd(fd, SMALL, 0));
+      };
+    },
+    memslot: ({ vm, gmem, mapping }) => {
+      const [fd, gfd, addr] = [vm.fd, gmem.fd, mapping.address];
+      return (n) => {
+        for (let i = 0; i < n; i++) {
+          native.setUserMemoryRegion2(fd, 0, MemslotFlag.GUEST_MEMFD, 0, SMALL, addr, 0, gfd);
+          native.setUserMemoryRegion2(fd, 0, 0, 0, 0, 0, 0, 0);
+        }
+      };
+    },
+  };
+
   // Same fixture as bench.c: /dev/kvm, one VM, a 2 MiB MMAP|INIT_SHARED guest_memfd mapped.
-  function runPerCall(group, reps, batch) {
+  function runPerCall(group, reps, batch, warmupMs, side) {
     const kvm = Kvm.open();
     const vm = kvm.createVm();
     const gmem = vm.createGuestMemfd({ size: SMALL, flags: SHARED });
     const mapping = gmem.map();
     try {
-      const run = perCall[group]({ kvm, vm, gmem, mapping });
+      const run = (side === 'addon' ? perCallAddon : perCall)[group]({ kvm, vm, gmem, mapping });
+      const vmas = countVmas();
+      const warmEnd = now() + warmupMs * 1e6;
+      do run(batch);
+      while (now() < warmEnd);
       const samples = [];
-      for (let rep = -1; rep < reps; rep++) { // rep -1 is the warm-up
+      for (let rep = 0; rep < reps; rep++) {
         const t0 = now();
         run(batch);
-        if (rep >= 0) samples.push((now() - t0) / batch);
+        samples.push((now() - t0) / batch);
       }
-      return { [group]: samples };
+      return { vmas, samples: { [group]: samples } };
     } finally {
       mapping.close();
       gmem.close();
@@ -130,7 +200,7 @@ function libraryRunner({ Kvm, Cap, GuestMemfdFlag }) {
     const vm = kvm.createVm();
     const gmem = vm.createGuestMemfd({ size: BIG, flags: SHARED });
     try {
-      return fn(gmem);
+      return { vmas: countVmas(), samples: fn(gmem) };
     } finally {
       gmem.close();
       vm.close();
@@ -170,8 +240,8 @@ function libraryRunner({ Kvm, Cap, GuestMemfdFlag }) {
     }
   });
 
-  return (group, reps, batch) =>
-    group === 'falloc' ? runFalloc(reps) : group === 'fill' ? runFill(reps) : runPerCall(group, reps, batch);
+  return (group, reps, batch, warmupMs, side) =>
+    group === 'falloc' ? runFalloc(reps) : group === 'fill' ? runFill(reps) : runPerCall(group, reps, batch, warmupMs, side);
 }
 
 async function compileC(dir) {
@@ -182,10 +252,11 @@ async function compileC(dir) {
   } catch (e) {
     throw new Error(`cannot compile ${path.relative(root, src)} with cc -O2: ${(e.stderr || e.message).trim()}`);
   }
-  return async (group, reps, batch) => {
-    const out = await $`${bin} ${group} ${reps} ${batch}`.quiet();
-    const parsed = JSON.parse(out.stdout);
-    return Object.fromEntries(Object.entries(parsed).map(([k, v]) => [k, v.samples]));
+  return async (group, reps, batch, warmupMs) => {
+    const out = await $`${bin} ${group} ${reps} ${batch} ${warmupMs}`.quiet().nothrow();
+    if (out.exitCode !== 0) throw new Error(`the C baseline failed (${group}, exit ${out.exitCode ?? out.signal}): ${out.stderr.trim()}`);
+    const { vmas, ...metrics } = JSON.parse(out.stdout);
+    return { vmas, samples: Object.fromEntries(Object.entries(metrics).map(([k, v]) => [k, v.samples])) };
   };
 }
 
@@ -198,11 +269,12 @@ function fmtValue(unit, v) {
 
 function printTable(results) {
   const rows = [
-    ['operation', 'C median', 'library median', 'lib/C', 'target', 'result'],
+    ['operation', 'C median', 'library median', 'lib/C', 'target', 'result', 'addon median', 'addon/C'],
     ...results.map((r) => [
       r.operation, fmtValue(r.unit, r.c.median), fmtValue(r.unit, r.lib.median), r.ratio.toFixed(3),
       r.target.max !== undefined ? `<= ${r.target.max.toFixed(2)}` : `>= ${r.target.min.toFixed(2)}`,
       r.pass ? 'PASS' : 'MISS',
+      r.addon ? fmtValue(r.unit, r.addon.median) : '-', r.addon ? r.addon.ratio.toFixed(3) : '-',
     ]),
   ];
   const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
@@ -212,7 +284,10 @@ function printTable(results) {
   for (const row of rows.slice(1)) console.log(line(row));
   console.log(
     `\nlib/C: ratio of medians (times: library/C, lower is better; fills: library/C bandwidth, higher is better).` +
-      `\n${plan.rounds} rounds, C and library alternating; per-call rows: ${plan.perCallReps} batches per round and side.`,
+      `\naddon: the same calls through the raw addon without the TypeScript layer (the floor of Node-API` +
+      ` plus a multi-threaded process); library - addon is what the library's own code costs.` +
+      `\n${plan.rounds} rounds, C and library alternating; per-call rows: ${plan.perCallReps} batches per round and side;` +
+      ` ${pinnedCpu === null ? 'not pinned' : `both pinned to CPU ${pinnedCpu}`}.`,
   );
 }
 
@@ -223,15 +298,18 @@ async function main() {
   try {
     progress('bench: compiling scripts/bench/bench.c');
     const runC = await compileC(dir);
-    const samples = { c: {}, lib: {} };
+    const samples = { c: {}, lib: {}, addon: {} };
+    const vmas = { c: {}, lib: {}, addon: {} }; // per group, the largest count seen
     for (const [gi, group] of GROUPS.entries()) {
       const reps = group === 'falloc' ? plan.fallocReps : group === 'fill' ? plan.fillReps : plan.perCallReps;
       const batch = plan.batch[group] ?? 1;
       for (let round = 0; round < plan.rounds; round++) {
-        for (const side of round % 2 ? ['lib', 'c'] : ['c', 'lib']) {
-          progress(`bench: [${gi + 1}/${GROUPS.length}] ${group}: round ${round + 1}/${plan.rounds}, ${side === 'c' ? 'C' : 'library'}`);
-          const got = side === 'c' ? await runC(group, reps, batch) : runLib(group, reps, batch);
-          for (const [k, xs] of Object.entries(got)) (samples[side][k] ??= []).push(...xs);
+        const sides = group in plan.batch ? ['c', 'lib', 'addon'] : ['c', 'lib'];
+        for (const side of round % 2 ? sides.reverse() : sides) {
+          progress(`bench: [${gi + 1}/${GROUPS.length}] ${group}: round ${round + 1}/${plan.rounds}, ${side === 'c' ? 'C' : side === 'lib' ? 'library' : 'addon'}`);
+          const got = side === 'c' ? await runC(group, reps, batch, plan.warmupMs) : runLib(group, reps, batch, plan.warmupMs, side);
+          for (const [k, xs] of Object.entries(got.samples)) (samples[side][k] ??= []).push(...xs);
+          vmas[side][group] = Math.max(vmas[side][group] ?? 0, got.vmas);
         }
       }
     }
@@ -242,17 +320,24 @@ async function main() {
       const lib = median(samples.lib[m.key]);
       const ratio = lib / c;
       const target = m.max !== undefined ? { max: m.max } : { min: m.min };
+      const addon = samples.addon[m.key] ? median(samples.addon[m.key]) : undefined;
       return {
         key: m.key, operation: m.name, unit: m.unit,
         c: { median: c, samples: samples.c[m.key] },
         lib: { median: lib, samples: samples.lib[m.key] },
         ratio, target, pass: m.max !== undefined ? ratio <= m.max : ratio >= m.min,
+        ...(addon !== undefined ? { addon: { median: addon, ratio: addon / c, samples: samples.addon[m.key] } } : {}),
       };
     });
     if (argv.json) {
-      console.log(JSON.stringify({ quick: !!argv.quick, plan, host: { kernel: os.release(), cpus: os.cpus().length }, results }, null, 2));
+      const host = { kernel: os.release(), cpus: os.cpus().length, pinnedCpu };
+      console.log(JSON.stringify({ quick: !!argv.quick, plan, host, vmas, results }, null, 2));
     } else {
       printTable(results);
+      console.log(
+        `VM create+close walks every VMA of the calling process (mmu_notifier_register -> mm_take_all_locks):` +
+          ` ${vmas.lib.vm} VMAs in this process, ${vmas.c.vm} in bench.c.`,
+      );
     }
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });

@@ -1,12 +1,14 @@
 // C baseline for `npm run bench` (scripts/bench.mjs): the same kernel calls the library makes,
 // with nothing in between, so that the script can report library / C ratios.
 //
-//   bench GROUP REPS BATCH
+//   bench GROUP REPS BATCH WARMUP_MS
 //
 // GROUP is one of: check_extension, vm, gmem, memslot (per-call; BATCH calls are timed together
-// and divided), falloc (-> fallocate, punch_hole), fill (-> fill_first, fill_warm) (bulk, on a
-// 1 GiB guest_memfd; BATCH is ignored). One untimed warm-up repetition comes first. Prints one
-// JSON object: {"metric": {"unit": "ns" | "B/s", "median": x, "samples": [...]}, ...}.
+// and divided; untimed batches run first for WARMUP_MS, at least one), falloc (-> fallocate,
+// punch_hole), fill (-> fill_first, fill_warm) (bulk, on a 1 GiB guest_memfd, after one untimed
+// repetition; BATCH and WARMUP_MS are ignored). Prints one
+// JSON object: {"vmas": n, "metric": {"unit": "ns" | "B/s", "median": x, "samples": [...]}, ...}
+// where vmas is this process's VMA count during the run (KVM_CREATE_VM's cost grows with it).
 //
 // The KVM uapi is defined here: Debian 12's <linux/kvm.h> predates guest_memfd.
 #define _GNU_SOURCE
@@ -85,15 +87,25 @@ struct metric {
   int n;
 };
 
+// Lines of /proc/self/maps: one per VMA.
+static int count_vmas(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) return -1;
+  int n = 0, c;
+  while ((c = getc(f)) != EOF) n += c == '\n';
+  fclose(f);
+  return n;
+}
+static int vmas = -1;
+
 static void print_metrics(struct metric *m, int count) {
-  printf("{");
+  printf("{\"vmas\":%d", vmas);
   for (int i = 0; i < count; i++) {
     double sorted[1024];
     memcpy(sorted, m[i].samples, m[i].n * sizeof(double));
     qsort(sorted, m[i].n, sizeof(double), cmp_double);
     double med = m[i].n % 2 ? sorted[m[i].n / 2] : (sorted[m[i].n / 2 - 1] + sorted[m[i].n / 2]) / 2;
-    printf("%s\"%s\":{\"unit\":\"%s\",\"median\":%.6g,\"samples\":[", i ? "," : "", m[i].name,
-           m[i].unit, med);
+    printf(",\"%s\":{\"unit\":\"%s\",\"median\":%.6g,\"samples\":[", m[i].name, m[i].unit, med);
     for (int j = 0; j < m[i].n; j++) printf("%s%.6g", j ? "," : "", m[i].samples[j]);
     printf("]}");
   }
@@ -119,8 +131,7 @@ static int create_gmem(int vm, uint64_t size, uint64_t flags) {
   struct kvm_create_guest_memfd args = {.size = size, .flags = flags};
   int fd = ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args);
   if (fd < 0) die("KVM_CREATE_GUEST_MEMFD");
-  int fl = fcntl(fd, F_GETFD);
-  if (fl < 0 || fcntl(fd, F_SETFD, fl | FD_CLOEXEC) != 0) die("fcntl FD_CLOEXEC");
+  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) die("fcntl FD_CLOEXEC"); /* as the library does */
   return fd;
 }
 
@@ -169,16 +180,21 @@ static void one_memslot(int kvm, int vm, int gmem, void *map) {
   set_region2(vm, (struct kvm_userspace_memory_region2){.slot = 0});
 }
 
-static void per_call(struct metric *m, void (*one)(int, int, int, void *), int reps, long batch) {
+static void per_call(struct metric *m, void (*one)(int, int, int, void *), int reps, long batch,
+                     double warmup_ms) {
   int kvm = open_kvm(), vm = create_vm(kvm);
   int gmem = create_gmem(vm, SMALL, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
   void *map = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_SHARED, gmem, 0);
   if (map == MAP_FAILED) die("mmap");
-  for (int rep = -1; rep < reps; rep++) {  // rep -1 is the warm-up
+  vmas = count_vmas();
+  double warm_end = now_ns() + warmup_ms * 1e6;
+  do
+    for (long i = 0; i < batch; i++) one(kvm, vm, gmem, map);
+  while (now_ns() < warm_end);
+  for (int rep = 0; rep < reps; rep++) {
     double t0 = now_ns();
     for (long i = 0; i < batch; i++) one(kvm, vm, gmem, map);
-    double t = (now_ns() - t0) / batch;
-    if (rep >= 0) m->samples[m->n++] = t;
+    m->samples[m->n++] = (now_ns() - t0) / batch;
   }
   munmap(map, SMALL);
   close(gmem), close(vm), close(kvm);
@@ -189,6 +205,7 @@ static void per_call(struct metric *m, void (*one)(int, int, int, void *), int r
 static void falloc_group(struct metric *alloc, struct metric *punch, int reps) {
   int kvm = open_kvm(), vm = create_vm(kvm);
   int gmem = create_gmem(vm, BIG, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
+  vmas = count_vmas();
   for (int rep = -1; rep < reps; rep++) {
     double t0 = now_ns();
     falloc(gmem, FALLOC_FL_KEEP_SIZE, BIG);
@@ -207,6 +224,7 @@ static void fill_group(struct metric *first, struct metric *warm, int reps) {
   int gmem = create_gmem(vm, BIG, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
   unsigned char *map = mmap(NULL, BIG, PROT_READ | PROT_WRITE, MAP_SHARED, gmem, 0);
   if (map == MAP_FAILED) die("mmap");
+  vmas = count_vmas();
   for (int rep = -1; rep < reps; rep++) {
     falloc(gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, BIG);
     double t0 = now_ns();
@@ -222,15 +240,16 @@ static void fill_group(struct metric *first, struct metric *warm, int reps) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s GROUP REPS BATCH\n", argv[0]);
+  if (argc != 5) {
+    fprintf(stderr, "usage: %s GROUP REPS BATCH WARMUP_MS\n", argv[0]);
     return 2;
   }
   const char *group = argv[1];
   int reps = atoi(argv[2]);
   long batch = atol(argv[3]);
-  if (reps < 1 || reps > 1024 || batch < 1) {
-    fprintf(stderr, "bench.c: REPS must be 1..1024 and BATCH >= 1\n");
+  double warmup_ms = atof(argv[4]);
+  if (reps < 1 || reps > 1024 || batch < 1 || warmup_ms < 0) {
+    fprintf(stderr, "bench.c: REPS must be 1..1024, BATCH >= 1, WARMUP_MS >= 0\n");
     return 2;
   }
   static struct metric m[2];
@@ -241,7 +260,7 @@ int main(int argc, char **argv) {
                                          : !strcmp(group, "gmem")          ? one_gmem
                                                                            : one_memslot;
     m[0] = (struct metric){.name = group, .unit = "ns"};
-    per_call(&m[0], one, reps, batch);
+    per_call(&m[0], one, reps, batch, warmup_ms);
     print_metrics(m, 1);
   } else if (!strcmp(group, "falloc")) {
     m[0] = (struct metric){.name = "fallocate", .unit = "ns"};
