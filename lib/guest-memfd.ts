@@ -46,7 +46,7 @@ export class GuestMemfd extends FdResource {
 
   /** @internal Use vm.createGuestMemfd(). */
   constructor(fd: number, size: bigint, flags: bigint) {
-    super(fd, 'GuestMemfd', GUEST_MEMFD_LINK);
+    super(fd, 'GuestMemfd', { link: GUEST_MEMFD_LINK, ino: native.inodeOf(fd) });
     this.size = size;
     this.flags = flags;
   }

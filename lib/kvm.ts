@@ -2,7 +2,6 @@
  * Kvm: the KVM system fd (/dev/kvm). Entry point of the library.
  * @module
  */
-import { readlinkSync } from 'node:fs';
 import { KvmError } from './errors.js';
 import { VmType } from './constants.js';
 import { native } from './native.js';
@@ -37,8 +36,8 @@ export class Kvm extends FdResource {
   /** KVM_GET_API_VERSION, read at open (12 on every kernel since 2.6.22). */
   readonly apiVersion: number;
 
-  private constructor(fd: number, path: string, link: string) {
-    super(fd, 'Kvm', link);
+  private constructor(fd: number, path: string) {
+    super(fd, 'Kvm');
     this.path = path;
     try {
       this.apiVersion = native.getApiVersion(fd);
@@ -64,13 +63,7 @@ export class Kvm extends FdResource {
       if (hint) throw (e as KvmError).withHint(`${hint} (path: ${path})`);
       throw e;
     }
-    let link = path;
-    try {
-      link = readlinkSync(`/proc/self/fd/${fd}`);
-    } catch {
-      // /proc may be absent; the path itself is the best guess.
-    }
-    return new Kvm(fd, path, link);
+    return new Kvm(fd, path);
   }
 
   /**

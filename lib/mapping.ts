@@ -14,14 +14,16 @@ export const MAX_MAPPING_LENGTH = 2 ** 32;
  * A MAP_SHARED (guest_memfd) or MAP_PRIVATE|MAP_ANONYMOUS mapping. `bytes` is a Uint8Array
  * over the mapped memory itself: writes through it are writes to the file, with no copy.
  *
- * close() (or `using`) unmaps it (munmap) and detaches `bytes`, so no view can reach the
- * range afterwards. A mapping holds its own reference to the file: closing the GuestMemfd does
- * not unmap it, as in the kernel. If a mapping is dropped without close(), the garbage
- * collector unmaps it eventually (a safety net, not the way to release memory).
+ * close() (or `using`) unmaps the file at once: the range is replaced in place by private
+ * anonymous memory, so a view obtained earlier (or an I/O job still writing into it) can no
+ * longer reach the file, and cannot fault either. The address range is returned to the system
+ * when the garbage collector drops the buffer. A mapping holds its own reference to the file:
+ * closing the GuestMemfd does not unmap it, as in the kernel. A mapping dropped without close()
+ * is unmapped when collected (a safety net, not the way to release memory).
  *
  * Host access to guest_memfd memory the kernel will not fault in (beyond the file's end, or
- * private to the guest) raises SIGBUS, which would kill the process; so GuestMemfd.map() refuses
- * ranges past the end, and `bytes` is refused for guest_memfds without INIT_SHARED.
+ * private to the guest) raises SIGBUS, which would kill the process; so mappings past the end of
+ * the file are refused, and `bytes` is refused for guest_memfds without INIT_SHARED.
  */
 export class Mapping implements Disposable {
   #buffer: ArrayBuffer | undefined;
@@ -96,8 +98,9 @@ export class Mapping implements Disposable {
   }
 
   /**
-   * Unmaps the range (munmap) and detaches `bytes`. Idempotent.
-   * @throws KvmError (syscall 'munmap') if the kernel refuses
+   * Unmaps the file from the range (see the class comment) and refuses `bytes` from then on.
+   * Idempotent. A memslot that still points at the range now sees anonymous memory, not the file.
+   * @throws KvmError (syscall 'mmap') if the kernel refuses to replace the range
    */
   close(): void {
     const buffer = this.#buffer;

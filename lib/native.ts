@@ -53,6 +53,7 @@ export interface NativeAddon {
     vmFd: number, slot: number, flags: number, guestPhysAddr: U64In, memorySize: U64In, userspaceAddr: U64In,
   ): void;
   fstat(fd: number): NativeStat;
+  inodeOf(fd: number): number | bigint;
   fallocate(fd: number, mode: number, offset: U64In, length: U64In): void;
   mapShared(fd: number, offset: U64In, length: U64In): NativeMapping;
   mapAnonymous(length: U64In): NativeMapping;

@@ -1,7 +1,7 @@
 /**
  * The fd lifetime shared by every kernel object (Kvm, Vm, GuestMemfd): one owner per fd,
  * idempotent close(), `[Symbol.dispose]` that never throws, a clear error on use after close,
- * and a FinalizationRegistry that closes a leaked fd as a safety net only.
+ * and a FinalizationRegistry that closes a leaked guest_memfd as a safety net only.
  * @module
  * @internal
  */
@@ -9,18 +9,26 @@ import { readlinkSync } from 'node:fs';
 import { KvmStateError } from './errors.js';
 import { native } from './native.js';
 
-interface Leak {
-  fd: number;
-  /** What /proc/self/fd/N must still name for the fd to be ours. */
+/** How the safety net recognises a leaked fd as still being the object's own file. */
+export interface FdIdentity {
+  /** What /proc/self/fd/N reads as. */
   link: string;
+  /** The file's inode (fstat st_ino). */
+  ino: number | bigint;
 }
 
-// Closes fds of objects that were garbage-collected without close(). The fd number might have
-// been closed and reused by someone else since (through a raw close()), so the link is checked
-// first: a reused number that now names something else is left alone.
-const leaks = new FinalizationRegistry<Leak>(({ fd, link }) => {
+interface Leak extends FdIdentity {
+  fd: number;
+}
+
+// Closes fds of objects that were garbage-collected without close(). The number may have been
+// closed behind the library's back and reused since, even by a file of the same kind, so both the
+// link and the inode must still match. Only files with an inode of their own can be told apart
+// this way (guest_memfd: one inode per file); VM and /dev/kvm fds share one inode per kind, so
+// objects for those are not given to the safety net and a leaked one stays open.
+const leaks = new FinalizationRegistry<Leak>(({ fd, link, ino }) => {
   try {
-    if (readlinkSync(`/proc/self/fd/${fd}`) === link) native.close(fd);
+    if (readlinkSync(`/proc/self/fd/${fd}`) === link && native.inodeOf(fd) === ino) native.close(fd);
   } catch {
     // The fd is gone already; nothing to do.
   }
@@ -34,12 +42,13 @@ export abstract class FdResource implements Disposable {
   /**
    * @param fd the fd this object now owns
    * @param what the object's name in error messages ('Vm', 'GuestMemfd')
-   * @param link what /proc/self/fd/<fd> reads as, for the leak safety net
+   * @param identity for files that can be told apart from others of their kind: the leak safety
+   * net closes the fd if this object is collected without close()
    */
-  protected constructor(fd: number, what: string, link: string) {
+  protected constructor(fd: number, what: string, identity?: FdIdentity) {
     this.#fd = fd;
     this.#what = what;
-    leaks.register(this, { fd, link }, this);
+    if (identity) leaks.register(this, { fd, ...identity }, this);
   }
 
   /** The file descriptor. Throws a KvmStateError (ERR_KVM_CLOSED) after close(). */

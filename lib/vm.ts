@@ -65,6 +65,11 @@ export interface Memslot {
   memorySize: bigint;
   /** Host address. */
   userspaceAddr: bigint;
+  /**
+   * The Mapping given as userspaceAddr, if one was: held here so that the garbage collector
+   * cannot return its address range to the system while the slot points at it.
+   */
+  mapping?: Mapping;
   /** The guest_memfd (object or fd number), for GUEST_MEMFD slots. */
   guestMemfd?: GuestMemfd | number;
   /** Offset into the guest_memfd. */
@@ -80,7 +85,9 @@ export const VM_LINK = 'anon_inode:kvm-vm';
  * A VM. Created by `kvm.createVm()`.
  *
  * Lifetime follows the kernel: close() releases this fd only. GuestMemfds created from the VM
- * stay open and keep the VM alive in the kernel until they are closed too.
+ * stay open and keep the VM alive in the kernel until they are closed too. Close a Vm
+ * explicitly (or with `using`): a Vm dropped without close() keeps its fd until the process
+ * exits, because VM fds cannot be told apart safely after the number may have been reused.
  */
 export class Vm extends FdResource {
   /** The VM type given to KVM_CREATE_VM (VmType). */
@@ -89,7 +96,7 @@ export class Vm extends FdResource {
 
   /** @internal Use kvm.createVm(). */
   constructor(fd: number, type: number) {
-    super(fd, 'Vm', VM_LINK);
+    super(fd, 'Vm');
     this.type = type;
   }
 
@@ -147,6 +154,7 @@ export class Vm extends FdResource {
     this.#record({
       slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr,
       guestMemfdOffset: gmemOffset, via: 'region2', ...(gm !== undefined ? { guestMemfd: gm } : {}),
+      ...(r.userspaceAddr instanceof Mapping ? { mapping: r.userspaceAddr } : {}),
     });
   }
 
@@ -166,6 +174,7 @@ export class Vm extends FdResource {
     native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
     this.#record({
       slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: 0n, via: 'region',
+      ...(r.userspaceAddr instanceof Mapping ? { mapping: r.userspaceAddr } : {}),
     });
   }
 

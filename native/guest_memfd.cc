@@ -28,6 +28,17 @@ static Napi::Value Fstat(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// inodeOf(fd) -> st_ino as a Number (a BigInt if above 2^53): the file's identity, which the
+// leak safety net compares before closing a number that may have been reused.
+static Napi::Value InodeOf(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  struct stat st;
+  if (fstat(fd, &st) != 0) ThrowSys(info.Env(), errno, "fstat", nullptr, Fmt("fd %d", fd));
+  uint64_t ino = static_cast<uint64_t>(st.st_ino);
+  if (ino <= (1ull << 53)) return Napi::Number::New(info.Env(), static_cast<double>(ino));
+  return U64(info.Env(), ino);
+}
+
 // fallocate(fd, mode, offset, length). lib/ passes FALLOC_FL_KEEP_SIZE (allocate) or
 // FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE (punch); other modes reach the kernel as given
 // so that its refusals can be observed.
@@ -50,6 +61,7 @@ static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
 
 void InitGuestMemfd(Napi::Env env, Napi::Object exports) {
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
+  exports.Set("inodeOf", Napi::Function::New(env, InodeOf, "inodeOf"));
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
 }
 

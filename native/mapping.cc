@@ -1,12 +1,19 @@
 // Shared mappings exposed to JavaScript without copying: an external ArrayBuffer whose
 // backing store is the mmap()ed range itself.
 //
-// Every live mapping is recorded here. munmap() only acts on an ArrayBuffer whose data
-// pointer and length match a live record, so JavaScript can never make the addon unmap
-// memory it did not map. After munmap the ArrayBuffer is detached, so no JS view can touch
-// the range again. If JS drops a mapping without unmapping it, the ArrayBuffer's finalizer
-// unmaps it (a safety net; lib/ unmaps explicitly on close/dispose).
+// Every live mapping is recorded here. Release (unmap) only acts on an ArrayBuffer whose data
+// pointer and length match a live record, so JavaScript can never make the addon unmap memory it
+// did not map.
+//
+// Releasing does not munmap() at once: a job on the libuv pool (crypto.randomFill, zlib, fs) may
+// still hold a raw pointer into the buffer, and would fault on an unmapped range. Instead the
+// range is replaced in place (MAP_FIXED) by private anonymous memory: the file is no longer
+// mapped from that moment, and late writers land in harmless memory. The address range itself is
+// unmapped by the ArrayBuffer's finalizer, once nothing in JavaScript (or a pending job, which
+// holds the buffer object) can reach it. The same finalizer is the safety net for mappings that
+// are dropped without being released.
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cinttypes>
@@ -22,7 +29,7 @@ namespace {
 struct MapRecord {
   void* addr;
   size_t length;
-  bool live;
+  bool live;  // still maps the file; false once released (a placeholder until finalized)
 };
 
 std::mutex g_mu;
@@ -31,10 +38,8 @@ std::unordered_map<void*, MapRecord*> g_live;  // addr -> record, for live mappi
 void FinalizeMapping(Napi::Env, void*, MapRecord* rec) {
   {
     std::lock_guard<std::mutex> lk(g_mu);
-    if (rec->live) {
-      munmap(rec->addr, rec->length);
-      g_live.erase(rec->addr);
-    }
+    if (rec->live) g_live.erase(rec->addr);
+    munmap(rec->addr, rec->length);  // the file mapping, or the placeholder left by a release
   }
   delete rec;
 }
@@ -81,6 +86,16 @@ static Napi::Value MapShared(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   int64_t offset = ArgOff(info, 1, "offset");
   size_t length = ArgLength(info, 2);
+  // A host access past the end of the file raises SIGBUS; refuse such a range up front.
+  struct stat st;
+  if (fstat(fd, &st) != 0) ThrowSys(info.Env(), errno, "fstat", nullptr, Fmt("fd %d", fd));
+  if (static_cast<uint64_t>(offset) + length > static_cast<uint64_t>(st.st_size)) {
+    throw Napi::RangeError::New(
+        info.Env(), Fmt("The range [0x%" PRIx64 ", 0x%" PRIx64 ") extends past the end of the file "
+                        "(size 0x%" PRIx64 "); a host access there would raise SIGBUS",
+                        static_cast<uint64_t>(offset), static_cast<uint64_t>(offset) + length,
+                        static_cast<uint64_t>(st.st_size)));
+  }
   void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
   if (p == MAP_FAILED) {
     ThrowSys(info.Env(), errno, "mmap", nullptr,
@@ -120,8 +135,9 @@ static Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info) {
   return ab;
 }
 
-// munmap(buffer): only for a buffer that MapShared/MapAnonymous returned and that is still
-// mapped. Detaches the buffer so every view over it reads as length 0 afterwards.
+// unmap(buffer): releases a live mapping that MapShared/MapAnonymous returned. The file is
+// unmapped at once (the range becomes private anonymous memory, see the top of this file);
+// the address range is freed when the buffer is garbage-collected.
 static Napi::Value Unmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::ArrayBuffer ab = LiveBuffer(info);
@@ -132,7 +148,9 @@ static Napi::Value Unmap(const Napi::CallbackInfo& info) {
   int err = 0;
   {
     std::lock_guard<std::mutex> lk(g_mu);
-    if (munmap(addr, length) != 0) {
+    void* p = mmap(addr, length, PROT_READ | PROT_WRITE,
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
       err = errno;
     } else {
       auto it = g_live.find(addr);
@@ -140,8 +158,10 @@ static Napi::Value Unmap(const Napi::CallbackInfo& info) {
       g_live.erase(it);
     }
   }
-  if (err != 0) ThrowSys(env, err, "munmap", nullptr, Fmt("address=%p, length=0x%zx", addr, length));
-  ab.Detach();
+  if (err != 0) {
+    ThrowSys(env, err, "mmap", nullptr,
+             Fmt("address=%p, length=0x%zx, MAP_FIXED|MAP_PRIVATE|MAP_ANONYMOUS (release)", addr, length));
+  }
   return env.Undefined();
 }
 

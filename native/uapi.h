@@ -1,8 +1,8 @@
 // The KVM uapi this addon needs, defined here rather than taken from <linux/kvm.h>:
 // build hosts often carry kernel headers older than guest_memfd (Debian 12's predate it),
 // while the running kernel has it. Everything lives in namespace kg so that a newer
-// system header can be included beside this one without clashes; where the system header
-// does define a value, it is cross-checked at compile time.
+// system header can be included beside this one without clashes. The ioctl numbers are pinned
+// below to the values the kernel's header produces.
 //
 // Values follow include/uapi/linux/kvm.h of Linux 6.18 (x86_64).
 #pragma once

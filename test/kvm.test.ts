@@ -1,7 +1,7 @@
 // Kvm: the system fd. Checked against /proc/self/fd, fdinfo and the kernel's answers.
 import { describe, expect, it } from 'vitest';
-import { Cap, Kvm, KvmError, KvmStateError, VmType } from '../lib/index.js';
-import { countFds, fdLink, isCloexec, openKvm, thrown } from './kvm-host.js';
+import { Cap, GuestMemfdFlag, Kvm, KvmError, KvmStateError, VmType } from '../lib/index.js';
+import { countFds, fdLink, isCloexec, needCap, openKvm, thrown } from './kvm-host.js';
 
 describe('Kvm.open', () => {
   it('opens /dev/kvm close-on-exec and reads API version 12', (ctx) => {
@@ -37,12 +37,18 @@ describe('Kvm.open', () => {
 });
 
 describe('kvm.checkExtension', () => {
-  it('answers the guest_memfd capabilities as the host reports them', (ctx) => {
+  it('answers the guest_memfd capabilities, the same on /dev/kvm and on a default VM', (ctx) => {
     using kvm = openKvm(ctx);
     expect(kvm.checkExtension(Cap.USER_MEMORY)).toBe(1);
     expect(kvm.checkExtension(Cap.NR_MEMSLOTS)).toBeGreaterThan(0);
-    for (const cap of [Cap.USER_MEMORY2, Cap.GUEST_MEMFD, Cap.GUEST_MEMFD_FLAGS]) {
-      expect(kvm.checkExtension(cap)).toBeGreaterThanOrEqual(0);
+    needCap(ctx, kvm, Cap.GUEST_MEMFD, 'GUEST_MEMFD');
+    expect(kvm.checkExtension(Cap.GUEST_MEMFD)).toBe(1);
+    expect(kvm.checkExtension(Cap.USER_MEMORY2)).toBe(1); // guest_memfd is bound only through region2
+    const flags = kvm.checkExtension(Cap.GUEST_MEMFD_FLAGS);
+    expect(flags & ~Number(GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED)).toBe(0); // only flags the uapi defines
+    using vm = kvm.createVm();
+    for (const cap of [Cap.USER_MEMORY2, Cap.GUEST_MEMFD, Cap.GUEST_MEMFD_FLAGS, Cap.NR_MEMSLOTS]) {
+      expect(vm.checkExtension(cap), `cap ${cap}`).toBe(kvm.checkExtension(cap));
     }
   });
 

@@ -15,7 +15,7 @@ const hostile: unknown[] = [
 // Arity of each function that takes only fds and numbers (the others are tested below).
 const numeric: Record<string, number> = {
   close: 1, setCloexec: 1, getApiVersion: 1, checkExtension: 2, createVm: 2, getVcpuMmapSize: 1,
-  createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, fallocate: 4,
+  createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, inodeOf: 1, fallocate: 4,
   mapShared: 3, mapAnonymous: 1,
 };
 
@@ -58,11 +58,21 @@ describe('native addon argument checks', () => {
       expect(() => native.unmap(v as ArrayBuffer)).toThrow(TypeError);
       expect(() => native.mincore(v as ArrayBuffer)).toThrow(TypeError);
     }
-    // A mapping can be unmapped once; the detached buffer is refused afterwards.
+    // A mapping can be released once; the released buffer is refused afterwards.
     const m = native.mapAnonymous(4096);
     native.unmap(m.buffer);
     expect(() => native.unmap(m.buffer)).toThrow(TypeError);
-    expect(m.buffer.byteLength).toBe(0);
+    expect(() => native.mincore(m.buffer)).toThrow(TypeError);
+    new Uint8Array(m.buffer).fill(1); // still safe to touch: a placeholder until collected
+  });
+
+  it('mapShared refuses ranges past the end of the file (a touch there would be SIGBUS)', () => {
+    const memfd = native.memfdCreate('kvm-gmem-empty'); // 0 bytes
+    try {
+      expect(() => native.mapShared(memfd, 0, 4096)).toThrow(/past the end/);
+    } finally {
+      native.close(memfd);
+    }
   });
 
   it('setErrorFactory requires a function', () => {
