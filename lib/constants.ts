@@ -96,6 +96,49 @@ export const FallocMode = {
   PUNCH_HOLE: 0x02,
 } as const;
 
+/**
+ * KVM_EXIT_* values of kvm_run.exit_reason: why KVM_RUN came back to userspace.
+ * `vcpu.run()` decodes the common ones into a {@link VcpuExit}; the rest arrive as
+ * `reason: 'other'` with the raw number.
+ */
+export const ExitReason = {
+  UNKNOWN: 0, EXCEPTION: 1, IO: 2, HYPERCALL: 3, DEBUG: 4, HLT: 5, MMIO: 6, IRQ_WINDOW_OPEN: 7,
+  SHUTDOWN: 8, FAIL_ENTRY: 9, INTR: 10, SET_TPR: 11, TPR_ACCESS: 12, S390_SIEIC: 13, S390_RESET: 14,
+  DCR: 15, NMI: 16, INTERNAL_ERROR: 17, OSI: 18, PAPR_HCALL: 19, S390_UCONTROL: 20, WATCHDOG: 21,
+  S390_TSCH: 22, EPR: 23, SYSTEM_EVENT: 24, S390_STSI: 25, IOAPIC_EOI: 26, HYPERV: 27, ARM_NISV: 28,
+  X86_RDMSR: 29, X86_WRMSR: 30, DIRTY_RING_FULL: 31, AP_RESET_HOLD: 32, X86_BUS_LOCK: 33, XEN: 34,
+  RISCV_SBI: 35, RISCV_CSR: 36, NOTIFY: 37, LOONGARCH_IOCSR: 38, MEMORY_FAULT: 39, TDX: 40,
+} as const;
+
+/** The name of an exit reason number ('KVM_EXIT_IO'), or undefined for a number KVM does not define here. */
+export function exitReasonName(n: number): string | undefined {
+  for (const [name, v] of Object.entries(ExitReason)) if (v === n) return `KVM_EXIT_${name}`;
+  return undefined;
+}
+
+/** kvm_run.memory_fault.flags bits (a u64). */
+export const MemoryFaultFlag = {
+  /** KVM_MEMORY_EXIT_FLAG_PRIVATE: the guest accessed the gpa as private memory. */
+  PRIVATE: 1n << 3n,
+} as const;
+
+/** kvm_run.system_event.type values (KVM_SYSTEM_EVENT_*). */
+export const SystemEventType = {
+  SHUTDOWN: 1, RESET: 2, CRASH: 3, WAKEUP: 4, SUSPEND: 5, SEV_TERM: 6, TDX_FATAL: 7,
+} as const;
+
+/** kvm_run.internal.suberror values (KVM_INTERNAL_ERROR_*). */
+export const InternalErrorSuberror = {
+  /** KVM could not emulate an instruction. */
+  EMULATION: 1,
+  /** An exception was raised while delivering another one. */
+  SIMUL_EX: 2,
+  /** An exit while an event was being delivered. */
+  DELIVERY_EV: 3,
+  /** An exit reason KVM does not handle. */
+  UNEXPECTED_EXIT_REASON: 4,
+} as const;
+
 /** The host page size this library assumes (x86_64). */
 export const PAGE_SIZE = 4096;
 

@@ -7,7 +7,7 @@
  *   system call is made.
  * @module
  */
-import { getSystemErrorName } from 'node:util';
+import { getSystemErrorMap, getSystemErrorName } from 'node:util';
 
 /** Everything a failed system call reports. */
 export interface KvmErrorInfo {
@@ -65,13 +65,14 @@ export class KvmError extends Error {
 }
 
 /** Codes carried by {@link KvmStateError}. */
-export type KvmStateCode = 'ERR_KVM_CLOSED' | 'ERR_KVM_PRIVATE_MEMORY';
+export type KvmStateCode = 'ERR_KVM_CLOSED' | 'ERR_KVM_PRIVATE_MEMORY' | 'ERR_KVM_VCPU_RUNNING';
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
   /**
    * 'ERR_KVM_CLOSED' for use after close; 'ERR_KVM_PRIVATE_MEMORY' for host access to memory
-   * the kernel keeps private to the guest.
+   * the kernel keeps private to the guest; 'ERR_KVM_VCPU_RUNNING' for a call on a vCPU whose
+   * runAsync() has not settled yet.
    */
   readonly code: KvmStateCode;
   /** Builds the error. */
@@ -80,6 +81,15 @@ export class KvmStateError extends Error {
     this.name = 'KvmStateError';
     this.code = code;
   }
+}
+
+/**
+ * A KvmError for an errno that native code returned instead of throwing (KVM_RUN).
+ * @internal
+ */
+export function kvmErrorFromErrno(errno: number, syscall: string, request: string, detail: string): KvmError {
+  const description = getSystemErrorMap().get(-errno)?.[1] ?? `errno ${errno}`;
+  return new KvmError({ errno, syscall, request, detail, description });
 }
 
 function errnoName(errno: number): string {

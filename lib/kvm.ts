@@ -78,13 +78,16 @@ export class Kvm extends FdResource {
 
   /**
    * Creates a VM (ioctl KVM_CREATE_VM). The VM fd is O_CLOEXEC. The VM lives on after this Kvm
-   * is closed.
+   * is closed: it keeps the vCPU mapping size (ioctl KVM_GET_VCPU_MMAP_SIZE, asked here) for the
+   * vCPUs it will create.
    * @param type a VmType value (default VmType.DEFAULT); supported types are bits of Cap.VM_TYPES
    * @throws KvmError EINVAL for an unsupported type, ENOMEM/EMFILE when out of resources
    */
   createVm(type: number = VmType.DEFAULT): Vm {
     const t = u32(type, 'type');
-    return new Vm(native.createVm(this.open(), t), t);
+    const fd = this.open();
+    const runSize = native.getVcpuMmapSize(fd);
+    return new Vm(native.createVm(fd, t), t, runSize);
   }
 
   /**

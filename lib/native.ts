@@ -31,6 +31,27 @@ export interface NativeStat {
   nlink: number;
 }
 
+/** A vCPU's runner (native/vcpu_runner.cc): the kvm_run mapping, KVM_RUN, its thread, the kick. */
+export interface NativeVcpuRunner {
+  /** The kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE bytes). */
+  readonly buffer: ArrayBuffer;
+  /** Whether a runAsync() is in flight. */
+  readonly running: boolean;
+  /** The vCPU thread's Linux tid, once started. */
+  readonly threadId: number | undefined;
+  /** KVM_RUN on the calling thread: 0 or its errno. */
+  run(): number;
+  /** KVM_RUN on the vCPU's own thread: resolves to 0 or its errno. */
+  runAsync(): Promise<number>;
+  /** immediate_exit + signal; whether a runAsync() was in flight. */
+  kick(): boolean;
+  /** Stops the thread, unmaps kvm_run, closes the runner's own fd. */
+  close(): void;
+}
+
+/** Byte offsets and sizes of the uapi structs, from native/uapi.h. */
+export type NativeLayout = Record<string, Record<string, number>>;
+
 /** The addon's exports (native/*.cc). Each is one system call, no policy. */
 export interface NativeAddon {
   setErrorFactory(
@@ -59,14 +80,28 @@ export interface NativeAddon {
   mapAnonymous(length: U64In): NativeMapping;
   unmap(buffer: ArrayBuffer): void;
   mincore(buffer: ArrayBuffer): Uint8Array;
+  createVcpu(vmFd: number, id: number): number;
+  getRegs(fd: number, bytes: Uint8Array): void;
+  setRegs(fd: number, bytes: Uint8Array): void;
+  getSregs(fd: number, bytes: Uint8Array): void;
+  setSregs(fd: number, bytes: Uint8Array): void;
+  getFpu(fd: number, bytes: Uint8Array): void;
+  setFpu(fd: number, bytes: Uint8Array): void;
+  uapiLayout(): NativeLayout;
+  VcpuRunner: new (vcpuFd: number, mmapSize: number) => NativeVcpuRunner;
 }
+
+/** The addon file this process loads: $KVM_GMEM_ADDON, else the node-gyp build. */
+export const addonPath: string = process.env.KVM_GMEM_ADDON
+  ? resolve(process.env.KVM_GMEM_ADDON)
+  : resolve(dirname(fileURLToPath(import.meta.url)), '..', 'build', 'Release', 'kvm_gmem.node');
+
+/** The build directory holding the addon; the guest images are built beside it (guest/). */
+export const addonDir: string = dirname(addonPath);
 
 function load(): NativeAddon {
   const require = createRequire(import.meta.url);
-  const here = dirname(fileURLToPath(import.meta.url));
-  const path = process.env.KVM_GMEM_ADDON
-    ? resolve(process.env.KVM_GMEM_ADDON)
-    : resolve(here, '..', 'build', 'Release', 'kvm_gmem.node');
+  const path = addonPath;
   let addon: NativeAddon;
   try {
     addon = require(path) as NativeAddon;

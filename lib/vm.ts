@@ -9,6 +9,7 @@ import { Mapping } from './mapping.js';
 import { native } from './native.js';
 import { checkU64, fdNumber, options, u32, u64 } from './numbers.js';
 import { FdResource } from './resource.js';
+import { Vcpu } from './vcpu.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
 export interface GuestMemfdOptions {
@@ -93,11 +94,51 @@ export class Vm extends FdResource {
   /** The VM type given to KVM_CREATE_VM (VmType). */
   readonly type: number;
   readonly #slots = new Map<number, Memslot>();
+  readonly #runSize: number;
 
-  /** @internal Use kvm.createVm(). */
-  constructor(fd: number, type: number) {
+  /** @internal Use kvm.createVm(). `runSize` is KVM_GET_VCPU_MMAP_SIZE. */
+  constructor(fd: number, type: number, runSize: number) {
     super(fd, 'Vm');
     this.type = type;
+    this.#runSize = runSize;
+  }
+
+  /**
+   * Creates vCPU `id` (ioctl KVM_CREATE_VCPU) and maps its kvm_run area. The fd is O_CLOEXEC.
+   * Like a GuestMemfd, a Vcpu keeps the VM alive in the kernel after this Vm is closed.
+   * @param id the vCPU id (the APIC id on x86), below Cap.MAX_VCPU_ID
+   * @throws KvmError: EEXIST if the id is taken, EINVAL if it is too large; ERR_KVM_CLOSED
+   * after close()
+   */
+  createVcpu(id: number): Vcpu {
+    const vcpuId = u32(id, 'id');
+    const fd = native.createVcpu(this.open(), vcpuId);
+    try {
+      return new Vcpu(fd, vcpuId, this, this.#runSize);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * The host's view of guest memory [gpa, gpa + length): a Uint8Array over the Mapping that
+   * backs the memslot covering that range (no copy). Writes are seen by the guest at once, and
+   * the guest's writes are seen here.
+   * @throws RangeError if no memslot set with a Mapping as userspaceAddr covers the whole range;
+   * KvmStateError (ERR_KVM_CLOSED / ERR_KVM_PRIVATE_MEMORY) from the Mapping
+   */
+  guestMemory(gpa: number | bigint, length: number): Uint8Array {
+    const start = u64(gpa, 'gpa');
+    const len = u32(length, 'length');
+    for (const m of this.#slots.values()) {
+      if (!m.mapping || start < m.guestPhysAddr || start + BigInt(len) > m.guestPhysAddr + m.memorySize) continue;
+      const at = Number(start - m.guestPhysAddr);
+      return m.mapping.bytes.subarray(at, at + len);
+    }
+    throw new RangeError(
+      `No memslot with a host Mapping covers guest memory [0x${start.toString(16)}, 0x${(start + BigInt(len)).toString(16)})`,
+    );
   }
 
   /**

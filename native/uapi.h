@@ -95,4 +95,170 @@ static_assert(KVM_CREATE_GUEST_MEMFD == 0xc040aed4ul, "KVM_CREATE_GUEST_MEMFD nu
 static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40a0ae49ul, "KVM_SET_USER_MEMORY_REGION2 number");
 static_assert(KVM_SET_USER_MEMORY_REGION == 0x4020ae46ul, "KVM_SET_USER_MEMORY_REGION number");
 
+
+// ---- vCPUs (x86_64) ----
+
+// VM ioctl: creates vCPU `id`; the fd comes back with O_CLOEXEC set by the kernel.
+constexpr unsigned long KVM_CREATE_VCPU = _IO(KVMIO, 0x41);
+// vCPU ioctl: enter the guest until the next exit that needs userspace.
+constexpr unsigned long KVM_RUN = _IO(KVMIO, 0x80);
+
+// General-purpose registers (KVM_GET_REGS / KVM_SET_REGS).
+struct kvm_regs {
+  uint64_t rax, rbx, rcx, rdx;
+  uint64_t rsi, rdi, rsp, rbp;
+  uint64_t r8, r9, r10, r11;
+  uint64_t r12, r13, r14, r15;
+  uint64_t rip, rflags;
+};
+static_assert(sizeof(kvm_regs) == 144, "kvm_regs size");
+static_assert(offsetof(kvm_regs, rip) == 128, "rip offset");
+static_assert(offsetof(kvm_regs, rflags) == 136, "rflags offset");
+
+// A segment register as KVM holds it: the hidden (cached) part spelled out field by field.
+struct kvm_segment {
+  uint64_t base;
+  uint32_t limit;
+  uint16_t selector;
+  uint8_t type;
+  uint8_t present, dpl, db, s, l, g, avl;
+  uint8_t unusable;
+  uint8_t padding;
+};
+static_assert(sizeof(kvm_segment) == 24, "kvm_segment size");
+static_assert(offsetof(kvm_segment, selector) == 12, "selector offset");
+static_assert(offsetof(kvm_segment, type) == 14, "type offset");
+static_assert(offsetof(kvm_segment, unusable) == 22, "unusable offset");
+
+struct kvm_dtable {
+  uint64_t base;
+  uint16_t limit;
+  uint16_t padding[3];
+};
+static_assert(sizeof(kvm_dtable) == 16, "kvm_dtable size");
+
+// Special registers (KVM_GET_SREGS / KVM_SET_SREGS).
+struct kvm_sregs {
+  kvm_segment cs, ds, es, fs, gs, ss;
+  kvm_segment tr, ldt;
+  kvm_dtable gdt, idt;
+  uint64_t cr0, cr2, cr3, cr4, cr8;
+  uint64_t efer;
+  uint64_t apic_base;
+  uint64_t interrupt_bitmap[4];  // (KVM_NR_INTERRUPTS 256 + 63) / 64
+};
+static_assert(sizeof(kvm_sregs) == 312, "kvm_sregs size");
+static_assert(offsetof(kvm_sregs, gdt) == 192, "gdt offset");
+static_assert(offsetof(kvm_sregs, idt) == 208, "idt offset");
+static_assert(offsetof(kvm_sregs, cr0) == 224, "cr0 offset");
+static_assert(offsetof(kvm_sregs, efer) == 264, "efer offset");
+static_assert(offsetof(kvm_sregs, apic_base) == 272, "apic_base offset");
+static_assert(offsetof(kvm_sregs, interrupt_bitmap) == 280, "interrupt_bitmap offset");
+
+// x87/SSE state (KVM_GET_FPU / KVM_SET_FPU).
+struct kvm_fpu {
+  uint8_t fpr[8][16];
+  uint16_t fcw;
+  uint16_t fsw;
+  uint8_t ftwx;
+  uint8_t pad1;
+  uint16_t last_opcode;
+  uint64_t last_ip;
+  uint64_t last_dp;
+  uint8_t xmm[16][16];
+  uint32_t mxcsr;
+  uint32_t pad2;
+};
+static_assert(sizeof(kvm_fpu) == 416, "kvm_fpu size");
+static_assert(offsetof(kvm_fpu, fcw) == 128, "fcw offset");
+static_assert(offsetof(kvm_fpu, last_ip) == 136, "last_ip offset");
+static_assert(offsetof(kvm_fpu, xmm) == 152, "xmm offset");
+static_assert(offsetof(kvm_fpu, mxcsr) == 408, "mxcsr offset");
+
+constexpr unsigned long KVM_GET_REGS = _IOR(KVMIO, 0x81, kvm_regs);
+constexpr unsigned long KVM_SET_REGS = _IOW(KVMIO, 0x82, kvm_regs);
+constexpr unsigned long KVM_GET_SREGS = _IOR(KVMIO, 0x83, kvm_sregs);
+constexpr unsigned long KVM_SET_SREGS = _IOW(KVMIO, 0x84, kvm_sregs);
+constexpr unsigned long KVM_GET_FPU = _IOR(KVMIO, 0x8c, kvm_fpu);
+constexpr unsigned long KVM_SET_FPU = _IOW(KVMIO, 0x8d, kvm_fpu);
+static_assert(KVM_CREATE_VCPU == 0xae41ul, "KVM_CREATE_VCPU number");
+static_assert(KVM_RUN == 0xae80ul, "KVM_RUN number");
+static_assert(KVM_GET_REGS == 0x8090ae81ul, "KVM_GET_REGS number");
+static_assert(KVM_SET_REGS == 0x4090ae82ul, "KVM_SET_REGS number");
+static_assert(KVM_GET_SREGS == 0x8138ae83ul, "KVM_GET_SREGS number");
+static_assert(KVM_SET_SREGS == 0x4138ae84ul, "KVM_SET_SREGS number");
+static_assert(KVM_GET_FPU == 0x81a0ae8cul, "KVM_GET_FPU number");
+static_assert(KVM_SET_FPU == 0x41a0ae8dul, "KVM_SET_FPU number");
+
+// The head of struct kvm_run (the page mmap()ed from the vCPU fd) up to the exit union, and
+// the union members this library decodes. lib/exits.ts reads the page through these offsets
+// (exported by uapiLayout() and checked by a test), so the two can never drift apart.
+struct kvm_run_head {
+  uint8_t request_interrupt_window;
+  uint8_t immediate_exit;
+  uint8_t padding1[6];
+  uint32_t exit_reason;
+  uint8_t ready_for_interrupt_injection;
+  uint8_t if_flag;
+  uint16_t flags;
+  uint64_t cr8;
+  uint64_t apic_base;
+  // union { ... } at offset 32, 256 bytes; then kvm_valid_regs at 288, kvm_dirty_regs at 296.
+};
+static_assert(offsetof(kvm_run_head, immediate_exit) == 1, "immediate_exit offset");
+static_assert(offsetof(kvm_run_head, exit_reason) == 8, "exit_reason offset");
+static_assert(offsetof(kvm_run_head, apic_base) == 24, "apic_base offset");
+static_assert(sizeof(kvm_run_head) == 32, "kvm_run head size");
+constexpr size_t KVM_RUN_EXIT_UNION = 32;
+constexpr size_t KVM_RUN_VALID_REGS = 288;
+constexpr size_t KVM_RUN_DIRTY_REGS = 296;
+
+struct kvm_run_io {  // KVM_EXIT_IO
+  uint8_t direction;  // KVM_EXIT_IO_IN 0, KVM_EXIT_IO_OUT 1
+  uint8_t size;       // bytes per element: 1, 2, 4
+  uint16_t port;
+  uint32_t count;       // elements (> 1 for rep ins/outs)
+  uint64_t data_offset;  // where the data is, from the start of the kvm_run mapping
+};
+static_assert(sizeof(kvm_run_io) == 16 && offsetof(kvm_run_io, data_offset) == 8, "io layout");
+
+struct kvm_run_mmio {  // KVM_EXIT_MMIO
+  uint64_t phys_addr;
+  uint8_t data[8];
+  uint32_t len;
+  uint8_t is_write;
+};
+static_assert(offsetof(kvm_run_mmio, len) == 16 && offsetof(kvm_run_mmio, is_write) == 20, "mmio layout");
+
+struct kvm_run_fail_entry {  // KVM_EXIT_FAIL_ENTRY
+  uint64_t hardware_entry_failure_reason;
+  uint32_t cpu;
+};
+static_assert(offsetof(kvm_run_fail_entry, cpu) == 8, "fail_entry layout");
+
+struct kvm_run_internal {  // KVM_EXIT_INTERNAL_ERROR
+  uint32_t suberror;
+  uint32_t ndata;
+  uint64_t data[16];
+};
+static_assert(offsetof(kvm_run_internal, data) == 8, "internal layout");
+
+struct kvm_run_system_event {  // KVM_EXIT_SYSTEM_EVENT
+  uint32_t type;
+  uint32_t ndata;
+  uint64_t data[16];  // data[0] is the legacy `flags`
+};
+static_assert(offsetof(kvm_run_system_event, data) == 8, "system_event layout");
+
+struct kvm_run_memory_fault {  // KVM_EXIT_MEMORY_FAULT (with KVM_RUN failing EFAULT)
+  uint64_t flags;
+  uint64_t gpa;
+  uint64_t size;
+};
+static_assert(sizeof(kvm_run_memory_fault) == 24, "memory_fault layout");
+
+// Exit reasons this addon itself looks at (lib/constants.ts names all of them).
+constexpr uint32_t KVM_EXIT_INTR = 10;
+constexpr uint32_t KVM_EXIT_MEMORY_FAULT = 39;
+
 }  // namespace kg

@@ -1,0 +1,223 @@
+/**
+ * Vcpu: a KVM vCPU fd (KVM_CREATE_VCPU), its kvm_run mapping, its registers, and running it.
+ * @module
+ */
+import { availableParallelism } from 'node:os';
+import { KvmStateError, kvmErrorFromErrno } from './errors.js';
+import { decodeExit, type VcpuExit } from './exits.js';
+import { native, type NativeVcpuRunner } from './native.js';
+import { options } from './numbers.js';
+import { FdResource } from './resource.js';
+import type { Vm } from './vm.js';
+import {
+  decodeFpu, decodeRegs, decodeSregs, encodeFpu, encodeRegs, encodeSregs, Layout,
+  type Fpu, type Regs, type RegsInput, type Sregs,
+} from './x86-state.js';
+
+/** How long the event loop polls for a run's result before sleeping, in milliseconds. */
+const POLL_MS = 0.05;
+const CAN_POLL = availableParallelism() >= 2;
+
+/** Options for `vcpu.runAsync()`. */
+export interface RunAsyncOptions {
+  /** Aborting kicks the vCPU; the promise then rejects with the signal's reason (an AbortError). */
+  signal?: AbortSignal;
+}
+
+/**
+ * A vCPU. Created by `vm.createVcpu(id)`.
+ *
+ * Run it with `run()` (blocks the calling thread until the next exit) or `runAsync()` (the same
+ * KVM_RUN on a native thread that belongs to this vCPU for its whole life, so the event loop keeps
+ * going). While a runAsync() is in flight, every other call but `kick()` and `close()` throws a
+ * KvmStateError ('ERR_KVM_VCPU_RUNNING') instead of waiting.
+ */
+export class Vcpu extends FdResource {
+  /** The vCPU id given to KVM_CREATE_VCPU. */
+  readonly id: number;
+  /** The VM this vCPU belongs to. */
+  readonly vm: Vm;
+  readonly #runner: NativeVcpuRunner;
+  readonly #page: DataView;
+  readonly #buffer: ArrayBuffer;
+
+  /** @internal Use vm.createVcpu(). */
+  constructor(fd: number, id: number, vm: Vm, runSize: number) {
+    const runner = new native.VcpuRunner(fd, runSize);
+    super(fd, 'Vcpu');
+    this.id = id;
+    this.vm = vm;
+    this.#runner = runner;
+    this.#buffer = runner.buffer;
+    this.#page = new DataView(this.#buffer);
+  }
+
+  /** Whether a runAsync() is in flight. */
+  get running(): boolean {
+    return this.#runner.running;
+  }
+
+  /** The Linux thread id of this vCPU's own thread, once runAsync() has started it. */
+  get threadId(): number | undefined {
+    return this.#runner.threadId;
+  }
+
+  /**
+   * The shared kvm_run area (KVM_GET_VCPU_MMAP_SIZE bytes, struct kvm_run first), without
+   * copying: for what the decoded exits do not cover (sync regs, interrupt window...).
+   * @throws KvmStateError after close()
+   */
+  get kvmRun(): Uint8Array {
+    this.#idle();
+    return new Uint8Array(this.#buffer);
+  }
+
+  /** Reads the general-purpose registers (ioctl KVM_GET_REGS). @throws KvmError; KvmStateError */
+  getRegs(): Regs {
+    const b = new Uint8Array(Layout.regs.size);
+    native.getRegs(this.#idle(), b);
+    return decodeRegs(b);
+  }
+
+  /**
+   * Writes the general-purpose registers (ioctl KVM_SET_REGS); every field is required, so start
+   * from getRegs(). @throws TypeError/RangeError for bad values; KvmError; KvmStateError
+   */
+  setRegs(regs: RegsInput): void {
+    const b = encodeRegs(regs);
+    native.setRegs(this.#idle(), b);
+  }
+
+  /** Reads the special registers: segments, descriptor tables, control registers, EFER (ioctl KVM_GET_SREGS). */
+  getSregs(): Sregs {
+    const b = new Uint8Array(Layout.sregs.size);
+    native.getSregs(this.#idle(), b);
+    return decodeSregs(b);
+  }
+
+  /**
+   * Writes the special registers (ioctl KVM_SET_SREGS); start from getSregs().
+   * @throws KvmError EINVAL for a state KVM refuses (e.g. long mode without PAE); KvmStateError
+   */
+  setSregs(sregs: Sregs): void {
+    const b = encodeSregs(sregs);
+    native.setSregs(this.#idle(), b);
+  }
+
+  /** Reads the x87/SSE state (ioctl KVM_GET_FPU), e.g. to move a vCPU to another process. */
+  getFpu(): Fpu {
+    const b = new Uint8Array(Layout.fpu.size);
+    native.getFpu(this.#idle(), b);
+    return decodeFpu(b);
+  }
+
+  /** Writes the x87/SSE state (ioctl KVM_SET_FPU); start from getFpu(). */
+  setFpu(fpu: Fpu): void {
+    const b = encodeFpu(fpu);
+    native.setFpu(this.#idle(), b);
+  }
+
+  /**
+   * Runs the vCPU on the calling thread until the next exit that needs userspace (ioctl
+   * KVM_RUN). Blocks the event loop meanwhile: a guest that never exits blocks it for good (use
+   * runAsync() for those).
+   * @returns the exit; EINTR (a signal for this thread) is returned as `{ reason: 'intr' }`, and
+   * EFAULT with KVM_EXIT_MEMORY_FAULT as `{ reason: 'memory_fault', ... }`
+   * @throws KvmError for any other KVM_RUN failure; KvmStateError while a runAsync() is in flight
+   * or after close()
+   */
+  run(): VcpuExit {
+    this.#idle();
+    return this.#decode(this.#runner.run());
+  }
+
+  /**
+   * Runs the vCPU on its own native thread (started on the first call and kept for the vCPU's
+   * life) until the next exit that needs userspace (ioctl KVM_RUN). The event loop keeps running;
+   * a run in flight keeps the process alive like pending I/O.
+   * @returns the exit, as run() does
+   * @throws (rejects) KvmError for a KVM_RUN failure; KvmStateError ('ERR_KVM_CLOSED') if the
+   * vCPU is closed before the run ends; the signal's reason if `options.signal` aborts it.
+   * Throws KvmStateError at once if a run is already in flight.
+   */
+  runAsync(opts: RunAsyncOptions = {}): Promise<VcpuExit> {
+    const signal = options(opts, 'options').signal as AbortSignal | undefined;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      throw new TypeError('The "options.signal" argument must be an AbortSignal');
+    }
+    this.#idle();
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const pending = this.#runner.runAsync();
+    this.#pollBriefly();
+    if (signal === undefined) return pending.then((status) => this.#settled(status));
+    const onAbort = () => this.#runner.kick();
+    signal.addEventListener('abort', onAbort, { once: true });
+    return pending.then(
+      (status) => {
+        signal.removeEventListener('abort', onAbort);
+        const exit = this.#settled(status);
+        // An exit other than the kick's own is never dropped: the guest did something.
+        if (signal.aborted && exit.reason === 'intr') throw signal.reason;
+        return exit;
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        throw e;
+      },
+    );
+  }
+
+  /**
+   * Stops a runAsync() in flight: sets kvm_run.immediate_exit and signals the vCPU's thread, so
+   * KVM_RUN returns EINTR and the run settles with `{ reason: 'intr' }`. The guest's state is kept;
+   * run again to continue it.
+   * @returns whether a run was in flight (false: nothing to stop, nothing changed)
+   */
+  kick(): boolean {
+    return !this.closed && this.#runner.kick();
+  }
+
+  /**
+   * Closes the vCPU: stops its thread (kicking a run in flight, whose promise then rejects with
+   * ERR_KVM_CLOSED), unmaps kvm_run and closes the fd. Idempotent.
+   */
+  override close(): void {
+    if (this.closed) return;
+    this.#runner.close();
+    super.close();
+  }
+
+  // Keeps the event loop polling (setImmediate, so timers and I/O still run) for a short while
+  // after a run starts, instead of letting it sleep in epoll. Most exits a VMM handles (port I/O,
+  // MMIO) come back within microseconds, and waking a sleeping thread costs tens of them on a
+  // virtual CPU. Only with a second CPU to poll on: on one CPU the poll would take the CPU the
+  // vCPU thread needs. The vCPU thread polls for the next request the same way (vcpu_runner.cc).
+  #pollBriefly(): void {
+    if (!CAN_POLL) return;
+    const deadline = performance.now() + POLL_MS;
+    const spin = (): void => {
+      if (this.#runner.running && performance.now() < deadline) setImmediate(spin);
+    };
+    setImmediate(spin);
+  }
+
+  #settled(status: number): VcpuExit {
+    if (this.closed) throw new KvmStateError('ERR_KVM_CLOSED', `Vcpu ${this.id} was closed while running`);
+    return this.#decode(status);
+  }
+
+  #decode(status: number): VcpuExit {
+    const exit = decodeExit(this.#page, this.#buffer, status);
+    if (exit) return exit;
+    throw kvmErrorFromErrno(status, 'ioctl', 'KVM_RUN', `vcpu ${this.id}`);
+  }
+
+  /** The fd, if the vCPU is open and not running. */
+  #idle(): number {
+    const fd = this.open();
+    if (this.#runner.running) {
+      throw new KvmStateError('ERR_KVM_VCPU_RUNNING', `Vcpu ${this.id} is running (runAsync in flight); kick() it or await the run`);
+    }
+    return fd;
+  }
+}

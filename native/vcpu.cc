@@ -1,0 +1,142 @@
+// The vCPU fd: creation and register state. Running it lives in vcpu_runner.cc.
+//
+// Register state crosses into JavaScript as the kernel's struct bytes (a Uint8Array of exactly
+// the struct's size); lib/x86-state.ts names the fields. The layout the TypeScript side relies on
+// is exported by uapiLayout() from the same definitions that the static_asserts in uapi.h pin.
+#include <sys/ioctl.h>
+
+#include <cerrno>
+#include <cstddef>
+
+#include "args.h"
+#include "objects.h"
+#include "uapi.h"
+
+namespace kg {
+
+// KVM_CREATE_VCPU(vmFd, id) -> vCPU fd (the kernel sets O_CLOEXEC on it).
+static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
+  int vmfd = ArgFd(info, 0, "vmFd");
+  uint32_t id = ArgU32(info, 1, "id");
+  int fd = ioctl(vmfd, KVM_CREATE_VCPU, static_cast<unsigned long>(id));
+  if (fd < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_VCPU", Fmt("vm fd %d, id %u", vmfd, id));
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// The byte buffer argument for a struct of `size` bytes: a Uint8Array of exactly that length.
+static uint8_t* ArgStruct(const Napi::CallbackInfo& info, size_t i, const char* name, size_t size) {
+  if (i >= info.Length() || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument must be a Uint8Array", name));
+  }
+  Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
+  if (a.ByteLength() != size) {
+    throw Napi::RangeError::New(info.Env(), Fmt("The \"%s\" argument must be exactly %zu bytes (got %zu)",
+                                                name, size, a.ByteLength()));
+  }
+  return a.Data();
+}
+
+// One get/set pair per register struct: (fd, bytes). GET fills `bytes`, SET reads it.
+template <unsigned long Request, size_t Size>
+static Napi::Value StructIoctl(const Napi::CallbackInfo& info, const char* request) {
+  int fd = ArgFd(info, 0, "fd");
+  uint8_t* p = ArgStruct(info, 1, "bytes", Size);
+  if (ioctl(fd, Request, p) != 0) ThrowSys(info.Env(), errno, "ioctl", request, Fmt("vcpu fd %d", fd));
+  return info.Env().Undefined();
+}
+
+static Napi::Value GetRegs(const Napi::CallbackInfo& i) {
+  return StructIoctl<KVM_GET_REGS, sizeof(kvm_regs)>(i, "KVM_GET_REGS");
+}
+static Napi::Value SetRegs(const Napi::CallbackInfo& i) {
+  return StructIoctl<KVM_SET_REGS, sizeof(kvm_regs)>(i, "KVM_SET_REGS");
+}
+static Napi::Value GetSregs(const Napi::CallbackInfo& i) {
+  return StructIoctl<KVM_GET_SREGS, sizeof(kvm_sregs)>(i, "KVM_GET_SREGS");
+}
+static Napi::Value SetSregs(const Napi::CallbackInfo& i) {
+  return StructIoctl<KVM_SET_SREGS, sizeof(kvm_sregs)>(i, "KVM_SET_SREGS");
+}
+static Napi::Value GetFpu(const Napi::CallbackInfo& i) {
+  return StructIoctl<KVM_GET_FPU, sizeof(kvm_fpu)>(i, "KVM_GET_FPU");
+}
+static Napi::Value SetFpu(const Napi::CallbackInfo& i) {
+  return StructIoctl<KVM_SET_FPU, sizeof(kvm_fpu)>(i, "KVM_SET_FPU");
+}
+
+// The struct sizes and offsets the TypeScript side decodes with, straight from uapi.h.
+static Napi::Value UapiLayout(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto obj = [&](std::initializer_list<std::pair<const char*, size_t>> kv) {
+    Napi::Object o = Napi::Object::New(env);
+    for (auto& [k, v] : kv) o.Set(k, Napi::Number::New(env, static_cast<double>(v)));
+    return o;
+  };
+  constexpr size_t U = KVM_RUN_EXIT_UNION;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("kvm_regs", obj({{"size", sizeof(kvm_regs)}, {"rip", offsetof(kvm_regs, rip)},
+                         {"rflags", offsetof(kvm_regs, rflags)}}));
+  o.Set("kvm_segment", obj({{"size", sizeof(kvm_segment)}, {"base", offsetof(kvm_segment, base)},
+                            {"limit", offsetof(kvm_segment, limit)},
+                            {"selector", offsetof(kvm_segment, selector)},
+                            {"type", offsetof(kvm_segment, type)},
+                            {"present", offsetof(kvm_segment, present)},
+                            {"unusable", offsetof(kvm_segment, unusable)}}));
+  o.Set("kvm_sregs", obj({{"size", sizeof(kvm_sregs)}, {"tr", offsetof(kvm_sregs, tr)},
+                          {"ldt", offsetof(kvm_sregs, ldt)}, {"gdt", offsetof(kvm_sregs, gdt)},
+                          {"idt", offsetof(kvm_sregs, idt)}, {"cr0", offsetof(kvm_sregs, cr0)},
+                          {"cr8", offsetof(kvm_sregs, cr8)}, {"efer", offsetof(kvm_sregs, efer)},
+                          {"apic_base", offsetof(kvm_sregs, apic_base)},
+                          {"interrupt_bitmap", offsetof(kvm_sregs, interrupt_bitmap)}}));
+  o.Set("kvm_fpu", obj({{"size", sizeof(kvm_fpu)}, {"fcw", offsetof(kvm_fpu, fcw)},
+                        {"fsw", offsetof(kvm_fpu, fsw)}, {"ftwx", offsetof(kvm_fpu, ftwx)},
+                        {"last_opcode", offsetof(kvm_fpu, last_opcode)},
+                        {"last_ip", offsetof(kvm_fpu, last_ip)}, {"last_dp", offsetof(kvm_fpu, last_dp)},
+                        {"xmm", offsetof(kvm_fpu, xmm)}, {"mxcsr", offsetof(kvm_fpu, mxcsr)}}));
+  o.Set("kvm_run",
+        obj({{"immediate_exit", offsetof(kvm_run_head, immediate_exit)},
+             {"exit_reason", offsetof(kvm_run_head, exit_reason)},
+             {"if_flag", offsetof(kvm_run_head, if_flag)},
+             {"flags", offsetof(kvm_run_head, flags)},
+             {"cr8", offsetof(kvm_run_head, cr8)},
+             {"apic_base", offsetof(kvm_run_head, apic_base)},
+             {"exit", U},
+             {"io.direction", U + offsetof(kvm_run_io, direction)},
+             {"io.size", U + offsetof(kvm_run_io, size)},
+             {"io.port", U + offsetof(kvm_run_io, port)},
+             {"io.count", U + offsetof(kvm_run_io, count)},
+             {"io.data_offset", U + offsetof(kvm_run_io, data_offset)},
+             {"mmio.phys_addr", U + offsetof(kvm_run_mmio, phys_addr)},
+             {"mmio.data", U + offsetof(kvm_run_mmio, data)},
+             {"mmio.len", U + offsetof(kvm_run_mmio, len)},
+             {"mmio.is_write", U + offsetof(kvm_run_mmio, is_write)},
+             {"fail_entry.hardware_entry_failure_reason",
+              U + offsetof(kvm_run_fail_entry, hardware_entry_failure_reason)},
+             {"fail_entry.cpu", U + offsetof(kvm_run_fail_entry, cpu)},
+             {"internal.suberror", U + offsetof(kvm_run_internal, suberror)},
+             {"internal.ndata", U + offsetof(kvm_run_internal, ndata)},
+             {"internal.data", U + offsetof(kvm_run_internal, data)},
+             {"system_event.type", U + offsetof(kvm_run_system_event, type)},
+             {"system_event.ndata", U + offsetof(kvm_run_system_event, ndata)},
+             {"system_event.data", U + offsetof(kvm_run_system_event, data)},
+             {"memory_fault.flags", U + offsetof(kvm_run_memory_fault, flags)},
+             {"memory_fault.gpa", U + offsetof(kvm_run_memory_fault, gpa)},
+             {"memory_fault.size", U + offsetof(kvm_run_memory_fault, size)},
+             {"kvm_valid_regs", KVM_RUN_VALID_REGS},
+             {"kvm_dirty_regs", KVM_RUN_DIRTY_REGS}}));
+  return o;
+}
+
+void InitVcpu(Napi::Env env, Napi::Object exports) {
+  exports.Set("createVcpu", Napi::Function::New(env, CreateVcpu, "createVcpu"));
+  exports.Set("getRegs", Napi::Function::New(env, GetRegs, "getRegs"));
+  exports.Set("setRegs", Napi::Function::New(env, SetRegs, "setRegs"));
+  exports.Set("getSregs", Napi::Function::New(env, GetSregs, "getSregs"));
+  exports.Set("setSregs", Napi::Function::New(env, SetSregs, "setSregs"));
+  exports.Set("getFpu", Napi::Function::New(env, GetFpu, "getFpu"));
+  exports.Set("setFpu", Napi::Function::New(env, SetFpu, "setFpu"));
+  exports.Set("uapiLayout", Napi::Function::New(env, UapiLayout, "uapiLayout"));
+}
+
+}  // namespace kg

@@ -1,0 +1,366 @@
+// Running a vCPU: the kvm_run page, KVM_RUN on the calling thread (run) or on a long-lived thread
+// of the vCPU's own (runAsync), and the kick that stops a running vCPU.
+//
+// Why a thread per vCPU and not the libuv pool: KVM remembers which task last ran a vCPU, and
+// when KVM_RUN arrives from another one it switches the vCPU's pid and waits for an RCU grace
+// period. A pool thread would differ from call to call; a thread of its own never does.
+//
+// The async protocol, all of it owned by one VcpuRunner:
+//   main thread                          vCPU thread
+//   runAsync(): busy, request -> cv  --> wakes, ioctl(KVM_RUN) ... returns
+//   Settle() <- thread-safe function  <-- posts the errno
+// Only one run is in flight at a time (busy_), so one deferred promise is enough.
+//
+// Kicking: set kvm_run.immediate_exit, then send the thread a signal. If the thread is inside
+// KVM_RUN the pending signal makes KVM return EINTR; if it has not entered yet, immediate_exit
+// makes KVM return EINTR at once. Either way the run ends with EINTR (KVM_EXIT_INTR).
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <optional>
+#include <thread>
+
+#include "args.h"
+#include "objects.h"
+#include "uapi.h"
+
+namespace kg {
+namespace {
+
+// The kick signal: a real-time signal that Node and V8 leave alone (Node takes SIGUSR1 for the
+// inspector, V8 SIGPROF for its profiler). Its handler does nothing; what matters is that a signal
+// is pending for the vCPU thread while it is in KVM_RUN.
+int KickSignal() { return SIGRTMIN + 3; }
+
+void NoopHandler(int) {}
+
+void InstallKickHandler(Napi::Env env) {
+  static std::once_flag once;
+  static int err = 0;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = NoopHandler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN has to come back with EINTR
+    if (sigaction(KickSignal(), &sa, nullptr) != 0) err = errno;
+  });
+  if (err != 0) ThrowSys(env, err, "sigaction", nullptr, Fmt("signal %d (the vCPU kick)", KickSignal()));
+}
+
+void UnmapRun(Napi::Env, void* addr, size_t* length) {
+  munmap(addr, *length);
+  delete length;
+}
+
+struct RunResult {
+  int err;  // 0, or the errno of KVM_RUN
+};
+
+}  // namespace
+
+class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "VcpuRunner",
+                       {
+                           InstanceMethod<&VcpuRunner::Run>("run"),
+                           InstanceMethod<&VcpuRunner::RunAsync>("runAsync"),
+                           InstanceMethod<&VcpuRunner::Kick>("kick"),
+                           InstanceMethod<&VcpuRunner::Close>("close"),
+                           InstanceAccessor<&VcpuRunner::Buffer>("buffer"),
+                           InstanceAccessor<&VcpuRunner::Running>("running"),
+                           InstanceAccessor<&VcpuRunner::ThreadId>("threadId"),
+                       });
+  }
+
+  // new VcpuRunner(vcpuFd, mmapSize): maps the vCPU's kvm_run area (mmapSize bytes, what
+  // KVM_GET_VCPU_MMAP_SIZE said). The runner works on a duplicate of vcpuFd, so closing or reusing
+  // the caller's number can never redirect a run to another file.
+  VcpuRunner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuRunner>(info) {
+    Napi::Env env = info.Env();
+    int vcpufd = ArgFd(info, 0, "vcpuFd");
+    uint32_t size = ArgU32(info, 1, "mmapSize");
+    // A mapping longer than the vCPU file's pages would SIGBUS on access. On x86 the file always
+    // has exactly these pages at the start: kvm_run (0), the PIO data page (KVM_PIO_PAGE_OFFSET 1)
+    // and the coalesced MMIO ring (KVM_COALESCED_MMIO_PAGE_OFFSET 2).
+    if (size < 4096 || size > 3 * 4096 || size % 4096 != 0) {
+      throw Napi::RangeError::New(env, Fmt("The \"mmapSize\" argument must be 1 to 3 pages (got %u)", size));
+    }
+    // And the file must be a vCPU: another file could be shorter than that.
+    char link[64] = {0};
+    std::string path = Fmt("/proc/self/fd/%d", vcpufd);
+    ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
+    if (n < 0) ThrowSys(env, errno, "readlink", nullptr, path);
+    if (strncmp(link, "anon_inode:kvm-vcpu:", 20) != 0) {
+      throw Napi::TypeError::New(env, Fmt("The \"vcpuFd\" argument must be a KVM vCPU fd (fd %d is %s)",
+                                          vcpufd, link));
+    }
+    InstallKickHandler(env);
+    fd_ = fcntl(vcpufd, F_DUPFD_CLOEXEC, 0);
+    if (fd_ < 0) ThrowSys(env, errno, "fcntl", nullptr, Fmt("vcpu fd %d, F_DUPFD_CLOEXEC", vcpufd));
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      close(fd_);
+      fd_ = -1;
+      ThrowSys(env, err, "mmap", nullptr, Fmt("vcpu fd %d, length=%u, MAP_SHARED (kvm_run)", vcpufd, size));
+    }
+    run_ = static_cast<uint8_t*>(p);
+    size_ = static_cast<size_t>(size);
+    auto* len = new size_t(size_);
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, size_, UnmapRun, len);
+    buffer_ = Napi::Persistent(ab);
+  }
+
+  ~VcpuRunner() override {
+    closed_ = true;
+    StopThread();
+    ReleaseTsfn();
+    RemoveHook();
+    if (fd_ >= 0) close(fd_);
+    // buffer_ is released with this object; the kvm_run mapping goes when the buffer is collected.
+  }
+
+ private:
+  void CheckIdle(Napi::Env env, const char* what) {
+    if (closed_) {
+      Napi::Error e = Napi::Error::New(env, std::string(what) + ": the vCPU runner is closed");
+      e.Set("code", Napi::String::New(env, "ERR_KVM_CLOSED"));
+      throw e;
+    }
+    if (busy_) {
+      Napi::Error e = Napi::Error::New(env, std::string(what) + ": the vCPU is running (runAsync in flight)");
+      e.Set("code", Napi::String::New(env, "ERR_KVM_VCPU_RUNNING"));
+      throw e;
+    }
+  }
+
+  void SetImmediateExit(uint8_t v) { __atomic_store_n(&run_[1], v, __ATOMIC_SEQ_CST); }
+
+  // run() -> 0 or the errno of KVM_RUN, on the calling thread. Errors are returned, not thrown:
+  // EINTR (a signal) and EFAULT with KVM_EXIT_MEMORY_FAULT are exits the caller decodes.
+  Napi::Value Run(const Napi::CallbackInfo& info) {
+    CheckIdle(info.Env(), "run");
+    SetImmediateExit(0);
+    int rc = ioctl(fd_, KVM_RUN, 0);
+    return Napi::Number::New(info.Env(), rc < 0 ? errno : 0);
+  }
+
+  // runAsync() -> Promise<0 | errno>: the same call on the vCPU's own thread.
+  Napi::Value RunAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckIdle(env, "runAsync");
+    if (!thread_.joinable()) StartThread(env);
+    SetImmediateExit(0);
+    busy_ = true;
+    deferred_.emplace(Napi::Promise::Deferred::New(env));
+    Napi::Promise promise = deferred_->Promise();
+    Ref();              // the runner must outlive the run it started
+    tsfn_.Ref(env);     // and a run in flight keeps the event loop alive, like pending I/O
+    request_.store(true);
+    {
+      // Only a thread that went to sleep needs the futex wake; a spinning one sees the flag.
+      std::lock_guard<std::mutex> lk(mu_);
+      if (sleeping_) cv_.notify_one();
+    }
+    return promise;
+  }
+
+  // kick() -> whether a run was in flight. Stops it: the run settles with EINTR.
+  Napi::Value Kick(const Napi::CallbackInfo& info) {
+    bool inflight = busy_ && !closed_;
+    if (inflight) KickThread();
+    return Napi::Boolean::New(info.Env(), inflight);
+  }
+
+  // close(): stops the thread (kicking a run in flight; its promise still settles), unmaps
+  // kvm_run (the range becomes anonymous memory, so stale views read zeros, never the page of a
+  // closed vCPU) and closes the runner's fd. Idempotent.
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    if (closed_) return info.Env().Undefined();
+    closed_ = true;
+    StopThread();
+    ReleaseTsfn();
+    RemoveHook();
+    mmap(run_, size_, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    close(fd_);
+    fd_ = -1;
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Buffer(const Napi::CallbackInfo& info) { return buffer_.Value(); }
+  Napi::Value Running(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), busy_); }
+  Napi::Value ThreadId(const Napi::CallbackInfo& info) {
+    int tid = tid_.load();
+    return tid > 0 ? Napi::Number::New(info.Env(), tid) : info.Env().Undefined();
+  }
+
+  void StartThread(Napi::Env env) {
+    tsfn_ = Tsfn::New(env, "kvm-gmem vCPU", 0, 1, this);
+    tsfn_.Unref(env);
+    tsfnLive_ = true;
+    env_ = env;
+    if (napi_add_env_cleanup_hook(env, OnEnvCleanup, this) == napi_ok) hook_ = true;
+    // The thread starts with every signal blocked but the kick: a signal meant for the process
+    // (SIGCHLD, SIGINT...) must not land here and cut a run short.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    try {
+      thread_ = std::thread([this] { Loop(); });
+    } catch (const std::system_error& e) {
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      ReleaseTsfn();
+      RemoveHook();
+      throw Napi::Error::New(env, std::string("cannot start the vCPU thread: ") + e.what());
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  }
+
+  void Loop() {
+    tid_.store(static_cast<int>(syscall(SYS_gettid)));
+    sigset_t kick;
+    sigemptyset(&kick);
+    sigaddset(&kick, KickSignal());
+    pthread_sigmask(SIG_UNBLOCK, &kick, nullptr);
+    for (;;) {
+      // A request is always served, even when quitting: its promise must settle (the kick that
+      // came with the quit makes KVM_RUN return EINTR at once).
+      if (!WaitForRequest()) return;
+      int rc = ioctl(fd_, KVM_RUN, 0);
+      auto* r = new RunResult{rc < 0 ? errno : 0};
+      if (tsfn_.BlockingCall(r) != napi_ok) delete r;
+    }
+  }
+
+  // Waits for the next runAsync(): true to run, false to quit. A VMM usually asks for the next
+  // run a few microseconds after the last one settled, so the thread first polls for a while
+  // (yielding the CPU, so that on a shared core the JavaScript thread gets to run) and only then
+  // sleeps on the condition variable: waking a sleeping thread costs a futex round trip and, on
+  // an idle virtual CPU, tens of microseconds.
+  bool WaitForRequest() {
+    constexpr int64_t kPollNs = 50 * 1000;
+    int64_t deadline = NowNs() + kPollNs;
+    for (unsigned i = 1;; i++) {
+      if (request_.load(std::memory_order_acquire)) break;
+      if (quit_.load(std::memory_order_relaxed)) break;
+      if (i % 16 == 0) {
+        if (NowNs() > deadline) break;
+        sched_yield();
+      } else {
+        __builtin_ia32_pause();
+      }
+    }
+    std::unique_lock<std::mutex> lk(mu_);
+    sleeping_ = true;
+    cv_.wait(lk, [this] { return request_.load() || quit_.load(); });
+    sleeping_ = false;
+    return request_.exchange(false);
+  }
+
+  static int64_t NowNs() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+  }
+
+  void KickThread() {
+    SetImmediateExit(1);
+    if (thread_.joinable()) pthread_kill(thread_.native_handle(), KickSignal());
+  }
+
+  void StopThread() {
+    if (!thread_.joinable()) return;
+    quit_.store(true);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      cv_.notify_one();
+    }
+    if (busy_) KickThread();
+    thread_.join();
+  }
+
+  // Releasing lets the thread-safe function drain its queue first, so a result posted just
+  // before the thread stopped still settles its promise.
+  void ReleaseTsfn() {
+    if (!tsfnLive_) return;
+    tsfnLive_ = false;
+    tsfn_.Release();
+  }
+
+  void RemoveHook() {
+    if (!hook_) return;
+    hook_ = false;
+    napi_remove_env_cleanup_hook(env_, OnEnvCleanup, this);
+  }
+
+  // At environment teardown (process exit, worker end) a vCPU may be spinning in the guest:
+  // stop its thread before Node tears down the thread-safe function it posts to.
+  static void OnEnvCleanup(void* arg) {
+    auto* self = static_cast<VcpuRunner*>(arg);
+    self->hook_ = false;
+    self->closed_ = true;
+    self->StopThread();
+    self->ReleaseTsfn();
+  }
+
+  void Settle(Napi::Env env, int err) {
+    busy_ = false;
+    if (tsfnLive_) tsfn_.Unref(env);
+    Napi::Promise::Deferred d = std::move(*deferred_);
+    deferred_.reset();
+    d.Resolve(Napi::Number::New(env, err));
+    Unref();
+  }
+
+  static void CallJs(Napi::Env env, Napi::Function, VcpuRunner* self, RunResult* r) {
+    int err = r->err;
+    delete r;
+    if (env == nullptr || self == nullptr) return;  // the function is being torn down
+    self->Settle(env, err);
+  }
+
+  using Tsfn = Napi::TypedThreadSafeFunction<VcpuRunner, RunResult, &VcpuRunner::CallJs>;
+
+  int fd_ = -1;
+  uint8_t* run_ = nullptr;
+  size_t size_ = 0;
+  Napi::Reference<Napi::ArrayBuffer> buffer_;
+
+  // Main-thread state.
+  bool closed_ = false;
+  bool busy_ = false;
+  std::optional<Napi::Promise::Deferred> deferred_;
+  Tsfn tsfn_;
+  bool tsfnLive_ = false;
+  bool hook_ = false;
+  napi_env env_ = nullptr;
+
+  // Shared with the vCPU thread.
+  std::thread thread_;
+  std::atomic<int> tid_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> request_{false};
+  std::atomic<bool> quit_{false};
+  bool sleeping_ = false;  // under mu_
+};
+
+void InitVcpuRunner(Napi::Env env, Napi::Object exports) {
+  exports.Set("VcpuRunner", VcpuRunner::Define(env));
+}
+
+}  // namespace kg
