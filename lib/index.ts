@@ -19,7 +19,29 @@ export type { GuestMemfdStat } from './guest-memfd.js';
 export { Mapping, MAX_MAPPING_LENGTH } from './mapping.js';
 export { KvmError, KvmStateError } from './errors.js';
 export type { KvmErrorInfo, KvmStateCode } from './errors.js';
-export { Cap, GuestMemfdFlag, MemslotFlag, VmType, FallocMode, PAGE_SIZE, decodeBits } from './constants.js';
+export {
+  Cap, GuestMemfdFlag, MemslotFlag, VmType, FallocMode, PAGE_SIZE, decodeBits,
+  ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror,
+} from './constants.js';
+export { Vcpu } from './vcpu.js';
+export type { RunAsyncOptions } from './vcpu.js';
+export { RunLayout } from './exits.js';
+export type {
+  VcpuExit, ExitReasonName, IoExit, MmioExit, HltExit, ShutdownExit, FailEntryExit, InternalErrorExit,
+  SystemEventExit, MemoryFaultExit, IntrExit, OtherExit,
+} from './exits.js';
+export type { Regs, RegsInput, Sregs, Segment, DTable, Fpu } from './x86-state.js';
+export { X86, setupLongMode, loadImage, setEntry, bootGuest, pageTablesSize } from './x86.js';
+export type { LongModeOptions, EntryOptions, BootOptions } from './x86.js';
+export {
+  guestImage, guestImageNames, guestImagePath, UCALL_PORT, CONSOLE_PORT, BENCH_PORT, UcallCmd,
+  UCALL_STRUCT_SIZE, UcallOffset, UCALL_MAX_ARGS, UCALL_MSG_LEN,
+} from './guest-images.js';
+export type { GuestImageName } from './guest-images.js';
+export {
+  getUcall, replyUcall, runUntilUcall, runUntilUcallSync, GuestAssertionError, UnexpectedExitError,
+} from './ucall.js';
+export type { Ucall, UcallLoopOptions } from './ucall.js';
 export type { CapName } from './constants.js';
-export { hostInfo, formatHostInfo } from './info.js';
-export type { HostInfo, CapabilityInfo } from './info.js';
+export { hostInfo, formatHostInfo, hostPaging } from './info.js';
+export type { HostInfo, CapabilityInfo, HostPaging } from './info.js';

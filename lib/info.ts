@@ -2,6 +2,7 @@
  * What `kvm-gmem info` reports about a host: the first thing to run on a new machine.
  * @module
  */
+import { existsSync, readFileSync } from 'node:fs';
 import { arch, release } from 'node:os';
 import { Cap, GuestMemfdFlag, VmType, decodeBits, type CapName } from './constants.js';
 import { KvmError } from './errors.js';
@@ -43,6 +44,43 @@ export interface HostInfo {
   memslots?: number;
   /** Why the per-VM column is empty, if it is. */
   vmError?: string;
+  /** How KVM maps guest memory here (see {@link hostPaging}). */
+  paging: HostPaging;
+}
+
+/** How the host's KVM translates guest memory: what decides some guest_memfd behaviours. */
+export interface HostPaging {
+  /**
+   * 'tdp': two-dimensional paging (EPT/NPT) — guest page faults are resolved from the memslot,
+   * guest_memfd included. 'shadow': KVM shadows the guest's page tables, reading them (and
+   * emulating some accesses) through the memslot's userspace address. 'unknown': no module
+   * parameter said.
+   */
+  mode: 'tdp' | 'shadow' | 'unknown';
+  /** What decided it, e.g. '/sys/module/kvm_intel/parameters/ept = Y'. */
+  source: string;
+}
+
+/**
+ * Tells shadow paging from TDP by the KVM modules' parameters: kvm_intel's `ept`, kvm_amd's `npt`,
+ * and kvm_pvm (the PVM hypervisor, which always shadows guest page tables).
+ */
+export function hostPaging(sysModule = '/sys/module'): HostPaging {
+  const read = (p: string) => {
+    try {
+      return readFileSync(`${sysModule}/${p}`, 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  };
+  for (const [mod, param] of [['kvm_intel', 'ept'], ['kvm_amd', 'npt']] as const) {
+    const v = read(`${mod}/parameters/${param}`);
+    if (v !== undefined) {
+      return { mode: v === 'Y' || v === '1' ? 'tdp' : 'shadow', source: `${sysModule}/${mod}/parameters/${param} = ${v}` };
+    }
+  }
+  if (existsSync(`${sysModule}/kvm_pvm`)) return { mode: 'shadow', source: `${sysModule}/kvm_pvm (PVM shadows guest page tables)` };
+  return { mode: 'unknown', source: `no kvm_intel, kvm_amd or kvm_pvm module under ${sysModule}` };
 }
 
 /**
@@ -51,7 +89,7 @@ export interface HostInfo {
  * in `canOpen` / `openError`.
  */
 export function hostInfo(device: string = KVM_DEVICE): HostInfo {
-  const info: HostInfo = { device, kernel: release(), arch: arch(), canOpen: false, capabilities: [] };
+  const info: HostInfo = { device, kernel: release(), arch: arch(), canOpen: false, capabilities: [], paging: hostPaging() };
   let kvm: Kvm;
   try {
     kvm = Kvm.open(device);
@@ -115,6 +153,7 @@ export function formatHostInfo(info: HostInfo): string {
     lines.push(`gmem flags    ${names} (0x${info.guestMemfdFlags.value.toString(16)})`);
   }
   if (info.memslots !== undefined) lines.push(`memslots      ${info.memslots}`);
+  lines.push(`paging        ${info.paging.mode} (${info.paging.source})`);
   if (info.vmError) lines.push(`vm            could not create a default VM: ${info.vmError}`);
   lines.push('');
   lines.push('capability                 num    system        vm');

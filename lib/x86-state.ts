@@ -82,6 +82,10 @@ export interface Fpu {
   lastDp: bigint;
   /** The sixteen XMM registers, 16 bytes each. */
   xmm: Uint8Array;
+  /**
+   * MXCSR as struct kvm_fpu has it. The kernel's KVM_GET_FPU / KVM_SET_FPU do not copy this field
+   * (it reads back 0 and writes are dropped); the guest's real MXCSR travels with KVM_GET_XSAVE.
+   */
   mxcsr: number;
 }
 

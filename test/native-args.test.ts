@@ -16,7 +16,12 @@ const hostile: unknown[] = [
 const numeric: Record<string, number> = {
   close: 1, setCloexec: 1, getApiVersion: 1, checkExtension: 2, createVm: 2, getVcpuMmapSize: 1,
   createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, inodeOf: 1, fallocate: 4,
-  mapShared: 3, mapAnonymous: 1,
+  mapShared: 3, mapAnonymous: 1, createVcpu: 2,
+};
+
+// Register ioctls: (fd, Uint8Array of exactly the struct's size).
+const structs: Record<string, number> = {
+  getRegs: 144, setRegs: 144, getSregs: 312, setSregs: 312, getFpu: 416, setFpu: 416,
 };
 
 function survives(f: () => unknown): void {
@@ -29,7 +34,10 @@ function survives(f: () => unknown): void {
 
 describe('native addon argument checks', () => {
   it('covers every exported function', () => {
-    const tested = new Set([...Object.keys(numeric), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory']);
+    const tested = new Set([
+      ...Object.keys(numeric), ...Object.keys(structs), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory',
+      'uapiLayout', 'VcpuRunner',
+    ]);
     expect(Object.keys(native).filter((k) => !tested.has(k))).toEqual([]);
   });
 
@@ -73,6 +81,32 @@ describe('native addon argument checks', () => {
     } finally {
       native.close(memfd);
     }
+  });
+
+  it.each(Object.entries(structs))('%s takes an fd and a Uint8Array of exactly %i bytes', (name, size) => {
+    const f = (native as unknown as Record<string, (...a: unknown[]) => unknown>)[name]!;
+    for (const v of hostile) {
+      survives(() => f(v, new Uint8Array(size)));
+      expect(() => f(0x7ffffff0, v)).toThrow(v instanceof Uint8Array ? RangeError : TypeError);
+    }
+    for (const bad of [new Uint8Array(size - 1), new Uint8Array(size + 1), new Uint8Array(0)]) expect(() => f(0x7ffffff0, bad)).toThrow(RangeError);
+    for (const bad of [new Uint16Array(size / 2), new DataView(new ArrayBuffer(size)), Buffer.alloc(size).buffer]) {
+      expect(() => f(0x7ffffff0, bad)).toThrow(TypeError);
+    }
+    // The right shape reaches the kernel, which answers for the closed fd.
+    expect(() => f(0x7ffffff0, new Uint8Array(size))).toThrow(KvmError);
+  });
+
+  it('VcpuRunner refuses hostile arguments and must be constructed with new', () => {
+    const R = native.VcpuRunner as unknown as new (...a: unknown[]) => unknown;
+    for (const v of hostile) {
+      survives(() => new R(v, 4096));
+      expect(() => new R(v, 4096)).toThrow();
+      expect(() => new R(0, v)).toThrow();
+    }
+    expect(() => new R()).toThrow(TypeError);
+    expect(() => (R as unknown as () => unknown)()).toThrow(TypeError);
+    expect(native.uapiLayout().kvm_regs!.size).toBe(144);
   });
 
   it('setErrorFactory requires a function', () => {

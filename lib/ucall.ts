@@ -1,0 +1,142 @@
+/**
+ * The host side of the guest-to-host call convention (a mirror of the kernel KVM selftests'
+ * ucall; the guest side and the ABI are native/guest/ucall.h).
+ *
+ * A guest makes a call by filling a `struct ucall` in its memory and writing its address to
+ * UCALL_PORT with a 32-bit OUT. The host reads the struct through the memslot's mapping, may
+ * write a reply into its args, and runs the vCPU again.
+ * @module
+ */
+import type { VcpuExit } from './exits.js';
+import {
+  CONSOLE_PORT, UCALL_MAX_ARGS, UCALL_MSG_LEN, UCALL_PORT, UCALL_STRUCT_SIZE, UcallCmd, UcallOffset,
+} from './guest-images.js';
+import { checkU64 } from './numbers.js';
+import type { RunAsyncOptions, Vcpu } from './vcpu.js';
+
+/** A decoded guest call. */
+export interface Ucall {
+  /** What the guest asked for. */
+  cmd: 'none' | 'sync' | 'abort' | 'printf' | 'done' | 'unknown';
+  /** The raw struct ucall.cmd. */
+  command: bigint;
+  /** args[0..nargs). */
+  args: bigint[];
+  /** The NUL-terminated msg (ABORT and PRINTF), '' otherwise. */
+  message: string;
+  /** Guest-physical address of the struct ucall. */
+  address: bigint;
+}
+
+const CMD_NAMES = new Map<bigint, Ucall['cmd']>([
+  [BigInt(UcallCmd.NONE), 'none'], [BigInt(UcallCmd.SYNC), 'sync'], [BigInt(UcallCmd.ABORT), 'abort'],
+  [BigInt(UcallCmd.PRINTF), 'printf'], [BigInt(UcallCmd.DONE), 'done'],
+]);
+
+/**
+ * The guest call an exit carries, or undefined if the exit is not one (anything but a 4-byte
+ * OUT to UCALL_PORT).
+ * @throws RangeError if the struct is not in memory the host can reach (see `vm.guestMemory()`)
+ */
+export function getUcall(vcpu: Vcpu, exit: VcpuExit): Ucall | undefined {
+  if (exit.reason !== 'io' || exit.direction !== 'out' || exit.port !== UCALL_PORT || exit.size !== 4 || exit.count !== 1) {
+    return undefined;
+  }
+  const address = BigInt(new DataView(exit.data.buffer, exit.data.byteOffset, 4).getUint32(0, true));
+  const b = vcpu.vm.guestMemory(address, UCALL_STRUCT_SIZE);
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const command = v.getBigUint64(UcallOffset.CMD, true);
+  const nargs = Number(BigInt.asUintN(8, v.getBigUint64(UcallOffset.NARGS, true)));
+  const args: bigint[] = [];
+  for (let i = 0; i < Math.min(nargs, UCALL_MAX_ARGS); i++) args.push(v.getBigUint64(UcallOffset.ARGS + i * 8, true));
+  const msg = b.subarray(UcallOffset.MSG, UcallOffset.MSG + UCALL_MSG_LEN);
+  const end = msg.indexOf(0);
+  const message = Buffer.from(msg.subarray(0, end < 0 ? msg.length : end)).toString('latin1');
+  return { cmd: CMD_NAMES.get(command) ?? 'unknown', command, args, message, address };
+}
+
+/**
+ * Writes a reply into the guest's struct ucall args[] (the guest reads it after its OUT
+ * returns, i.e. on the next run). At most UCALL_MAX_ARGS values.
+ */
+export function replyUcall(vcpu: Vcpu, ucall: Ucall, args: readonly (number | bigint)[]): void {
+  if (!Array.isArray(args) || args.length > UCALL_MAX_ARGS) {
+    throw new TypeError(`The "args" argument must be an array of at most ${UCALL_MAX_ARGS} numbers`);
+  }
+  const b = vcpu.vm.guestMemory(ucall.address, UCALL_STRUCT_SIZE);
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  args.forEach((a, i) => v.setBigUint64(UcallOffset.ARGS + i * 8, BigInt(checkU64(a, `args[${i}]`)), true));
+}
+
+/** A guest assertion failed (UCALL_ABORT): the message and values are the guest's. */
+export class GuestAssertionError extends Error {
+  /** The guest's call. */
+  readonly ucall: Ucall;
+  /** Builds the error from the call. */
+  constructor(ucall: Ucall) {
+    super(`guest assertion failed: ${ucall.message} [${ucall.args.map((a) => '0x' + a.toString(16)).join(', ')}]`);
+    this.name = 'GuestAssertionError';
+    this.ucall = ucall;
+  }
+}
+
+/** The guest stopped in a way the ucall loop does not handle (see `exit`). */
+export class UnexpectedExitError extends Error {
+  /** The exit. */
+  readonly exit: VcpuExit;
+  /** Builds the error from the exit. */
+  constructor(exit: VcpuExit) {
+    const what = exit.reason === 'io' ? `io ${exit.direction} port 0x${exit.port.toString(16)}`
+      : exit.reason === 'mmio' ? `mmio ${exit.isWrite ? 'write' : 'read'} at 0x${exit.address.toString(16)}`
+      : exit.reason;
+    super(`unexpected vCPU exit: ${what} (exit_reason ${exit.exitReason})`);
+    this.name = 'UnexpectedExitError';
+    this.exit = exit;
+  }
+}
+
+/** Options for {@link runUntilUcall}. */
+export interface UcallLoopOptions extends RunAsyncOptions {
+  /** Receives console text: bytes written to CONSOLE_PORT, and PRINTF messages. Default: dropped. */
+  console?: (text: string) => void;
+  /** Use the synchronous `run()` instead of `runAsync()`. */
+  sync?: boolean;
+}
+
+function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefined {
+  if (exit.reason === 'io' && exit.port === CONSOLE_PORT && exit.direction === 'out') {
+    o.console?.(Buffer.from(exit.data).toString('latin1'));
+    return undefined;
+  }
+  const uc = getUcall(vcpu, exit);
+  if (uc === undefined) throw new UnexpectedExitError(exit);
+  if (uc.cmd === 'printf') {
+    o.console?.(uc.message);
+    return undefined;
+  }
+  if (uc.cmd === 'abort') throw new GuestAssertionError(uc);
+  return uc;
+}
+
+/**
+ * Runs the vCPU until the guest makes a SYNC or DONE call, and returns it. On the way, console
+ * output and PRINTF calls go to `options.console`.
+ * @throws (rejects) GuestAssertionError for an ABORT call; UnexpectedExitError for any other
+ * exit (mmio, hlt, shutdown...); what runAsync() throws
+ */
+export async function runUntilUcall(vcpu: Vcpu, opts: UcallLoopOptions = {}): Promise<Ucall> {
+  const runOpts: RunAsyncOptions = opts.signal ? { signal: opts.signal } : {};
+  for (;;) {
+    const exit = opts.sync ? vcpu.run() : await vcpu.runAsync(runOpts);
+    const uc = handle(vcpu, exit, opts);
+    if (uc) return uc;
+  }
+}
+
+/** {@link runUntilUcall} with the synchronous `run()`, returning at once. */
+export function runUntilUcallSync(vcpu: Vcpu, opts: Omit<UcallLoopOptions, 'sync' | 'signal'> = {}): Ucall {
+  for (;;) {
+    const uc = handle(vcpu, vcpu.run(), opts);
+    if (uc) return uc;
+  }
+}
