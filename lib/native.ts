@@ -41,8 +41,10 @@ export interface NativeVcpuRunner {
   readonly threadId: number | undefined;
   /** KVM_RUN on the calling thread: 0 or its errno. */
   run(): number;
-  /** KVM_RUN on the vCPU's own thread: resolves to 0 or its errno. */
-  runAsync(): Promise<number>;
+  /** KVM_RUN on the vCPU's own thread: resolves to 0 or its errno. `polled`: the caller will poll(). */
+  runAsync(polled?: boolean): Promise<number>;
+  /** Settles a polled run whose result is in; `giveUp` hands delivery back to the event loop. Whether to poll again. */
+  poll(giveUp?: boolean): boolean;
   /** immediate_exit + signal; whether a runAsync() was in flight. */
   kick(): boolean;
   /** Stops the thread, unmaps kvm_run, closes the runner's own fd. */

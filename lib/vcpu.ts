@@ -147,8 +147,8 @@ export class Vcpu extends FdResource {
     }
     this.#idle();
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const pending = this.#runner.runAsync();
-    this.#pollBriefly();
+    const pending = this.#runner.runAsync(CAN_POLL);
+    if (CAN_POLL) this.#poll();
     if (signal === undefined) return pending.then((status) => this.#settled(status));
     const onAbort = () => this.#runner.kick();
     signal.addEventListener('abort', onAbort, { once: true });
@@ -187,16 +187,18 @@ export class Vcpu extends FdResource {
     super.close();
   }
 
-  // Keeps the event loop polling (setImmediate, so timers and I/O still run) for a short while
-  // after a run starts, instead of letting it sleep in epoll. Most exits a VMM handles (port I/O,
-  // MMIO) come back within microseconds, and waking a sleeping thread costs tens of them on a
-  // virtual CPU. Only with a second CPU to poll on: on one CPU the poll would take the CPU the
-  // vCPU thread needs. The vCPU thread polls for the next request the same way (vcpu_runner.cc).
-  #pollBriefly(): void {
-    if (!CAN_POLL) return;
+  // Polls for the run's result from the event loop (setImmediate, so timers and I/O still run)
+  // for a short while instead of letting the loop sleep in epoll: most exits a VMM handles (port
+  // I/O, MMIO) come back within microseconds, and waking a sleeping thread costs tens of them on a
+  // virtual CPU. A result found by polling is taken straight from the vCPU thread, without an
+  // event-loop wake-up; after POLL_MS the thread-safe function delivers it. Only with a second CPU
+  // to poll on: on one CPU the poll would take the CPU the vCPU thread needs. The vCPU thread
+  // polls for the next request the same way (vcpu_runner.cc).
+  #poll(): void {
+    const runner = this.#runner;
     const deadline = performance.now() + POLL_MS;
     const spin = (): void => {
-      if (this.#runner.running && performance.now() < deadline) setImmediate(spin);
+      if (runner.poll(performance.now() > deadline)) setImmediate(spin);
     };
     setImmediate(spin);
   }

@@ -11,6 +11,14 @@
 //   Settle() <- thread-safe function  <-- posts the errno
 // Only one run is in flight at a time (busy_), so one deferred promise is enough.
 //
+// The hand-back has a faster path for a main thread that is polling (runAsync(true), then
+// poll() from a setImmediate loop in lib/vcpu.ts): the vCPU thread leaves the result in
+// result_ and does not wake the event loop at all (no eventfd write, no epoll wake-up). One
+// atomic, handoff_, decides who delivers each result, so exactly one path does:
+//   kPolled   -> the thread finishes: CAS to kReady, poll() settles;
+//             -> poll(giveUp) first:   CAS to kSleeping, and the thread will post;
+//   kSleeping -> the thread finishes: posts through the thread-safe function.
+//
 // Kicking: set kvm_run.immediate_exit, then send the thread a signal. If the thread is inside
 // KVM_RUN the pending signal makes KVM return EINTR; if it has not entered yet, immediate_exit
 // makes KVM return EINTR at once. Either way the run ends with EINTR (KVM_EXIT_INTR).
@@ -79,6 +87,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
                            InstanceMethod<&VcpuRunner::Run>("run"),
                            InstanceMethod<&VcpuRunner::RunAsync>("runAsync"),
                            InstanceMethod<&VcpuRunner::Kick>("kick"),
+                           InstanceMethod<&VcpuRunner::Poll>("poll"),
                            InstanceMethod<&VcpuRunner::Close>("close"),
                            InstanceAccessor<&VcpuRunner::Buffer>("buffer"),
                            InstanceAccessor<&VcpuRunner::Running>("running"),
@@ -159,13 +168,16 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return Napi::Number::New(info.Env(), rc < 0 ? errno : 0);
   }
 
-  // runAsync() -> Promise<0 | errno>: the same call on the vCPU's own thread.
+  // runAsync(polled?) -> Promise<0 | errno>: the same call on the vCPU's own thread. With
+  // polled = true the caller promises to call poll() until it returns false.
   Napi::Value RunAsync(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     CheckIdle(env, "runAsync");
+    bool polled = info.Length() > 0 && info[0].ToBoolean().Value();
     if (!thread_.joinable()) StartThread(env);
     SetImmediateExit(0);
     busy_ = true;
+    handoff_.store(polled ? kPolled : kSleeping);
     deferred_.emplace(Napi::Promise::Deferred::New(env));
     Napi::Promise promise = deferred_->Promise();
     Ref();              // the runner must outlive the run it started
@@ -177,6 +189,24 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       if (sleeping_) cv_.notify_one();
     }
     return promise;
+  }
+
+  // poll(giveUp) -> whether to keep polling. Settles the run if its result is there; with
+  // giveUp, hands delivery to the thread-safe function instead (or settles, if it is too late).
+  Napi::Value Poll(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    bool giveUp = info.Length() > 0 && info[0].ToBoolean().Value();
+    if (!busy_) return Napi::Boolean::New(env, false);
+    int state = handoff_.load();
+    if (state == kPolled && giveUp) {
+      if (handoff_.compare_exchange_strong(state, kSleeping)) return Napi::Boolean::New(env, false);
+    }
+    if (state == kReady) {
+      handoff_.store(kIdle);
+      Settle(env, result_.load());
+      return Napi::Boolean::New(env, false);
+    }
+    return Napi::Boolean::New(env, state == kPolled);
   }
 
   // kick() -> whether a run was in flight. Stops it: the run settles with EINTR.
@@ -193,6 +223,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     if (closed_) return info.Env().Undefined();
     closed_ = true;
     StopThread();
+    if (busy_ && handoff_.load() == kReady) {  // finished for a poller that will not come back
+      handoff_.store(kIdle);
+      Settle(info.Env(), result_.load());
+    }
     ReleaseTsfn();
     RemoveHook();
     mmap(run_, size_, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -241,7 +275,11 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       // came with the quit makes KVM_RUN return EINTR at once).
       if (!WaitForRequest()) return;
       int rc = ioctl(fd_, KVM_RUN, 0);
-      auto* r = new RunResult{rc < 0 ? errno : 0};
+      int err = rc < 0 ? errno : 0;
+      result_.store(err);
+      int expected = kPolled;
+      if (handoff_.compare_exchange_strong(expected, kReady)) continue;  // the poller takes it
+      auto* r = new RunResult{err};
       if (tsfn_.BlockingCall(r) != napi_ok) delete r;
     }
   }
@@ -354,6 +392,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   std::atomic<int> tid_{0};
   std::mutex mu_;
   std::condition_variable cv_;
+  // Who hands a finished run back (see the top of this file).
+  static constexpr int kIdle = 0, kPolled = 1, kSleeping = 2, kReady = 3;
+  std::atomic<int> handoff_{kIdle};
+  std::atomic<int> result_{0};
   std::atomic<bool> request_{false};
   std::atomic<bool> quit_{false};
   bool sleeping_ = false;  // under mu_
