@@ -27,6 +27,10 @@ export interface RunAsyncOptions {
 /**
  * A vCPU. Created by `vm.createVcpu(id)`.
  *
+ * Close it explicitly (or with `using`). One dropped without close() has its thread stopped and
+ * its mapping released when collected, but keeps its fd until the process exits: vCPU fds, like
+ * VM fds, cannot be told apart safely once the number may have been reused.
+ *
  * Run it with `run()` (blocks the calling thread until the next exit) or `runAsync()` (the same
  * KVM_RUN on a native thread that belongs to this vCPU for its whole life, so the event loop keeps
  * going). While a runAsync() is in flight, every other call but `kick()` and `close()` throws a
