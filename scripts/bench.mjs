@@ -14,7 +14,7 @@
 // Per-call operations time a batch of calls and divide. The reported figure is the median of all
 // samples of a side. Both sides run pinned to the same CPU (see below).
 import { $, argv, fs, os, path } from 'zx';
-import { spawnSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const USAGE = 'usage: npm run bench -- [--quick] [--json]';
@@ -35,20 +35,48 @@ if (bad.length) {
   process.exit(2);
 }
 
-// Pin this process, and so the C program it spawns, to one CPU (the first one allowed), by running
-// the script again under taskset. On small shared VMs the vCPUs can differ a lot for KVM calls
-// that wait on other CPUs (memslot changes wait for SRCU; VM create/destroy): on the 2-vCPU host
-// this was written on, memslot add+delete took 9 us on CPU 0 and 150 us on CPU 1. Unpinned, a
-// side's median depends on where the scheduler put it.
-const PIN_ENV = 'KVM_GMEM_BENCH_CPU';
-if (process.env[PIN_ENV] === undefined) {
-  const cpu = /Cpus_allowed_list:\s*(\d+)/.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '0';
-  const args = ['-c', cpu, process.execPath, ...process.execArgv, ...process.argv.slice(1)];
-  const r = spawnSync('taskset', args, { stdio: 'inherit', env: { ...process.env, [PIN_ENV]: cpu } });
-  if (!r.error) process.exit(r.status ?? 1);
-  console.error(`bench: warning: cannot pin to one CPU with taskset (${r.error.message}); expect more noise`);
+// Pinning: the whole process (every thread), and so the C program it spawns, runs on one CPU, the
+// first one allowed. On small shared VMs the vCPUs can differ a lot for KVM calls that wait on
+// other CPUs (memslot changes wait for SRCU; VM create/destroy) and for KVM_RUN's exits (vcpu_load
+// reads MSRs, slow on a nested host): on the 2-vCPU host this was written on, memslot add+delete
+// took 9 us on CPU 0 and 150 us on CPU 1. Unpinned, a side's median depends on where the scheduler
+// put it. The pin is set with taskset after the library is loaded, not at exec: the library sizes
+// its runAsync() hand-back from the CPUs it may use when it loads (it polls only with a second
+// CPU), and it must see the CPUs a VMM using it would. The runAsync() row then spreads the
+// process over two CPUs: the vCPU's own thread, which makes the KVM_RUN calls, on the pinned CPU
+// (where the C program's KVM_RUN runs), the main thread and Node's other threads on the second
+// allowed CPU (the next one in Cpus_allowed_list); on a single CPU it runs there whole.
+const cpuList = (text) =>
+  text.split(',').flatMap((part) => {
+    const [a, b = a] = part.split('-').map(Number);
+    return Array.from({ length: b - a + 1 }, (_, i) => a + i);
+  });
+const affinityOf = (tid) => /Cpus_allowed_list:\s*(\S+)/.exec(fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8'))?.[1];
+const allowedCpus = cpuList(affinityOf(process.pid) ?? '0');
+
+// sched_setaffinity through taskset: the thread `tid` of this process, or with `all` every thread.
+function setAffinity(tid, cpu, all = false) {
+  try {
+    execFileSync('taskset', [...(all ? ['-a'] : []), '-p', '-c', String(cpu), String(tid)], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    throw new Error(`taskset -p -c ${cpu} ${tid}${all ? ' (all threads)' : ''} failed: ${(e.stderr?.toString() || e.message).trim()}`);
+  }
+  const got = affinityOf(tid);
+  if (got !== String(cpu)) throw new Error(`thread ${tid} is allowed CPUs ${got} after pinning it to CPU ${cpu}`);
 }
-const pinnedCpu = process.env[PIN_ENV] ?? null;
+
+// { cpu, second } once pinned (second: null with one CPU allowed), else null.
+let pin = null;
+function pinProcess() {
+  const cpu = allowedCpus[0];
+  try {
+    setAffinity(process.pid, cpu, true);
+  } catch (e) {
+    console.error(`bench: warning: cannot pin to one CPU (${e.message}); expect more noise`);
+    return;
+  }
+  pin = { cpu, second: allowedCpus.find((c) => c !== cpu) ?? null };
+}
 
 const MiB = 1 << 20;
 const GiB = 1 << 30;
@@ -56,9 +84,16 @@ const SMALL = 2 * MiB;
 const BIG = GiB;
 
 // Rounds per operation; per round and side: `reps` timed samples of `batch` calls each.
+// For the vCPU groups, `batch` is the number of port-write exits the guest makes per sample.
 const plan = argv.quick
-  ? { rounds: 2, warmupMs: 50, perCallReps: 3, batch: { check_extension: 10000, vm: 20, gmem: 500, memslot: 200 }, fallocReps: 2, fillReps: 1 }
-  : { rounds: 5, warmupMs: 100, perCallReps: 7, batch: { check_extension: 50000, vm: 50, gmem: 2000, memslot: 1000 }, fallocReps: 4, fillReps: 2 };
+  ? {
+      rounds: 2, warmupMs: 50, perCallReps: 3, fallocReps: 2, fillReps: 1,
+      batch: { check_extension: 10000, vm: 20, gmem: 500, memslot: 200, vcpu_exit: 2000, vcpu_exit_async: 2000 },
+    }
+  : {
+      rounds: 5, warmupMs: 100, perCallReps: 7, fallocReps: 4, fillReps: 2,
+      batch: { check_extension: 50000, vm: 50, gmem: 2000, memslot: 1000, vcpu_exit: 20000, vcpu_exit_async: 20000 },
+    };
 
 // The table's rows, in order. `group` is what one C run / library run measures (two metrics for
 // the bulk groups, which set up each other's precondition: allocate then punch, punch then fill).
@@ -71,8 +106,16 @@ const METRICS = [
   { key: 'fill_first', group: 'fill', name: 'first-touch fill 1 GiB', unit: 'B/s', min: 0.9 },
   { key: 'fill_warm', group: 'fill', name: 'warm fill 1 GiB', unit: 'B/s', min: 0.9 },
   { key: 'memslot', group: 'memslot', name: 'memslot add+delete (2 MiB)', unit: 'ns', max: 1.15 },
+  { key: 'vcpu_exit', group: 'vcpu_exit', name: 'vCPU port exit, run()', unit: 'ns', max: 1.1 },
+  { key: 'vcpu_exit_async', group: 'vcpu_exit_async', name: 'vCPU port exit, runAsync()', unit: 'ns', max: 1.5 },
 ];
 const GROUPS = [...new Set(METRICS.map((m) => m.group))];
+// Groups also timed through the raw addon. Not runAsync(): the library's hand-back (polling when
+// it has a second CPU) is its own code, which a bare `await runner.runAsync()` would not match.
+const ADDON_GROUPS = new Set(['check_extension', 'vm', 'gmem', 'memslot', 'vcpu_exit']);
+// The C program's group for each library group: C has one KVM_RUN loop, the baseline for both rows.
+const C_GROUP = { vcpu_exit_async: 'vcpu_exit' };
+const VCPU_GROUPS = new Set(['vcpu_exit', 'vcpu_exit_async']);
 
 function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
@@ -106,7 +149,7 @@ const countVmas = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').l
 
 // The library side of each group: returns { vmas, samples: { metricKey: samples[] } }, the same
 // content as bench.c prints.
-function libraryRunner({ Kvm, Cap, GuestMemfdFlag, MemslotFlag, native }) {
+function libraryRunner({ Kvm, Cap, GuestMemfdFlag, MemslotFlag, native, bootGuest, setEntry, guestImage }) {
   const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
   const now = () => Number(process.hrtime.bigint());
 
@@ -240,8 +283,113 @@ function libraryRunner({ Kvm, Cap, GuestMemfdFlag, MemslotFlag, native }) {
     }
   });
 
+  // vCPU exits: the same VM as bench.c's vcpu_exit (a 4 MiB MMAP|INIT_SHARED guest_memfd, mapped
+  // and used as the memslot's userspace_addr; port_loop booted in long mode with RDI = batch). A
+  // sample is one run of the guest from its first instruction to the hlt after the last of its
+  // `batch` port writes, divided by `batch`; between samples only the registers are reset, as
+  // bench.c does. The loops are what a VMM's would be: run, look at the exit, count it.
+  const check = (reason, port, exits, batch) => {
+    if (reason !== 'hlt' || exits !== batch) {
+      throw new Error(`port_loop: ${exits} port-write exits then '${reason}' (port 0x${port.toString(16)}), expected ${batch} then 'hlt'`);
+    }
+  };
+  const BENCH_PORT = 0x10;
+  const vcpuLoops = {
+    lib: (vcpu, batch) => () => {
+      let exits = 0;
+      let e;
+      for (;;) {
+        e = vcpu.run();
+        if (e.reason === 'io' && e.port === BENCH_PORT) exits++;
+        else if (e.reason !== 'intr') break; // EINTR: a signal for this thread, run again as C does
+      }
+      check(e.reason, e.port ?? 0, exits, batch);
+    },
+    lib_async: (vcpu, batch) => async () => {
+      let exits = 0;
+      let e;
+      for (;;) {
+        e = await vcpu.runAsync();
+        if (e.reason === 'io' && e.port === BENCH_PORT) exits++;
+        else if (e.reason !== 'intr') break;
+      }
+      check(e.reason, e.port ?? 0, exits, batch);
+    },
+    // The raw runner (its own dup of the vCPU fd and kvm_run mapping): KVM_RUN, then exit_reason
+    // (offset 8) and io.port (offset 34) read from kvm_run, as bench.c does.
+    addon: (vcpu, batch, runner) => {
+      const run = new DataView(runner.buffer);
+      return () => {
+        let exits = 0;
+        let reason;
+        for (;;) {
+          const err = runner.run();
+          if (err === 4) continue; // EINTR
+          if (err !== 0) throw new Error(`KVM_RUN failed: errno ${err}`);
+          reason = run.getUint32(8, true);
+          if (reason === 2 && run.getUint16(34, true) === BENCH_PORT) exits++; // 2: KVM_EXIT_IO
+          else break;
+        }
+        check(reason === 5 ? 'hlt' : `exit reason ${reason}`, run.getUint16(34, true), exits, batch); // 5: KVM_EXIT_HLT
+      };
+    },
+  };
+
+  const VM_SIZE = 4 * MiB;
+  const boot = { loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000 };
+  async function runVcpuExit(group, reps, batch, warmupMs, side) {
+    const image = guestImage('port_loop');
+    const kvm = Kvm.open();
+    const vm = kvm.createVm();
+    const gmem = vm.createGuestMemfd({ size: VM_SIZE, flags: SHARED });
+    const mapping = gmem.map();
+    let vcpu, runner, spread = false;
+    try {
+      vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: VM_SIZE, userspaceAddr: mapping, guestMemfd: gmem });
+      vcpu = vm.createVcpu(0);
+      bootGuest(vcpu, { ...boot, image, args: [batch] });
+      const restart = (n) => setEntry(vcpu, { entry: boot.loadAt, stack: boot.stack, args: [n] });
+      const async = group === 'vcpu_exit_async';
+      if (async && pin?.second != null) {
+        // Start the vCPU's thread (a guest with nothing to do: one hlt exit), then spread.
+        restart(0);
+        await vcpu.runAsync();
+        spread = true;
+        setAffinity(process.pid, pin.second, true);
+        setAffinity(vcpu.threadId, pin.cpu);
+      }
+      if (side === 'addon') runner = new native.VcpuRunner(vcpu.fd, kvm.vcpuMmapSize());
+      const loop = vcpuLoops[side === 'addon' ? 'addon' : async ? 'lib_async' : 'lib'](vcpu, batch, runner);
+      const vmas = countVmas();
+      const warmEnd = now() + warmupMs * 1e6;
+      do {
+        restart(batch);
+        await loop();
+      } while (now() < warmEnd);
+      const samples = [];
+      for (let rep = 0; rep < reps; rep++) {
+        restart(batch);
+        const t0 = now();
+        await loop();
+        samples.push((now() - t0) / batch);
+      }
+      return { vmas, samples: { [group]: samples } };
+    } finally {
+      if (spread) setAffinity(process.pid, pin.cpu, true);
+      runner?.close();
+      vcpu?.close();
+      vm.close();
+      mapping.close();
+      gmem.close();
+      kvm.close();
+    }
+  }
+
   return (group, reps, batch, warmupMs, side) =>
-    group === 'falloc' ? runFalloc(reps) : group === 'fill' ? runFill(reps) : runPerCall(group, reps, batch, warmupMs, side);
+    group === 'falloc' ? runFalloc(reps)
+    : group === 'fill' ? runFill(reps)
+    : VCPU_GROUPS.has(group) ? runVcpuExit(group, reps, batch, warmupMs, side)
+    : runPerCall(group, reps, batch, warmupMs, side);
 }
 
 async function compileC(dir) {
@@ -252,11 +400,15 @@ async function compileC(dir) {
   } catch (e) {
     throw new Error(`cannot compile ${path.relative(root, src)} with cc -O2: ${(e.stderr || e.message).trim()}`);
   }
-  return async (group, reps, batch, warmupMs) => {
-    const out = await $`${bin} ${group} ${reps} ${batch} ${warmupMs}`.quiet().nothrow();
-    if (out.exitCode !== 0) throw new Error(`the C baseline failed (${group}, exit ${out.exitCode ?? out.signal}): ${out.stderr.trim()}`);
+  // The C program inherits this (main) thread's CPU affinity: the pinned CPU.
+  return async (group, reps, batch, warmupMs, image) => {
+    const cGroup = C_GROUP[group] ?? group;
+    const extra = VCPU_GROUPS.has(group) ? [image] : [];
+    const out = await $`${bin} ${cGroup} ${reps} ${batch} ${warmupMs} ${extra}`.quiet().nothrow();
+    if (out.exitCode !== 0) throw new Error(`the C baseline failed (${cGroup}, exit ${out.exitCode ?? out.signal}): ${out.stderr.trim()}`);
     const { vmas, ...metrics } = JSON.parse(out.stdout);
-    return { vmas, samples: Object.fromEntries(Object.entries(metrics).map(([k, v]) => [k, v.samples])) };
+    // Samples under the library group's metric names (vcpu_exit_async: C's vcpu_exit loop).
+    return { vmas, samples: Object.fromEntries(Object.entries(metrics).map(([k, v]) => [cGroup === group ? k : group, v.samples])) };
   };
 }
 
@@ -287,13 +439,27 @@ function printTable(results) {
       `\naddon: the same calls through the raw addon without the TypeScript layer (the floor of Node-API` +
       ` plus a multi-threaded process); library - addon is what the library's own code costs.` +
       `\n${plan.rounds} rounds, C and library alternating; per-call rows: ${plan.perCallReps} batches per round and side;` +
-      ` ${pinnedCpu === null ? 'not pinned' : `both pinned to CPU ${pinnedCpu}`}.`,
+      ` ${pin === null ? 'not pinned' : `both pinned to CPU ${pin.cpu}`}.` +
+      `\nvCPU port exit rows: the port_loop guest makes ${plan.batch.vcpu_exit} port-write exits per batch` +
+      ` (${plan.perCallReps} batches per round and side), time per exit; C runs KVM_RUN in a loop on its main thread.` +
+      `\n  run(): the library's main thread runs KVM_RUN${pin === null ? '' : ` (CPU ${pin.cpu})`}; addon: the raw runner's run().` +
+      `\n  runAsync(): ${asyncPlacement()}; no addon column (the library's hand-back is its own code).`,
   );
+}
+
+// Where the runAsync() row ran, for the report.
+function asyncPlacement() {
+  if (pin === null) return 'not pinned';
+  if (pin.second === null) return `one CPU allowed: the vCPU thread and the main thread share CPU ${pin.cpu}`;
+  return `the vCPU's thread (KVM_RUN) pinned to CPU ${pin.cpu} like C, the main thread and Node's other threads to CPU ${pin.second}`;
 }
 
 async function main() {
   const library = await loadLibrary();
+  pinProcess(); // after loading the library: see "Pinning" above
   const runLib = libraryRunner(library);
+  const image = library.guestImagePath('port_loop');
+  if (!fs.existsSync(image)) throw new Error(`the guest image ${path.relative(process.cwd(), image)} is missing: run npm run build:native`);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvm-gmem-bench-'));
   try {
     progress('bench: compiling scripts/bench/bench.c');
@@ -304,10 +470,10 @@ async function main() {
       const reps = group === 'falloc' ? plan.fallocReps : group === 'fill' ? plan.fillReps : plan.perCallReps;
       const batch = plan.batch[group] ?? 1;
       for (let round = 0; round < plan.rounds; round++) {
-        const sides = group in plan.batch ? ['c', 'lib', 'addon'] : ['c', 'lib'];
+        const sides = ADDON_GROUPS.has(group) ? ['c', 'lib', 'addon'] : ['c', 'lib'];
         for (const side of round % 2 ? sides.reverse() : sides) {
           progress(`bench: [${gi + 1}/${GROUPS.length}] ${group}: round ${round + 1}/${plan.rounds}, ${side === 'c' ? 'C' : side === 'lib' ? 'library' : 'addon'}`);
-          const got = side === 'c' ? await runC(group, reps, batch, plan.warmupMs) : runLib(group, reps, batch, plan.warmupMs, side);
+          const got = side === 'c' ? await runC(group, reps, batch, plan.warmupMs, image) : await runLib(group, reps, batch, plan.warmupMs, side);
           for (const [k, xs] of Object.entries(got.samples)) (samples[side][k] ??= []).push(...xs);
           vmas[side][group] = Math.max(vmas[side][group] ?? 0, got.vmas);
         }
@@ -330,7 +496,10 @@ async function main() {
       };
     });
     if (argv.json) {
-      const host = { kernel: os.release(), cpus: os.cpus().length, pinnedCpu };
+      const host = {
+        kernel: os.release(), cpus: os.cpus().length, allowedCpus, pinnedCpu: pin?.cpu ?? null,
+        runAsyncPinning: pin === null ? null : pin.second === null ? { vcpuThread: pin.cpu, mainThread: pin.cpu } : { vcpuThread: pin.cpu, mainThread: pin.second, otherThreads: pin.second },
+      };
       console.log(JSON.stringify({ quick: !!argv.quick, plan, host, vmas, results }, null, 2));
     } else {
       printTable(results);

@@ -1,18 +1,22 @@
 // C baseline for `npm run bench` (scripts/bench.mjs): the same kernel calls the library makes,
 // with nothing in between, so that the script can report library / C ratios.
 //
-//   bench GROUP REPS BATCH WARMUP_MS
+//   bench GROUP REPS BATCH WARMUP_MS [IMAGE]
 //
 // GROUP is one of: check_extension, vm, gmem, memslot (per-call; BATCH calls are timed together
 // and divided; untimed batches run first for WARMUP_MS, at least one), falloc (-> fallocate,
 // punch_hole), fill (-> fill_first, fill_warm) (bulk, on a 1 GiB guest_memfd, after one untimed
-// repetition; BATCH and WARMUP_MS are ignored). Prints one
+// repetition; BATCH and WARMUP_MS are ignored), vcpu_exit (IMAGE = the port_loop guest,
+// build/Release/guest/port_loop.bin: one sample = a guest making BATCH port-write exits, timed
+// from the first KVM_RUN to the KVM_EXIT_HLT after the last one, divided by BATCH; untimed
+// batches first for WARMUP_MS, at least one). Prints one
 // JSON object: {"vmas": n, "metric": {"unit": "ns" | "B/s", "median": x, "samples": [...]}, ...}
 // where vmas is this process's VMA count during the run (KVM_CREATE_VM's cost grows with it).
 //
 // The KVM uapi is defined here: Debian 12's <linux/kvm.h> predates guest_memfd.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/ioctl.h>
@@ -53,11 +57,66 @@ struct kvm_userspace_memory_region2 {
 #define KVM_SET_USER_MEMORY_REGION2 _IOW(KVMIO, 0x49, struct kvm_userspace_memory_region2)
 #define KVM_MEM_GUEST_MEMFD (1u << 2)
 
+// The vCPU part, for vcpu_exit (x86-64): only what the exit loop and the long-mode setup use.
+#define KVM_GET_VCPU_MMAP_SIZE _IO(KVMIO, 0x04)
+#define KVM_CREATE_VCPU _IO(KVMIO, 0x41)
+#define KVM_RUN _IO(KVMIO, 0x80)
+
+struct kvm_regs {
+  uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
+  uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+  uint64_t rip, rflags;
+};
+struct kvm_segment {
+  uint64_t base;
+  uint32_t limit;
+  uint16_t selector;
+  uint8_t type, present, dpl, db, s, l, g, avl, unusable, padding;
+};
+struct kvm_dtable {
+  uint64_t base;
+  uint16_t limit, padding[3];
+};
+struct kvm_sregs {
+  struct kvm_segment cs, ds, es, fs, gs, ss, tr, ldt;
+  struct kvm_dtable gdt, idt;
+  uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base;
+  uint64_t interrupt_bitmap[4];
+};
+#define KVM_GET_REGS _IOR(KVMIO, 0x81, struct kvm_regs)
+#define KVM_SET_REGS _IOW(KVMIO, 0x82, struct kvm_regs)
+#define KVM_GET_SREGS _IOR(KVMIO, 0x83, struct kvm_sregs)
+#define KVM_SET_SREGS _IOW(KVMIO, 0x84, struct kvm_sregs)
+
+// The head of struct kvm_run (the mapping is KVM_GET_VCPU_MMAP_SIZE bytes).
+struct kvm_run_head {
+  uint8_t request_interrupt_window, immediate_exit, padding1[6];
+  uint32_t exit_reason;
+  uint8_t ready_for_interrupt_injection, if_flag;
+  uint16_t flags;
+  uint64_t cr8, apic_base;
+  struct {
+    uint8_t direction, size;
+    uint16_t port;
+    uint32_t count;
+    uint64_t data_offset;
+  } io;  // the exit union starts here
+};
+#define KVM_EXIT_IO 2
+#define KVM_EXIT_HLT 5
+
 // A wrong struct would silently give a plausible but different ioctl number: pin them.
 _Static_assert(sizeof(struct kvm_create_guest_memfd) == 64, "kvm_create_guest_memfd size");
 _Static_assert(sizeof(struct kvm_userspace_memory_region2) == 160, "region2 size");
 _Static_assert(KVM_CREATE_GUEST_MEMFD == 0xc040aed4ul, "KVM_CREATE_GUEST_MEMFD number");
 _Static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40a0ae49ul, "KVM_SET_USER_MEMORY_REGION2 number");
+_Static_assert(sizeof(struct kvm_regs) == 144, "kvm_regs size");
+_Static_assert(sizeof(struct kvm_segment) == 24, "kvm_segment size");
+_Static_assert(sizeof(struct kvm_sregs) == 312, "kvm_sregs size");
+_Static_assert(offsetof(struct kvm_run_head, exit_reason) == 8, "kvm_run.exit_reason offset");
+_Static_assert(offsetof(struct kvm_run_head, io) == 32, "kvm_run.io offset");
+_Static_assert(KVM_SET_REGS == 0x4090ae82ul, "KVM_SET_REGS number");
+_Static_assert(KVM_SET_SREGS == 0x4138ae84ul, "KVM_SET_SREGS number");
 
 #define MiB (1ull << 20)
 #define GiB (1ull << 30)
@@ -239,9 +298,124 @@ static void fill_group(struct metric *first, struct metric *warm, int reps) {
   close(gmem), close(vm), close(kvm);
 }
 
+// vcpu_exit: the same VM the library's bench builds (and bootGuest() sets up): a 4 MiB
+// MMAP|INIT_SHARED guest_memfd mapped and used as the memslot's userspace_addr, identity-mapped
+// long mode (PML4 at 0x1000, PDPT 0x2000, one PD at 0x3000 with 2 MiB pages over 1 GiB), the
+// image at 0x10000, stack 0x90000, RDI = N.
+#define VM_SIZE (4 * MiB)
+#define PAGE_TABLES 0x1000
+#define LOAD_AT 0x10000
+#define STACK 0x90000
+#define BENCH_PORT 0x10
+
+static void set_entry(int vcpu, long n) {
+  // As setEntry(): every register 0 but rip, rsp, rflags and the argument.
+  struct kvm_regs regs = {.rip = LOAD_AT, .rsp = STACK, .rflags = 2, .rdi = (uint64_t)n};
+  if (ioctl(vcpu, KVM_SET_REGS, &regs) != 0) die("KVM_SET_REGS");
+}
+
+// Runs the guest until it halts; returns the number of port-write exits on the way.
+static long run_to_halt(int vcpu, volatile struct kvm_run_head *run) {
+  long exits = 0;
+  for (;;) {
+    if (ioctl(vcpu, KVM_RUN, 0) != 0) {
+      if (errno == EINTR) continue;  // as the library: a signal is not an exit of the guest
+      die("KVM_RUN");
+    }
+    if (run->exit_reason != KVM_EXIT_IO) break;
+    if (run->io.port != BENCH_PORT) {
+      fprintf(stderr, "bench.c: unexpected port 0x%x\n", run->io.port);
+      exit(1);
+    }
+    exits++;
+  }
+  if (run->exit_reason != KVM_EXIT_HLT) {
+    fprintf(stderr, "bench.c: guest stopped with exit reason %u, not HLT\n", run->exit_reason);
+    exit(1);
+  }
+  return exits;
+}
+
+static void check_exits(long exits, long expected) {
+  if (exits == expected) return;
+  fprintf(stderr, "bench.c: the guest made %ld port-write exits, expected %ld\n", exits, expected);
+  exit(1);
+}
+
+static void vcpu_exit_group(struct metric *m, const char *image, int reps, long batch, double warmup_ms) {
+  int kvm = open_kvm(), vm = create_vm(kvm);
+  int gmem = create_gmem(vm, VM_SIZE, GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
+  unsigned char *mem = mmap(NULL, VM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, gmem, 0);
+  if (mem == MAP_FAILED) die("mmap guest_memfd");
+  set_region2(vm, (struct kvm_userspace_memory_region2){
+                      .slot = 0,
+                      .flags = KVM_MEM_GUEST_MEMFD,
+                      .guest_phys_addr = 0,
+                      .memory_size = VM_SIZE,
+                      .userspace_addr = (uintptr_t)mem,
+                      .guest_memfd = (uint32_t)gmem,
+                  });
+
+  // Page tables: PML4[0] -> PDPT, PDPT[0] -> PD, PD[i] = 2 MiB page i.
+  uint64_t *pml4 = (uint64_t *)(mem + PAGE_TABLES), *pdpt = pml4 + 512, *pd = pml4 + 1024;
+  memset(pml4, 0, 3 * 4096);
+  pml4[0] = (PAGE_TABLES + 0x1000) | 3;
+  pdpt[0] = (PAGE_TABLES + 0x2000) | 3;
+  for (uint64_t i = 0; i < 512; i++) pd[i] = (i << 21) | 0x83;
+
+  FILE *f = fopen(image, "rb");
+  if (!f) die(image);
+  size_t len = fread(mem + LOAD_AT, 1, STACK - LOAD_AT, f);
+  if (ferror(f) || len == 0) die("read guest image");
+  fclose(f);
+
+  int vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+  if (vcpu < 0) die("KVM_CREATE_VCPU");
+  if (fcntl(vcpu, F_SETFD, FD_CLOEXEC) != 0) die("fcntl FD_CLOEXEC");
+  int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (run_size < 0) die("KVM_GET_VCPU_MMAP_SIZE");
+  struct kvm_run_head *run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
+  if (run == MAP_FAILED) die("mmap kvm_run");
+
+  struct kvm_sregs s;
+  if (ioctl(vcpu, KVM_GET_SREGS, &s) != 0) die("KVM_GET_SREGS");
+  struct kvm_segment code = {.limit = 0xffffffff, .selector = 0x08, .type = 11, .present = 1, .s = 1, .l = 1, .g = 1};
+  struct kvm_segment data = {.limit = 0xffffffff, .selector = 0x10, .type = 3, .present = 1, .db = 1, .s = 1, .g = 1};
+  s.cs = code;
+  s.ds = s.es = s.fs = s.gs = s.ss = data;
+  s.tr = (struct kvm_segment){.limit = 0x67, .selector = 0x18, .type = 11, .present = 1};
+  s.ldt = (struct kvm_segment){.type = 2, .unusable = 1};
+  s.gdt = s.idt = (struct kvm_dtable){0};
+  s.cr3 = PAGE_TABLES;
+  s.cr4 = 0x620;       // PAE | OSFXSR | OSXMMEXCPT
+  s.cr0 = 0x80050033;  // PE | MP | ET | NE | WP | AM | PG
+  s.efer = 0x500;      // LME | LMA
+  if (ioctl(vcpu, KVM_SET_SREGS, &s) != 0) die("KVM_SET_SREGS");
+  vmas = count_vmas();
+
+  double warm_end = now_ns() + warmup_ms * 1e6;
+  do {
+    set_entry(vcpu, batch);
+    check_exits(run_to_halt(vcpu, run), batch);
+  } while (now_ns() < warm_end);
+  for (int rep = 0; rep < reps; rep++) {
+    set_entry(vcpu, batch);  // re-boot: the guest starts over with RDI = BATCH
+    double t0 = now_ns();
+    long exits = run_to_halt(vcpu, run);
+    double t1 = now_ns();
+    check_exits(exits, batch);
+    m->samples[m->n++] = (t1 - t0) / batch;
+  }
+  munmap(run, run_size);
+  close(vcpu);
+  set_region2(vm, (struct kvm_userspace_memory_region2){.slot = 0});
+  munmap(mem, VM_SIZE);
+  close(gmem), close(vm), close(kvm);
+}
+
 int main(int argc, char **argv) {
-  if (argc != 5) {
-    fprintf(stderr, "usage: %s GROUP REPS BATCH WARMUP_MS\n", argv[0]);
+  if (argc != 5 && !(argc == 6 && !strcmp(argv[1], "vcpu_exit"))) {
+    fprintf(stderr, "usage: %s GROUP REPS BATCH WARMUP_MS [IMAGE (vcpu_exit)]\n", argv[0]);
     return 2;
   }
   const char *group = argv[1];
@@ -272,6 +446,14 @@ int main(int argc, char **argv) {
     m[1] = (struct metric){.name = "fill_warm", .unit = "B/s"};
     fill_group(&m[0], &m[1], reps);
     print_metrics(m, 2);
+  } else if (!strcmp(group, "vcpu_exit")) {
+    if (argc != 6) {
+      fprintf(stderr, "bench.c: vcpu_exit needs IMAGE, the port_loop guest\n");
+      return 2;
+    }
+    m[0] = (struct metric){.name = "vcpu_exit", .unit = "ns"};
+    vcpu_exit_group(&m[0], argv[5], reps, batch, warmup_ms);
+    print_metrics(m, 1);
   } else {
     fprintf(stderr, "bench.c: unknown group '%s'\n", group);
     return 2;
