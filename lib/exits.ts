@@ -127,12 +127,17 @@ function words(v: DataView, at: number, n: number): bigint[] {
   return out;
 }
 
+/** Views into one vCPU's kvm_run kept from exit to exit (a port-I/O loop makes the same one). */
+export interface ExitViews {
+  io?: Uint8Array;
+}
+
 /**
  * Decodes the exit after KVM_RUN returned `status` (0 or its errno). Returns undefined when the
  * status is an error that is not an exit (the caller throws it).
  * @internal
  */
-export function decodeExit(v: DataView, buffer: ArrayBuffer, status: number): VcpuExit | undefined {
+export function decodeExit(v: DataView, buffer: ArrayBuffer, status: number, views: ExitViews = {}): VcpuExit | undefined {
   const exitReason = v.getUint32(RunLayout.exit_reason, true);
   if (status === EINTR) return { reason: 'intr', exitReason };
   if (status === EFAULT && exitReason === ExitReason.MEMORY_FAULT) {
@@ -151,7 +156,11 @@ export function decodeExit(v: DataView, buffer: ArrayBuffer, status: number): Vc
       const offset = Number(v.getBigUint64(RunLayout['io.data_offset'], true));
       const length = size * count;
       // The kernel's offset is trusted but checked: a view outside the mapping cannot be made.
-      const data = offset + length <= buffer.byteLength ? new Uint8Array(buffer, offset, length) : new Uint8Array(0);
+      let data = views.io;
+      if (data === undefined || data.byteOffset !== offset || data.length !== length) {
+        data = offset + length <= buffer.byteLength ? new Uint8Array(buffer, offset, length) : new Uint8Array(0);
+        views.io = data;
+      }
       return {
         reason: 'io', exitReason, direction: v.getUint8(RunLayout['io.direction']) === 1 ? 'out' : 'in',
         size, port: v.getUint16(RunLayout['io.port'], true), count, data,

@@ -4,7 +4,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { KvmStateError, kvmErrorFromErrno } from './errors.js';
-import { decodeExit, type VcpuExit } from './exits.js';
+import { decodeExit, type ExitViews, type VcpuExit } from './exits.js';
 import { native, type NativeVcpuRunner } from './native.js';
 import { options } from './numbers.js';
 import { FdResource } from './resource.js';
@@ -44,6 +44,10 @@ export class Vcpu extends FdResource {
   readonly #runner: NativeVcpuRunner;
   readonly #page: DataView;
   readonly #buffer: ArrayBuffer;
+  // Mirrors the runner's busy state (set by runAsync, cleared when the run settles), so the
+  // synchronous calls check it without crossing into native code.
+  #inFlight = false;
+  readonly #views: ExitViews = {};
 
   /** @internal Use vm.createVcpu(). */
   constructor(fd: number, id: number, vm: Vm, runSize: number) {
@@ -58,7 +62,7 @@ export class Vcpu extends FdResource {
 
   /** Whether a runAsync() is in flight. */
   get running(): boolean {
-    return this.#runner.running;
+    return this.#inFlight;
   }
 
   /** The Linux thread id of this vCPU's own thread, once runAsync() has started it. */
@@ -152,6 +156,7 @@ export class Vcpu extends FdResource {
     this.#idle();
     if (signal?.aborted) return Promise.reject(signal.reason);
     const pending = this.#runner.runAsync(CAN_POLL);
+    this.#inFlight = true;
     if (CAN_POLL) this.#poll();
     if (signal === undefined) return pending.then((status) => this.#settled(status));
     const onAbort = () => this.#runner.kick();
@@ -208,12 +213,13 @@ export class Vcpu extends FdResource {
   }
 
   #settled(status: number): VcpuExit {
+    this.#inFlight = false;
     if (this.closed) throw new KvmStateError('ERR_KVM_CLOSED', `Vcpu ${this.id} was closed while running`);
     return this.#decode(status);
   }
 
   #decode(status: number): VcpuExit {
-    const exit = decodeExit(this.#page, this.#buffer, status);
+    const exit = decodeExit(this.#page, this.#buffer, status, this.#views);
     if (exit) return exit;
     throw kvmErrorFromErrno(status, 'ioctl', 'KVM_RUN', `vcpu ${this.id}`);
   }
@@ -221,7 +227,7 @@ export class Vcpu extends FdResource {
   /** The fd, if the vCPU is open and not running. */
   #idle(): number {
     const fd = this.open();
-    if (this.#runner.running) {
+    if (this.#inFlight) {
       throw new KvmStateError('ERR_KVM_VCPU_RUNNING', `Vcpu ${this.id} is running (runAsync in flight); kick() it or await the run`);
     }
     return fd;
