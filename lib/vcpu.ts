@@ -14,6 +14,9 @@ import {
   type Fpu, type Regs, type RegsInput, type Sregs,
 } from './x86-state.js';
 
+/** @internal What vm.createVcpu() passes to the Vcpu constructor. */
+export const VCPU_TOKEN: unique symbol = Symbol('kvm-gmem Vcpu');
+
 /** How long the event loop polls for a run's result before sleeping, in milliseconds. */
 const POLL_MS = 0.05;
 const CAN_POLL = availableParallelism() >= 2;
@@ -50,7 +53,9 @@ export class Vcpu extends FdResource {
   readonly #views: ExitViews = {};
 
   /** @internal Use vm.createVcpu(). */
-  constructor(fd: number, id: number, vm: Vm, runSize: number) {
+  constructor(token: symbol, fd: number, id: number, vm: Vm, runSize: number) {
+    // Only vm.createVcpu() makes these: a second Vcpu over the same fd would be a second runner.
+    if (token !== VCPU_TOKEN) throw new TypeError('A Vcpu is created by vm.createVcpu(id)');
     const runner = new native.VcpuRunner(fd, runSize);
     super(fd, 'Vcpu');
     this.id = id;
@@ -155,25 +160,26 @@ export class Vcpu extends FdResource {
     }
     this.#idle();
     if (signal?.aborted) return Promise.reject(signal.reason);
-    const pending = this.#runner.runAsync(CAN_POLL);
+    // The listener goes on before the run starts: if it cannot be added nothing has started.
+    const onAbort = () => this.#runner.kick();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let pending: Promise<number>;
+    try {
+      pending = this.#runner.runAsync(CAN_POLL);
+    } catch (e) {
+      signal?.removeEventListener('abort', onAbort);
+      throw e;
+    }
     this.#inFlight = true;
     if (CAN_POLL) this.#poll();
     if (signal === undefined) return pending.then((status) => this.#settled(status));
-    const onAbort = () => this.#runner.kick();
-    signal.addEventListener('abort', onAbort, { once: true });
-    return pending.then(
-      (status) => {
-        signal.removeEventListener('abort', onAbort);
-        const exit = this.#settled(status);
-        // An exit other than the kick's own is never dropped: the guest did something.
-        if (signal.aborted && exit.reason === 'intr') throw signal.reason;
-        return exit;
-      },
-      (e: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        throw e;
-      },
-    );
+    return pending.then((status) => {
+      signal.removeEventListener('abort', onAbort);
+      const exit = this.#settled(status);
+      // An exit other than the kick's own is never dropped: the guest did something.
+      if (signal.aborted && exit.reason === 'intr') throw signal.reason;
+      return exit;
+    });
   }
 
   /**

@@ -9,7 +9,7 @@ import { Mapping } from './mapping.js';
 import { native } from './native.js';
 import { checkU64, fdNumber, options, u32, u64 } from './numbers.js';
 import { FdResource } from './resource.js';
-import { Vcpu } from './vcpu.js';
+import { Vcpu, VCPU_TOKEN } from './vcpu.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
 export interface GuestMemfdOptions {
@@ -114,7 +114,7 @@ export class Vm extends FdResource {
     const vcpuId = u32(id, 'id');
     const fd = native.createVcpu(this.open(), vcpuId);
     try {
-      return new Vcpu(fd, vcpuId, this, this.#runSize);
+      return new Vcpu(VCPU_TOKEN, fd, vcpuId, this, this.#runSize);
     } catch (e) {
       native.close(fd);
       throw e;

@@ -39,6 +39,9 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <vector>
+
+#include <linux/kcmp.h>
 
 #include "args.h"
 #include "objects.h"
@@ -68,10 +71,26 @@ void InstallKickHandler(Napi::Env env) {
   if (err != 0) ThrowSys(env, err, "sigaction", nullptr, Fmt("signal %d (the vCPU kick)", KickSignal()));
 }
 
-void UnmapRun(Napi::Env, void* addr, size_t* length) {
-  munmap(addr, *length);
-  delete length;
-}
+// The kvm_run mapping has two holders: the runner (which writes immediate_exit to kick) and the
+// ArrayBuffer JavaScript sees. Either can go first: at a worker's teardown Node finalizes the
+// buffer before the runner's cleanup hook kicks the thread. The range is unmapped when both let go.
+struct RunMapping {
+  void* addr;
+  size_t length;
+  std::atomic<int> holders{2};
+  void Release() {
+    if (holders.fetch_sub(1) == 1) {
+      munmap(addr, length);
+      delete this;
+    }
+  }
+};
+
+void ReleaseFromBuffer(Napi::Env, void*, RunMapping* m) { m->Release(); }
+
+// The dup'd fds of every live runner in the process (all environments).
+std::mutex g_runners_mu;
+std::vector<int> g_runners;
 
 struct RunResult {
   int err;  // 0, or the errno of KVM_RUN
@@ -120,6 +139,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     InstallKickHandler(env);
     fd_ = fcntl(vcpufd, F_DUPFD_CLOEXEC, 0);
     if (fd_ < 0) ThrowSys(env, errno, "fcntl", nullptr, Fmt("vcpu fd %d, F_DUPFD_CLOEXEC", vcpufd));
+    if (!Register()) {
+      close(fd_);
+      fd_ = -1;
+      throw Napi::Error::New(env, Fmt("vcpu fd %d: this vCPU already has a runner (two would block each "
+                                      "other in KVM_RUN, where no kick reaches the waiting one)", vcpufd));
+    }
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) {
       int err = errno;
@@ -129,8 +154,18 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     }
     run_ = static_cast<uint8_t*>(p);
     size_ = static_cast<size_t>(size);
-    auto* len = new size_t(size_);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, p, size_, UnmapRun, len);
+    mapping_ = new RunMapping{p, size_};
+    Napi::ArrayBuffer ab;
+    try {
+      ab = Napi::ArrayBuffer::New(env, p, size_, ReleaseFromBuffer, mapping_);
+    } catch (...) {
+      munmap(p, size_);
+      delete mapping_;
+      mapping_ = nullptr;
+      close(fd_);
+      fd_ = -1;
+      throw;
+    }
     buffer_ = Napi::Persistent(ab);
   }
 
@@ -139,8 +174,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     StopThread();
     ReleaseTsfn();
     RemoveHook();
-    if (fd_ >= 0) close(fd_);
-    // buffer_ is released with this object; the kvm_run mapping goes when the buffer is collected.
+    CloseFd();
+    if (mapping_ != nullptr) mapping_->Release();  // the buffer's hold may outlive this object
   }
 
  private:
@@ -155,6 +190,37 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       e.Set("code", Napi::String::New(env, "ERR_KVM_VCPU_RUNNING"));
       throw e;
     }
+  }
+
+  // One runner per vCPU file in the process: KVM serializes KVM_RUN on a vCPU with a mutex that a
+  // signal cannot interrupt, so a second runner's run would wait for the first one's guest with no
+  // way to kick it. Files are compared with kcmp(KCMP_FILE); where kcmp is missing (kernels
+  // without CONFIG_KCMP), the check is skipped.
+  bool Register() {
+    std::lock_guard<std::mutex> lk(g_runners_mu);
+    pid_t pid = getpid();
+    for (int other : g_runners) {
+      if (syscall(SYS_kcmp, pid, pid, KCMP_FILE, other, fd_) == 0) return false;
+    }
+    g_runners.push_back(fd_);
+    return true;
+  }
+
+  // Forgets this runner's fd and closes it (in that order, so that the number can never be taken
+  // by another runner while still listed).
+  void CloseFd() {
+    if (fd_ < 0) return;
+    {
+      std::lock_guard<std::mutex> lk(g_runners_mu);
+      for (auto it = g_runners.begin(); it != g_runners.end(); ++it) {
+        if (*it == fd_) {
+          g_runners.erase(it);
+          break;
+        }
+      }
+    }
+    close(fd_);
+    fd_ = -1;
   }
 
   void SetImmediateExit(uint8_t v) { __atomic_store_n(&run_[1], v, __ATOMIC_SEQ_CST); }
@@ -175,11 +241,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     CheckIdle(env, "runAsync");
     bool polled = info.Length() > 0 && info[0].ToBoolean().Value();
     if (!thread_.joinable()) StartThread(env);
+    Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
+    Napi::Promise promise = deferred.Promise();
     SetImmediateExit(0);
     busy_ = true;
     handoff_.store(polled ? kPolled : kSleeping);
-    deferred_.emplace(Napi::Promise::Deferred::New(env));
-    Napi::Promise promise = deferred_->Promise();
+    deferred_.emplace(std::move(deferred));
     Ref();              // the runner must outlive the run it started
     tsfn_.Ref(env);     // and a run in flight keeps the event loop alive, like pending I/O
     request_.store(true);
@@ -209,7 +276,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return Napi::Boolean::New(env, state == kPolled);
   }
 
-  // kick() -> whether a run was in flight. Stops it: the run settles with EINTR.
+  // kick() -> whether a run was in flight. Stops it: the run settles with EINTR, unless KVM_RUN had
+  // already returned (then it settles with that exit, and the next run starts unkicked).
   Napi::Value Kick(const Napi::CallbackInfo& info) {
     bool inflight = busy_ && !closed_;
     if (inflight) KickThread();
@@ -229,9 +297,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     }
     ReleaseTsfn();
     RemoveHook();
-    mmap(run_, size_, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    close(fd_);
-    fd_ = -1;
+    // If the replacement fails the page simply stays mapped (and keeps the vCPU file referenced)
+    // until the buffer and this object are collected; it is never unmapped under a live view.
+    (void)mmap(run_, size_, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CloseFd();
     return info.Env().Undefined();
   }
 
@@ -355,13 +424,21 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     self->ReleaseTsfn();
   }
 
+  // Never throws: it runs from the thread-safe function and from poll(), also while an
+  // environment is being torn down, when resolving can fail (then there is nobody to tell).
   void Settle(Napi::Env env, int err) {
     busy_ = false;
-    if (tsfnLive_) tsfn_.Unref(env);
-    Napi::Promise::Deferred d = std::move(*deferred_);
-    deferred_.reset();
-    d.Resolve(Napi::Number::New(env, err));
-    Unref();
+    try {
+      if (tsfnLive_) tsfn_.Unref(env);
+      std::optional<Napi::Promise::Deferred> d = std::move(deferred_);
+      deferred_.reset();
+      if (d) d->Resolve(Napi::Number::New(env, err));
+    } catch (...) {
+    }
+    try {
+      Unref();
+    } catch (...) {
+    }
   }
 
   static void CallJs(Napi::Env env, Napi::Function, VcpuRunner* self, RunResult* r) {
@@ -376,6 +453,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   int fd_ = -1;
   uint8_t* run_ = nullptr;
   size_t size_ = 0;
+  RunMapping* mapping_ = nullptr;
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 
   // Main-thread state.

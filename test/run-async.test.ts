@@ -2,7 +2,9 @@
 // and AbortSignal stop it; two vCPUs run at the same time; KVM_RUN's errors reject the promise;
 // a running vCPU refuses other calls instead of blocking; the process exits when it should.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { KvmError, KvmStateError, RunLayout, runUntilUcall, type Vcpu } from '../lib/index.js';
@@ -68,6 +70,11 @@ describe('vcpu.runAsync', () => {
     await sleep(20);
     expect(counter(g.mem, DATA)).toBe(stopped);
     expect(() => vcpu.runAsync({ signal: 'x' as never })).toThrow(TypeError);
+    // Something that passes for an AbortSignal but cannot take a listener: nothing starts.
+    const fake = Object.create(AbortSignal.prototype, { aborted: { value: false } }) as AbortSignal;
+    expect(() => vcpu.runAsync({ signal: fake })).toThrow(TypeError);
+    expect(vcpu.running).toBe(false);
+    expect(vcpu.getRegs().rdi).toBe(BigInt(DATA));
   });
 
   it('runs two vCPUs at the same time on two threads of their own (a rendezvous only both can finish)', async (ctx) => {
@@ -176,6 +183,44 @@ describe('the process and vCPU threads', () => {
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('exiting');
     expect(r.status).toBe(7);
+  });
+
+  it('survives a worker that ends while its vCPU spins in runAsync (thrown, terminated, process.exit)', (ctx) => {
+    openKvm(ctx).close();
+    const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-worker-'));
+    const worker = join(dir, 'worker.mjs');
+    writeFileSync(worker, `
+      import { Kvm, GuestMemfdFlag, bootGuest, guestImage } from ${JSON.stringify(root + 'dist/index.js')};
+      import { parentPort, workerData } from 'node:worker_threads';
+      const vm = Kvm.open().createVm();
+      const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
+      const map = gmem.map();
+      vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: map, guestMemfd: gmem });
+      const vcpu = vm.createVcpu(0);
+      bootGuest(vcpu, { image: guestImage('spin'), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000, args: [0x100000] });
+      vcpu.runAsync();
+      parentPort.postMessage('running');
+      setTimeout(() => { if (workerData === 'throw') throw new Error('boom'); if (workerData === 'exit') process.exit(3); }, 20);
+    `);
+    const script = `
+      import { Worker } from 'node:worker_threads';
+      let running = 0;
+      for (const how of ['throw', 'exit', 'terminate', 'throw', 'terminate']) {
+        const w = new Worker(${JSON.stringify(worker)}, { workerData: how, execArgv: [] });
+        w.on('message', (m) => { if (m === 'running') { running++; if (how === 'terminate') w.terminate(); } });
+        w.on('error', (e) => { if (e.message !== 'boom') console.error(e); });
+        await new Promise((r) => w.once('exit', r));
+      }
+      console.log('survived', running);
+    `;
+    try {
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.stderr).toBe('');
+      expect(r.stdout.trim()).toBe('survived 5');
+      expect(r.status).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('stays alive while a run is in flight, like pending I/O', (ctx) => {

@@ -169,4 +169,15 @@ describe('the native vCPU runner', () => {
     expect(() => new native.VcpuRunner(vcpu.fd, 100)).toThrow(RangeError);
     expect(() => new native.VcpuRunner(0x7ffffff0, 4096)).toThrow(KvmError); // readlink: EBADF... as ENOENT
   });
+
+  it('refuses a second runner on a vCPU that has one (two would block each other in KVM_RUN), and a Vcpu made by hand', (ctx) => {
+    using s = setup(ctx);
+    using vcpu = s.vm.createVcpu(0);
+    expect(() => new native.VcpuRunner(vcpu.fd, vcpu.kvmRun.length)).toThrow(/already has a runner/);
+    const VcpuClass = vcpu.constructor as new (...a: unknown[]) => unknown;
+    expect(() => new VcpuClass(Symbol('x'), vcpu.fd, 0, s.vm, 4096)).toThrow(/vm.createVcpu/);
+    // Another vCPU of the same VM is another file: it gets its own runner.
+    using other = s.vm.createVcpu(1);
+    expect(other.kvmRun.length).toBe(vcpu.kvmRun.length);
+  });
 });
