@@ -1,0 +1,146 @@
+/**
+ * Guests for the selftests. Like the kernel selftests' default VM shape: slot 0 is ordinary
+ * anonymous memory holding the page tables, the guest code and the stacks, so that what a case
+ * tests (guest_memfd slots at other addresses) is the only guest_memfd memory in the VM.
+ *
+ * Guest-physical layout of slot 0 (2 MiB):
+ *   0x1000 ..            page tables (identity map of `identityMapSize`, 2 MiB pages)
+ *   0x10000 * (1 + i)    vCPU i's copy of its image (each copy has its own struct ucall)
+ *   0x90000 + 0x10000*i  vCPU i's stack top (i < 8)
+ * @module
+ */
+import { guestImage, type GuestImageName } from '../guest-images.js';
+import { Mapping } from '../mapping.js';
+import { getUcall, GuestAssertionError, replyUcall, UnexpectedExitError, type Ucall } from '../ucall.js';
+import type { Vcpu } from '../vcpu.js';
+import type { Vm } from '../vm.js';
+import type { MmioExit, VcpuExit } from '../exits.js';
+import { bootGuest } from '../x86.js';
+import { VmType } from '../constants.js';
+import type { CaseContext } from './harness.js';
+
+/** Bytes in a MiB / GiB. */
+export const MiB = 1 << 20;
+export const GiB = 1 << 30;
+/** Slot 0's size. */
+export const CODE_SIZE = 2 * MiB;
+
+/** A VM with code memory in slot 0, closed with the case. */
+export interface SelftestGuest {
+  /** The VM. */
+  vm: Vm;
+  /** Creates vCPU `id` and boots `image` on it with `args` in rdi, rsi, rdx, rcx. */
+  boot(id: number, image: GuestImageName, args?: readonly (number | bigint)[]): Vcpu;
+}
+
+/** Options for {@link selftestGuest}. */
+export interface SelftestGuestOptions {
+  /** The VM type (default VmType.DEFAULT). */
+  vmType?: number;
+  /** How much guest-physical memory the page tables identity-map (default 1 GiB). */
+  identityMapSize?: number | bigint;
+}
+
+/** Creates the VM and its code slot; everything is closed when the case ends. */
+export function selftestGuest(ctx: CaseContext, opts: SelftestGuestOptions = {}): SelftestGuest {
+  const vm = ctx.use(ctx.kvm.createVm(opts.vmType ?? VmType.DEFAULT));
+  const code = ctx.use(Mapping.anonymous(CODE_SIZE));
+  vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: CODE_SIZE, userspaceAddr: code });
+  return {
+    vm,
+    boot(id, image, args = []) {
+      if (id >= 8) throw new RangeError('selftestGuest has room for 8 vCPUs');
+      const vcpu = ctx.use(vm.createVcpu(id));
+      bootGuest(vcpu, {
+        image: guestImage(image), loadAt: 0x10000 * (1 + id), stack: 0x90000 + 0x10000 * id,
+        pageTables: 0x1000, args, identityMapSize: opts.identityMapSize ?? GiB,
+      });
+      return vcpu;
+    },
+  };
+}
+
+/** Options for {@link runToUcall}. */
+export interface RunToUcallOptions {
+  /**
+   * Called for each MMIO exit; it may fill `exit.data` to answer a read. Without it an MMIO
+   * exit is an UnexpectedExitError.
+   */
+  onMmio?: (exit: MmioExit) => void;
+  /** Called for every other exit that is not a ucall; return true to keep running. */
+  onExit?: (exit: VcpuExit) => boolean;
+  /** The most exits to take before giving up (default 100 000). */
+  maxExits?: number;
+}
+
+/**
+ * Runs the vCPU (synchronously, on this thread) until its next SYNC or DONE ucall.
+ * @throws GuestAssertionError for an ABORT; UnexpectedExitError for an exit nobody handled
+ */
+export function runToUcall(vcpu: Vcpu, opts: RunToUcallOptions = {}): Ucall {
+  const max = opts.maxExits ?? 100_000;
+  for (let n = 0; n < max; n++) {
+    const exit = vcpu.run();
+    const uc = getUcall(vcpu, exit);
+    if (uc) {
+      if (uc.cmd === 'abort') throw new GuestAssertionError(uc);
+      if (uc.cmd === 'printf') continue;
+      return uc;
+    }
+    if (exit.reason === 'mmio' && opts.onMmio) {
+      opts.onMmio(exit);
+      continue;
+    }
+    if (exit.reason === 'io' && exit.direction === 'out' && exit.port === 0xe9) continue; // console
+    if (opts.onExit?.(exit)) continue;
+    throw new UnexpectedExitError(exit);
+  }
+  throw new Error(`the guest made no ucall in ${max} exits`);
+}
+
+/** One memtest job: check [start, start + length) holds `expect`, then fill it with `fill`. */
+export interface MemtestJob {
+  start: number | bigint;
+  length: number;
+  expect: number;
+  fill: number;
+}
+
+/**
+ * Drives the `memtest` guest image (native/guest/memtest.S): each job checks a range for one
+ * byte value and fills it with another; a mismatch is a guest ABORT (GuestAssertionError with the
+ * address and the value found).
+ */
+export class Memtest {
+  readonly vcpu: Vcpu;
+  #pending: Ucall | undefined;
+
+  /** Boots memtest on vCPU `id` of `guest` with its first job (not run yet). */
+  constructor(guest: SelftestGuest, id: number, first: MemtestJob) {
+    this.vcpu = guest.boot(id, 'memtest', [first.start, first.length, first.expect, first.fill]);
+  }
+
+  /** Runs the job given at construction, or `job` after the first; returns the guest's SYNC. */
+  run(job?: MemtestJob, opts?: RunToUcallOptions): Ucall {
+    if (this.#pending) {
+      if (!job) throw new TypeError('memtest: a job is needed after the first');
+      replyUcall(this.vcpu, this.#pending, [job.start, job.length, job.expect, job.fill, 0]);
+    } else if (job) {
+      throw new TypeError('memtest: the first job was given at boot');
+    }
+    const uc = runToUcall(this.vcpu, opts);
+    if (uc.cmd !== 'sync') throw new Error(`memtest: expected SYNC, got ${uc.cmd}`);
+    this.#pending = uc;
+    return uc;
+  }
+
+  /** Tells the guest to finish; returns its DONE. */
+  finish(): Ucall {
+    if (!this.#pending) throw new TypeError('memtest: nothing to finish');
+    replyUcall(this.vcpu, this.#pending, [0, 0, 0, 0, 1]);
+    const uc = runToUcall(this.vcpu);
+    if (uc.cmd !== 'done') throw new Error(`memtest: expected DONE, got ${uc.cmd}`);
+    this.#pending = undefined;
+    return uc;
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * What the host offers the selftests, probed once per run: whether /dev/kvm opens, the VM types,
+ * which guest_memfd flags each VM type accepts, the paging mode, NUMA nodes, the THP size. The
+ * case list is built from these answers, as upstream's main() builds its calls from
+ * KVM_CAP_VM_TYPES and KVM_CAP_GUEST_MEMFD_FLAGS.
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { arch, release } from 'node:os';
+import { Cap, PAGE_SIZE, VmType } from '../constants.js';
+import { hostPaging, type HostPaging } from '../info.js';
+import { Kvm, KVM_DEVICE } from '../kvm.js';
+
+/** What one VM type offers guest_memfd users (asked on a VM of that type). */
+export interface VmTypeFacts {
+  /** The VmType number. */
+  type: number;
+  /** Its name ('DEFAULT', 'SW_PROTECTED'...). */
+  name: string;
+  /** KVM_CAP_GUEST_MEMFD_FLAGS on such a VM (0 if the VM could not be created). */
+  gmemFlags: bigint;
+  /**
+   * KVM_CAP_GUEST_MEMFD on such a VM: whether it accepts KVM_MEM_GUEST_MEMFD memslots (before
+   * Linux 6.18 only VM types with private memory did; since, every type that supports
+   * guest_memfd).
+   */
+  gmemMemslots: boolean;
+  /** Why no VM of this type could be created, if none could. */
+  createError?: string;
+}
+
+/** The host, as the selftests see it. */
+export interface HostFacts {
+  /** The device path. */
+  device: string;
+  /** uname release and machine. */
+  kernel: string;
+  /** Whether /dev/kvm opened and offers KVM_CAP_GUEST_MEMFD: nothing runs otherwise. */
+  available: boolean;
+  /** Why not, when `available` is false. */
+  unavailableReason?: string;
+  /** KVM_CAP_GUEST_MEMFD on /dev/kvm. */
+  guestMemfd: number;
+  /** KVM_CAP_USER_MEMORY2 on /dev/kvm. */
+  userMemory2: number;
+  /** KVM_CAP_GUEST_MEMFD_FLAGS on /dev/kvm. */
+  systemGmemFlags: bigint;
+  /** KVM_CAP_MEMORY_ATTRIBUTES on /dev/kvm. */
+  memoryAttributes: number;
+  /** KVM_CAP_VM_TYPES as reported (0 on kernels that only know the default type). */
+  vmTypesCap: number;
+  /** Each VM type to test, in bit order (the default type alone when KVM_CAP_VM_TYPES is 0). */
+  vmTypes: VmTypeFacts[];
+  /** The host's paging mode. */
+  paging: HostPaging;
+  /** The online NUMA nodes (/sys/devices/system/node/online). */
+  numaNodes: number[];
+  /** The transparent huge page (PMD) size, or undefined without THP. */
+  pmdSize?: number;
+  /** The page size. */
+  pageSize: number;
+}
+
+/** The name of a VM type number. */
+export function vmTypeName(type: number): string {
+  for (const [name, v] of Object.entries(VmType)) if (v === type) return name;
+  return `TYPE_${type}`;
+}
+
+/** Probes the host. Never throws: a missing device gives `available: false` and the reason. */
+export function probeHost(device: string = KVM_DEVICE): HostFacts {
+  const facts: HostFacts = {
+    device, kernel: `${release()} (${arch()})`, available: false, guestMemfd: 0, userMemory2: 0,
+    systemGmemFlags: 0n, memoryAttributes: 0, vmTypesCap: 0, vmTypes: [], paging: hostPaging(),
+    numaNodes: onlineNodes(), pageSize: PAGE_SIZE,
+  };
+  const pmd = readNumber('/sys/kernel/mm/transparent_hugepage/hpage_pmd_size');
+  if (pmd !== undefined) facts.pmdSize = pmd;
+  let kvm: Kvm;
+  try {
+    kvm = Kvm.open(device);
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    facts.unavailableReason = `${device} cannot be opened (${err.code ?? err.message}): no usable KVM on this host`;
+    facts.vmTypes = [{ type: VmType.DEFAULT, name: 'DEFAULT', gmemFlags: 0n, gmemMemslots: false }];
+    return facts;
+  }
+  using k = kvm;
+  facts.guestMemfd = k.checkExtension(Cap.GUEST_MEMFD);
+  facts.userMemory2 = k.checkExtension(Cap.USER_MEMORY2);
+  facts.systemGmemFlags = BigInt(k.checkExtension(Cap.GUEST_MEMFD_FLAGS));
+  facts.memoryAttributes = k.checkExtension(Cap.MEMORY_ATTRIBUTES);
+  facts.vmTypesCap = k.checkExtension(Cap.VM_TYPES);
+  // Upstream: "Not all architectures support KVM_CAP_VM_TYPES. However, those that support
+  // guest_memfd have that support for the default VM type."
+  const types = facts.vmTypesCap === 0 ? 1 << VmType.DEFAULT : facts.vmTypesCap;
+  for (let t = 0; t < 32; t++) {
+    if (!(types & (1 << t))) continue;
+    const vt: VmTypeFacts = { type: t, name: vmTypeName(t), gmemFlags: 0n, gmemMemslots: false };
+    try {
+      using vm = k.createVm(t);
+      vt.gmemFlags = BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS));
+      vt.gmemMemslots = vm.checkExtension(Cap.GUEST_MEMFD) !== 0;
+    } catch (e) {
+      vt.createError = (e as Error).message;
+    }
+    facts.vmTypes.push(vt);
+  }
+  if (facts.guestMemfd === 0) {
+    facts.unavailableReason = `${device} does not offer KVM_CAP_GUEST_MEMFD (kernel ${facts.kernel}; guest_memfd needs Linux 6.8 or newer)`;
+  } else if (facts.userMemory2 === 0) {
+    facts.unavailableReason = `${device} does not offer KVM_CAP_USER_MEMORY2`;
+  } else {
+    facts.available = true;
+  }
+  return facts;
+}
+
+function readNumber(path: string): number | undefined {
+  try {
+    const v = Number(readFileSync(path, 'utf8').trim());
+    return Number.isSafeInteger(v) && v > 0 ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Parses /sys/devices/system/node/online ("0", "0-1,3"); [0] when the file is missing. */
+export function onlineNodes(path = '/sys/devices/system/node/online'): number[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8').trim();
+  } catch {
+    return [0];
+  }
+  const nodes: number[] = [];
+  for (const part of text.split(',')) {
+    const [a, b] = part.split('-').map(Number);
+    if (a === undefined || !Number.isInteger(a)) continue;
+    for (let n = a; n <= (b ?? a); n++) nodes.push(n);
+  }
+  return nodes;
+}
+
+/** A one-line description of the host for the KTAP header. */
+export function describeHost(h: HostFacts): string {
+  if (!h.available) return `kernel ${h.kernel}; ${h.unavailableReason}`;
+  const types = h.vmTypes.map((t) => `${t.name} (gmem flags 0x${t.gmemFlags.toString(16)})`).join(', ');
+  return `kernel ${h.kernel}; vm types ${types}; paging ${h.paging.mode}; NUMA nodes ${h.numaNodes.join(',')}`;
+}
