@@ -10,6 +10,8 @@
         "native/vm.cc",
         "native/guest_memfd.cc",
         "native/mapping.cc",
+        "native/guarded.cc",
+        "native/mm.cc",
         "native/vcpu.cc",
         "native/vcpu_runner.cc"
       ],

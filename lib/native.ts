@@ -20,6 +20,30 @@ export interface NativeMapping {
   address: bigint;
 }
 
+/** Bits of mapShared's `flags` argument (native/mapping.cc). */
+export const MapSharedFlag = {
+  /** Skip the end-of-file check: the range may extend past the end of the file. */
+  BEYOND_END: 1 << 0,
+} as const;
+
+/** What a guarded access (guardedRead/Write/Fill) returns after a SIGBUS; undefined otherwise. */
+export interface NativeFault {
+  /** Bytes of the request done before the fault. */
+  bytesDone: number;
+  /** si_addr. */
+  address: bigint;
+  /** si_code. */
+  sigCode: number;
+}
+
+/** get_mempolicy(MPOL_F_ADDR) as the addon returns it. */
+export interface NativeMemPolicy {
+  /** The policy mode, with any MPOL_F_* mode flags. */
+  mode: number;
+  /** The nodemask (asked with 1024 bits). */
+  nodemask: bigint;
+}
+
 /** fstat() as the addon returns it. */
 export interface NativeStat {
   size: bigint;
@@ -78,10 +102,29 @@ export interface NativeAddon {
   fstat(fd: number): NativeStat;
   inodeOf(fd: number): number | bigint;
   fallocate(fd: number, mode: number, offset: U64In, length: U64In): void;
-  mapShared(fd: number, offset: U64In, length: U64In): NativeMapping;
+  /** `flags`: MapSharedFlag bits (default 0); `align`: 0 (default) or a power of two in [page, 1 GiB]. */
+  mapShared(fd: number, offset: U64In, length: U64In, flags?: number, align?: U64In): NativeMapping;
   mapAnonymous(length: U64In): NativeMapping;
   unmap(buffer: ArrayBuffer): void;
   mincore(buffer: ArrayBuffer): Uint8Array;
+  /** Copies [offset, offset + target.length) of a live mapping into target, SIGBUS-guarded. */
+  guardedRead(buffer: ArrayBuffer, offset: U64In, target: Uint8Array): NativeFault | undefined;
+  /** Copies source into [offset, offset + source.length) of a live mapping, SIGBUS-guarded. */
+  guardedWrite(buffer: ArrayBuffer, offset: U64In, source: Uint8Array): NativeFault | undefined;
+  /** Sets [offset, offset + length) of a live mapping to byte (0..255), SIGBUS-guarded. */
+  guardedFill(buffer: ArrayBuffer, offset: U64In, length: U64In, byte: number): NativeFault | undefined;
+  /** madvise(2) on [offset, offset + length) of a live mapping. */
+  madvise(buffer: ArrayBuffer, offset: U64In, length: U64In, advice: number): void;
+  /** mbind(2) on [offset, offset + length) of a live mapping; maxnode <= 1025. */
+  mbind(
+    buffer: ArrayBuffer, offset: U64In, length: U64In, mode: number, nodemask: U64In, maxnode: number, flags: number,
+  ): void;
+  /** get_mempolicy(2) with MPOL_F_ADDR for the page at offset of a live mapping. */
+  getMempolicy(buffer: ArrayBuffer, offset: U64In): NativeMemPolicy;
+  /** move_pages(0, n, pages, NULL, status, 0): per offset, the node holding the page or a negative errno. */
+  pageNodes(buffer: ArrayBuffer, offsets: readonly U64In[]): number[];
+  /** mmap(NULL, length, prot, flags, fd, offset) as given (MAP_FIXED refused): 0 if it mapped (unmapped at once), else the errno. */
+  mmapProbe(fd: number, offset: U64In, length: U64In, prot: number, flags: number): number;
   createVcpu(vmFd: number, id: number): number;
   getRegs(fd: number, bytes: Uint8Array): void;
   setRegs(fd: number, bytes: Uint8Array): void;

@@ -8,6 +8,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kg::InitVm(env, exports);
   kg::InitGuestMemfd(env, exports);
   kg::InitMapping(env, exports);
+  kg::InitGuarded(env, exports);
+  kg::InitMm(env, exports);
   kg::InitVcpu(env, exports);
   kg::InitVcpuRunner(env, exports);
   return exports;

@@ -14,13 +14,16 @@
 // are dropped without being released.
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cinttypes>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "args.h"
+#include "mapping.h"
 #include "objects.h"
 
 namespace kg {
@@ -81,28 +84,108 @@ size_t ArgLength(const Napi::CallbackInfo& info, size_t i) {
 
 }  // namespace
 
+// See mapping.h.
+Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info, size_t i) {
+  Napi::Env env = info.Env();
+  if (i >= info.Length() || !info[i].IsArrayBuffer()) {
+    throw Napi::TypeError::New(env, "The \"buffer\" argument must be an ArrayBuffer");
+  }
+  Napi::ArrayBuffer ab = info[i].As<Napi::ArrayBuffer>();
+  bool known;
+  {
+    std::lock_guard<std::mutex> lk(g_mu);
+    auto it = g_live.find(ab.Data());
+    known = ab.Data() != nullptr && it != g_live.end() && it->second->length == ab.ByteLength();
+  }
+  if (!known) throw Napi::TypeError::New(env, "The \"buffer\" argument is not a live kvm-gmem mapping");
+  return ab;
+}
+
+void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size) {
+  if (offset > size || length > size - offset) {
+    throw Napi::RangeError::New(
+        env, Fmt("The range [offset 0x%" PRIx64 ", length 0x%" PRIx64 ") is outside the mapping "
+                 "(length 0x%zx)", offset, length, size));
+  }
+}
+
+
+// mapShared's flags (a u32; lib/native.ts names them in MapSharedFlag).
+constexpr uint32_t kMapBeyondEnd = 1u << 0;  // skip the end-of-file check below
+constexpr uint32_t kMapKnownFlags = kMapBeyondEnd;
+constexpr uint64_t kMaxAlign = 1ull << 30;
+
 // mmap(NULL, length, PROT_READ|PROT_WRITE, MAP_SHARED, fd, offset) -> { buffer, address }.
+//
+// mapShared(fd, offset, length, flags = 0, align = 0):
+// - By default a range past the end of the file is refused before mmap(): a host access there
+//   raises SIGBUS. With kMapBeyondEnd the check is skipped; such a mapping must only be touched
+//   through the guarded accessors (guarded.cc).
+// - align (0: none; else a power of two in [page size, 1 GiB]) places the mapping at an address
+//   that is a multiple of it, as the kernel selftests do for huge pages (a PMD-aligned address):
+//   reserve length + align of PROT_NONE memory, map the file with MAP_FIXED at the aligned
+//   address inside it, and unmap the slack on both sides.
 static Napi::Value MapShared(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
   int64_t offset = ArgOff(info, 1, "offset");
   size_t length = ArgLength(info, 2);
-  // A host access past the end of the file raises SIGBUS; refuse such a range up front.
-  struct stat st;
-  if (fstat(fd, &st) != 0) ThrowSys(info.Env(), errno, "fstat", nullptr, Fmt("fd %d", fd));
-  if (static_cast<uint64_t>(offset) + length > static_cast<uint64_t>(st.st_size)) {
+  uint32_t flags = info.Length() > 3 && !info[3].IsUndefined() ? ArgU32(info, 3, "flags") : 0;
+  uint64_t align = info.Length() > 4 && !info[4].IsUndefined() ? ArgU64(info, 4, "align") : 0;
+  if ((flags & ~kMapKnownFlags) != 0) {
+    throw Napi::RangeError::New(env, Fmt("The \"flags\" argument has unknown bits 0x%x", flags & ~kMapKnownFlags));
+  }
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (align != 0 && (align < page || align > kMaxAlign || (align & (align - 1)) != 0)) {
     throw Napi::RangeError::New(
-        info.Env(), Fmt("The range [0x%" PRIx64 ", 0x%" PRIx64 ") extends past the end of the file "
-                        "(size 0x%" PRIx64 "); a host access there would raise SIGBUS",
-                        static_cast<uint64_t>(offset), static_cast<uint64_t>(offset) + length,
-                        static_cast<uint64_t>(st.st_size)));
+        env, Fmt("The \"align\" argument must be 0 or a power of two in [0x%" PRIx64 ", 1 GiB]; "
+                 "received 0x%" PRIx64, page, align));
   }
-  void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
+  if ((flags & kMapBeyondEnd) == 0) {
+    // A host access past the end of the file raises SIGBUS; refuse such a range up front.
+    struct stat st;
+    if (fstat(fd, &st) != 0) ThrowSys(env, errno, "fstat", nullptr, Fmt("fd %d", fd));
+    if (static_cast<uint64_t>(offset) + length > static_cast<uint64_t>(st.st_size)) {
+      throw Napi::RangeError::New(
+          env, Fmt("The range [0x%" PRIx64 ", 0x%" PRIx64 ") extends past the end of the file "
+                   "(size 0x%" PRIx64 "); a host access there would raise SIGBUS",
+                   static_cast<uint64_t>(offset), static_cast<uint64_t>(offset) + length,
+                   static_cast<uint64_t>(st.st_size)));
+    }
+  }
+  const std::string what =
+      Fmt("fd %d, offset=0x%" PRIx64 ", length=0x%zx, PROT_READ|PROT_WRITE, MAP_SHARED", fd,
+          static_cast<uint64_t>(offset), length);
+  if (align == 0) {
+    void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
+    if (p == MAP_FAILED) ThrowSys(env, errno, "mmap", nullptr, what);
+    return Expose(env, p, length);
+  }
+  // The whole pages the file mapping covers; the slack around them is unmapped again.
+  const uint64_t span = (length + page - 1) & ~(page - 1);
+  const size_t reserve = static_cast<size_t>(span + align);
+  void* r = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) {
+    ThrowSys(env, errno, "mmap", nullptr, Fmt("anonymous PROT_NONE reservation, length=0x%zx (align 0x%" PRIx64 ")", reserve, align));
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(r);
+  const uintptr_t at = (base + align - 1) & ~static_cast<uintptr_t>(align - 1);
+  void* p = mmap(reinterpret_cast<void*>(at), length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, offset);
   if (p == MAP_FAILED) {
-    ThrowSys(info.Env(), errno, "mmap", nullptr,
-             Fmt("fd %d, offset=0x%" PRIx64 ", length=0x%zx, PROT_READ|PROT_WRITE, MAP_SHARED", fd,
-                 static_cast<uint64_t>(offset), length));
+    int err = errno;
+    munmap(r, reserve);  // all of the reservation, including any part a failed MAP_FIXED removed
+    ThrowSys(env, err, "mmap", nullptr, what + Fmt(", MAP_FIXED at %p (align 0x%" PRIx64 ")", reinterpret_cast<void*>(at), align));
   }
-  return Expose(info.Env(), p, length);
+  const size_t head = at - base;
+  const size_t tail = reserve - head - static_cast<size_t>(span);
+  if ((head != 0 && munmap(r, head) != 0) ||
+      (tail != 0 && munmap(reinterpret_cast<void*>(at + span), tail) != 0)) {
+    // Splitting the reservation can fail (ENOMEM at vm.max_map_count): drop all of it.
+    int err = errno;
+    munmap(r, reserve);
+    ThrowSys(env, err, "munmap", nullptr, Fmt("the alignment slack around %p (align 0x%" PRIx64 ")", p, align));
+  }
+  return Expose(env, p, length);
 }
 
 // mmap(NULL, length, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS) -> { buffer, address }:
@@ -115,24 +198,6 @@ static Napi::Value MapAnonymous(const Napi::CallbackInfo& info) {
              Fmt("anonymous, length=0x%zx, PROT_READ|PROT_WRITE, MAP_PRIVATE", length));
   }
   return Expose(info.Env(), p, length);
-}
-
-// The ArrayBuffer argument, checked to be a live mapping of ours: its data pointer and length
-// must match a record. Anything else (a plain ArrayBuffer, a detached one) is a TypeError.
-static Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsArrayBuffer()) {
-    throw Napi::TypeError::New(env, "The \"buffer\" argument must be an ArrayBuffer");
-  }
-  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
-  bool known;
-  {
-    std::lock_guard<std::mutex> lk(g_mu);
-    auto it = g_live.find(ab.Data());
-    known = ab.Data() != nullptr && it != g_live.end() && it->second->length == ab.ByteLength();
-  }
-  if (!known) throw Napi::TypeError::New(env, "The \"buffer\" argument is not a live kvm-gmem mapping");
-  return ab;
 }
 
 // unmap(buffer): releases a live mapping that MapShared/MapAnonymous returned. The file is

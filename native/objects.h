@@ -10,6 +10,8 @@ void InitSystem(Napi::Env env, Napi::Object exports);  // system.cc: /dev/kvm
 void InitVm(Napi::Env env, Napi::Object exports);      // vm.cc: the VM fd
 void InitGuestMemfd(Napi::Env env, Napi::Object exports);  // guest_memfd.cc
 void InitMapping(Napi::Env env, Napi::Object exports);     // mapping.cc: mmap/munmap
+void InitGuarded(Napi::Env env, Napi::Object exports);     // guarded.cc: SIGBUS-guarded access
+void InitMm(Napi::Env env, Napi::Object exports);          // mm.cc: madvise, NUMA policy, mmap probe
 void InitVcpu(Napi::Env env, Napi::Object exports);        // vcpu.cc: the vCPU fd, registers
 void InitVcpuRunner(Napi::Env env, Napi::Object exports);  // vcpu_runner.cc: KVM_RUN, threads, kick
 }  // namespace kg

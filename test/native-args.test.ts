@@ -16,8 +16,29 @@ const hostile: unknown[] = [
 const numeric: Record<string, number> = {
   close: 1, setCloexec: 1, getApiVersion: 1, checkExtension: 2, createVm: 2, getVcpuMmapSize: 1,
   createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, inodeOf: 1, fallocate: 4,
-  mapShared: 3, mapAnonymous: 1, createVcpu: 2,
+  mapShared: 3, mapAnonymous: 1, createVcpu: 2, mmapProbe: 5,
 };
+
+// Functions that act on a live mapping (their first argument): valid arguments for each, given
+// the mapping's buffer (a 4-page anonymous mapping).
+const onMapping: Record<string, (b: ArrayBuffer) => unknown[]> = {
+  guardedRead: (b) => [b, 0, new Uint8Array(8)],
+  guardedWrite: (b) => [b, 0, new Uint8Array(8)],
+  guardedFill: (b) => [b, 0, 8, 1],
+  madvise: (b) => [b, 0, 4096, 0],
+  mbind: (b) => [b, 0, 4096, 0, 0n, 64, 0],
+  getMempolicy: (b) => [b, 0],
+  pageNodes: (b) => [b, [0]],
+};
+
+/** Whether a hostile value is in fact valid in that position (so the call may succeed). */
+function acceptable(name: string, pos: number, v: unknown): boolean {
+  if (name.startsWith('guarded') && name !== 'guardedFill' && pos === 2) return v instanceof Uint8Array;
+  if (name === 'pageNodes' && pos === 1) return Array.isArray(v) && v.every((x) => x === 1);
+  // A nodemask is up to 1024 bits: a node number above 63 is the kernel's to judge.
+  if (name === 'mbind' && pos === 4) return typeof v === 'bigint' && v >= 0n && v < 1n << 1024n;
+  return false;
+}
 
 // Register ioctls: (fd, Uint8Array of exactly the struct's size).
 const structs: Record<string, number> = {
@@ -35,7 +56,7 @@ function survives(f: () => unknown): void {
 describe('native addon argument checks', () => {
   it('covers every exported function', () => {
     const tested = new Set([
-      ...Object.keys(numeric), ...Object.keys(structs), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory',
+      ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory',
       'uapiLayout', 'VcpuRunner',
     ]);
     expect(Object.keys(native).filter((k) => !tested.has(k))).toEqual([]);
@@ -81,6 +102,114 @@ describe('native addon argument checks', () => {
     } finally {
       native.close(memfd);
     }
+  });
+
+  it('mapShared checks its optional flags and align, and maps past the end only when told', () => {
+    const memfd = native.memfdCreate('kvm-gmem-empty'); // 0 bytes: every page is past the end
+    try {
+      for (const v of hostile.filter((h) => h !== undefined)) {
+        expect(() => native.mapShared(memfd, 0, 4096, v as number), `flags = ${String(v)}`).toThrow();
+        survives(() => native.mapShared(memfd, 0, 4096, v as number));
+        expect(() => native.mapShared(memfd, 0, 4096, 1, v as number), `align = ${String(v)}`).toThrow();
+        survives(() => native.mapShared(memfd, 0, 4096, 1, v as number));
+      }
+      expect(() => native.mapShared(memfd, 0, 4096, 2)).toThrow(RangeError); // unknown flag bit
+      for (const align of [1, 2048, 4095, 3 * 4096, 2 ** 31, 1n << 40n]) {
+        expect(() => native.mapShared(memfd, 0, 4096, 1, align), `align ${align}`).toThrow(RangeError);
+      }
+      expect(() => native.mapShared(memfd, 0, 4096, 0)).toThrow(/past the end/);
+      for (const align of [0, 4096, 1 << 21, 1 << 30]) {
+        const m = native.mapShared(memfd, 0, 8192, 1, align);
+        if (align) expect(m.address % BigInt(align)).toBe(0n);
+        expect(m.buffer.byteLength).toBe(8192);
+        native.unmap(m.buffer);
+      }
+    } finally {
+      native.close(memfd);
+    }
+  });
+
+  it('guarded accessors report a SIGBUS past the end of a file instead of dying', () => {
+    const memfd = native.memfdCreate('kvm-gmem-empty');
+    try {
+      const m = native.mapShared(memfd, 0, 8192, 1);
+      const f = native.guardedRead(m.buffer, 4100, new Uint8Array(16));
+      expect(f).toMatchObject({ bytesDone: 0, address: m.address + 4100n, sigCode: 2 }); // BUS_ADRERR
+      expect(native.guardedWrite(m.buffer, 0, new Uint8Array(3))).toMatchObject({ bytesDone: 0, sigCode: 2 });
+      expect(native.guardedFill(m.buffer, 0, 8192, 0)).toMatchObject({ bytesDone: 0, address: m.address });
+      expect(native.guardedRead(m.buffer, 0, new Uint8Array(0))).toBeUndefined(); // nothing to touch
+      native.unmap(m.buffer);
+    } finally {
+      native.close(memfd);
+    }
+  });
+
+  it.each(Object.entries(onMapping))('%s takes a live mapping and checks every other argument', (name, valid) => {
+    const f = (native as unknown as Record<string, (...a: unknown[]) => unknown>)[name]!;
+    const m = native.mapAnonymous(4 * 4096);
+    const released = native.mapAnonymous(4096);
+    native.unmap(released.buffer);
+    try {
+      const good = valid(m.buffer);
+      f(...good); // the valid call works
+      for (const b of [...hostile, new ArrayBuffer(4 * 4096), new SharedArrayBuffer(4096), released.buffer]) {
+        expect(() => f(b, ...good.slice(1)), `${name} buffer = ${String(b)}`).toThrow(TypeError);
+      }
+      for (let pos = 1; pos < good.length; pos++) {
+        for (const v of hostile) {
+          const args = good.map((g, i) => (i === pos ? v : g));
+          survives(() => f(...args));
+          if (!acceptable(name, pos, v)) expect(() => f(...args), `${name} arg ${pos} = ${String(v)}`).toThrow();
+        }
+      }
+      for (let n = 0; n < good.length; n++) expect(() => f(...good.slice(0, n)), `${name} with ${n} arguments`).toThrow(TypeError);
+      // Offsets and lengths past the mapping are refused before any access or system call.
+      const beyond = 4 * 4096 + 1;
+      const past = good.map((g, i) => (i === 1 ? (name === 'pageNodes' ? [beyond] : beyond) : g));
+      expect(() => f(...past)).toThrow(RangeError);
+    } finally {
+      native.unmap(m.buffer);
+    }
+  });
+
+  it('guarded accessors refuse detached arrays and ranges past the mapping', () => {
+    const m = native.mapAnonymous(4096);
+    try {
+      const detached = new Uint8Array(16);
+      structuredClone(detached.buffer, { transfer: [detached.buffer] });
+      expect(() => native.guardedRead(m.buffer, 0, detached)).toThrow(TypeError);
+      expect(() => native.guardedWrite(m.buffer, 0, detached)).toThrow(TypeError);
+      expect(() => native.guardedRead(m.buffer, 4090, new Uint8Array(7))).toThrow(RangeError);
+      expect(() => native.guardedFill(m.buffer, 1, 4096, 0)).toThrow(RangeError);
+      expect(() => native.guardedFill(m.buffer, 0, 1, 256)).toThrow(RangeError);
+      expect(() => native.guardedRead(m.buffer, 0, new Uint16Array(4) as never)).toThrow(TypeError);
+      expect(() => native.guardedRead(m.buffer, 2n ** 64n - 1n, new Uint8Array(1))).toThrow(RangeError);
+      // Views over the mapping itself are ordinary memory to copy from and to.
+      const own = new Uint8Array(m.buffer);
+      own.fill(7, 0, 16);
+      expect(native.guardedWrite(m.buffer, 100, own.subarray(0, 16))).toBeUndefined();
+      expect(own[115]).toBe(7);
+    } finally {
+      native.unmap(m.buffer);
+    }
+  });
+
+  it('madvise refuses the advice values that poison, offline or guard memory; mmapProbe refuses MAP_FIXED', () => {
+    const m = native.mapAnonymous(4096);
+    try {
+      for (const advice of [100, 101, 102]) expect(() => native.madvise(m.buffer, 0, 4096, advice)).toThrow(RangeError);
+      expect(() => native.madvise(m.buffer, 0, 4096, -1)).toThrow(KvmError); // the kernel's EINVAL
+      expect(() => native.mbind(m.buffer, 0, 4096, 0, 0n, 1026, 0)).toThrow(RangeError); // past our nodemask buffer
+      expect(() => native.mbind(m.buffer, 0, 4096, 0, 1n << 1024n, 64, 0)).toThrow(RangeError);
+      expect(() => native.pageNodes(m.buffer, new Array(2 ** 20 + 1).fill(0))).toThrow(RangeError);
+      expect(() => native.pageNodes(m.buffer, ['0'] as never)).toThrow(TypeError);
+      expect(() => native.getMempolicy(m.buffer, 4096)).toThrow(RangeError);
+    } finally {
+      native.unmap(m.buffer);
+    }
+    expect(() => native.mmapProbe(0x7ffffff0, 0, 4096, 3, 0x10 | 0x01)).toThrow(RangeError); // MAP_FIXED|MAP_SHARED
+    expect(() => native.mmapProbe(0x7ffffff0, 0, 2 ** 32 + 1, 3, 1)).toThrow(RangeError);
+    expect(native.mmapProbe(0x7ffffff0, 0, 4096, 3, 1)).toBe(9); // EBADF: an answer, not an exception
   });
 
   it.each(Object.entries(structs))('%s takes an fd and a Uint8Array of exactly %i bytes', (name, size) => {
