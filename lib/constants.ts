@@ -139,6 +139,53 @@ export const InternalErrorSuberror = {
   UNEXPECTED_EXIT_REASON: 4,
 } as const;
 
+/**
+ * madvise(2) advice values (MADV_*, include/uapi/asm-generic/mman-common.h) for
+ * `Mapping.advise()`. On a guest_memfd mapping the kernel decides what each means; e.g. COLLAPSE
+ * is refused there (EINVAL) on kernels whose guest_memfd has no huge pages.
+ */
+export const Madvise = {
+  /** MADV_NORMAL: no special treatment. */
+  NORMAL: 0,
+  /** MADV_RANDOM: expect random access (no read-ahead). */
+  RANDOM: 1,
+  /** MADV_SEQUENTIAL: expect sequential access. */
+  SEQUENTIAL: 2,
+  /** MADV_WILLNEED: expect access soon (read ahead). */
+  WILLNEED: 3,
+  /** MADV_DONTNEED: drop the range from this mapping; a shared file's data stays in the file. */
+  DONTNEED: 4,
+  /** MADV_REMOVE: free the range's backing store, like a punch-hole of the file. */
+  REMOVE: 9,
+  /** MADV_HUGEPAGE: allow transparent huge pages for the range. */
+  HUGEPAGE: 14,
+  /** MADV_NOHUGEPAGE: no transparent huge pages for the range. */
+  NOHUGEPAGE: 15,
+  /** MADV_POPULATE_READ: fault the range in readable now (EFAULT where it cannot be). */
+  POPULATE_READ: 22,
+  /** MADV_POPULATE_WRITE: fault the range in writable now (EFAULT where it cannot be). */
+  POPULATE_WRITE: 23,
+  /** MADV_COLLAPSE: collapse the range into transparent huge pages now, synchronously. */
+  COLLAPSE: 25,
+} as const;
+
+/**
+ * NUMA memory policy modes (MPOL_*, include/uapi/linux/mempolicy.h) for `Mapping.mbind()` and
+ * what `Mapping.memPolicy()` reports.
+ */
+export const MemPolicy = {
+  /** MPOL_DEFAULT: the thread's policy (with an empty nodemask). */
+  DEFAULT: 0,
+  /** MPOL_PREFERRED: allocate on the one node given, fall back to others. */
+  PREFERRED: 1,
+  /** MPOL_BIND: allocate only on the nodes given. */
+  BIND: 2,
+  /** MPOL_INTERLEAVE: spread pages over the nodes given. */
+  INTERLEAVE: 3,
+  /** MPOL_LOCAL: allocate on the node of the CPU that faults (with an empty nodemask). */
+  LOCAL: 4,
+} as const;
+
 /** The host page size this library assumes (x86_64). */
 export const PAGE_SIZE = 4096;
 

@@ -3,6 +3,7 @@
  *
  * - {@link KvmError}: a system call failed; shaped like Node's own SystemError.
  * - {@link KvmStateError}: the object is in the wrong state for the call (used after close).
+ * - {@link GuestMemoryFaultError}: a guarded access to mapped memory raised SIGBUS.
  * - Bad arguments throw the built-in `TypeError` / `RangeError`, naming the argument, before any
  *   system call is made.
  * @module
@@ -65,14 +66,15 @@ export class KvmError extends Error {
 }
 
 /** Codes carried by {@link KvmStateError}. */
-export type KvmStateCode = 'ERR_KVM_CLOSED' | 'ERR_KVM_PRIVATE_MEMORY' | 'ERR_KVM_VCPU_RUNNING';
+export type KvmStateCode = 'ERR_KVM_CLOSED' | 'ERR_KVM_PRIVATE_MEMORY' | 'ERR_KVM_PAST_EOF' | 'ERR_KVM_VCPU_RUNNING';
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
   /**
    * 'ERR_KVM_CLOSED' for use after close; 'ERR_KVM_PRIVATE_MEMORY' for host access to memory
-   * the kernel keeps private to the guest; 'ERR_KVM_VCPU_RUNNING' for a call on a vCPU whose
-   * runAsync() has not settled yet.
+   * the kernel keeps private to the guest; 'ERR_KVM_PAST_EOF' for an unguarded view of a mapping
+   * that extends past the end of its file (`Mapping.bytes` of a `map(..., { beyondEnd: true })`
+   * mapping); 'ERR_KVM_VCPU_RUNNING' for a call on a vCPU whose runAsync() has not settled yet.
    */
   readonly code: KvmStateCode;
   /** Builds the error. */
@@ -80,6 +82,89 @@ export class KvmStateError extends Error {
     super(message);
     this.name = 'KvmStateError';
     this.code = code;
+  }
+}
+
+/** SIGBUS si_code values (include/uapi/asm-generic/siginfo.h), by name. */
+const SIGBUS_CODES: Record<number, string> = {
+  1: 'BUS_ADRALN',
+  2: 'BUS_ADRERR',
+  3: 'BUS_OBJERR',
+  4: 'BUS_MCEERR_AR',
+  5: 'BUS_MCEERR_AO',
+};
+
+/** The name of a SIGBUS si_code ('BUS_ADRERR'), or 'si_code N' for one without a name here. */
+export function sigbusCodeName(code: number): string {
+  return SIGBUS_CODES[code] ?? `si_code ${code}`;
+}
+
+/** Everything a guarded access reports when it faults. */
+export interface GuestMemoryFaultInfo {
+  /** The operation: 'read', 'write' or 'fill'. */
+  readonly operation: string;
+  /** Where the request started, as an offset within the mapping. */
+  readonly requestOffset: number;
+  /** The request's length in bytes. */
+  readonly requestLength: number;
+  /** The offset of the mapping in its file. */
+  readonly mappingOffset: bigint;
+  /** Bytes of the request done before the fault. */
+  readonly bytesDone: number;
+  /** si_addr: the host virtual address of the faulting access. */
+  readonly address: bigint;
+  /** si_code of the SIGBUS. */
+  readonly sigCode: number;
+}
+
+/**
+ * A guarded access to mapped memory (`Mapping.read`, `readInto`, `write`, `fill`) raised SIGBUS:
+ * the kernel would not fault the page in for the host. For a guest_memfd that means a page past
+ * the end of the file (BUS_ADRERR) or memory private to the guest (a guest_memfd created without
+ * INIT_SHARED; also BUS_ADRERR). The bytes before the faulting one were transferred
+ * (`bytesDone`), none after it; the process goes on.
+ */
+export class GuestMemoryFaultError extends Error {
+  /** Always 'ERR_KVM_SIGBUS'. */
+  readonly code = 'ERR_KVM_SIGBUS' as const;
+  /** Always 'SIGBUS'. */
+  readonly signal = 'SIGBUS' as const;
+  /** si_code of the signal (2 = BUS_ADRERR). */
+  readonly sigCode: number;
+  /** The name of sigCode: 'BUS_ADRERR', 'BUS_ADRALN', 'BUS_OBJERR', 'BUS_MCEERR_AR', 'BUS_MCEERR_AO'. */
+  readonly sigCodeName: string;
+  /** The offset within the mapping of the faulting access. */
+  readonly offset: number;
+  /** The offset in the file of the faulting access (the mapping's offset + `offset`). */
+  readonly fileOffset: bigint;
+  /** si_addr: the host virtual address of the faulting access. */
+  readonly address: bigint;
+  /** How many bytes of the request were done before the fault. */
+  readonly bytesDone: number;
+  /** Everything the error was built from. */
+  readonly info: GuestMemoryFaultInfo;
+
+  /** Builds the error from what a guarded access reported. */
+  constructor(info: GuestMemoryFaultInfo) {
+    const offset = info.requestOffset + info.bytesDone;
+    const fileOffset = info.mappingOffset + BigInt(offset);
+    const codeName = sigbusCodeName(info.sigCode);
+    const hex = (v: number | bigint) => `0x${v.toString(16)}`;
+    super(
+      `${info.operation} of ${info.requestLength} bytes at mapping offset ${hex(info.requestOffset)} ` +
+        `(file offset ${hex(info.mappingOffset + BigInt(info.requestOffset))}) faulted: SIGBUS (${codeName}) ` +
+        `at mapping offset ${hex(offset)} (file offset ${hex(fileOffset)}, address ${hex(info.address)}) ` +
+        `after ${info.bytesDone} bytes; the kernel will not fault this memory in for the host ` +
+        '(past the end of the file, or private to the guest)',
+    );
+    this.name = 'GuestMemoryFaultError';
+    this.sigCode = info.sigCode;
+    this.sigCodeName = codeName;
+    this.offset = offset;
+    this.fileOffset = fileOffset;
+    this.address = info.address;
+    this.bytesDone = info.bytesDone;
+    this.info = info;
   }
 }
 

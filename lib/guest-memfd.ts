@@ -3,10 +3,10 @@
  * allocates, punches and (with GuestMemfdFlag.MMAP) maps.
  * @module
  */
-import { FallocMode, GuestMemfdFlag } from './constants.js';
+import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from './constants.js';
 import { Mapping, checkLength } from './mapping.js';
-import { native } from './native.js';
-import { off } from './numbers.js';
+import { MapSharedFlag, native } from './native.js';
+import { checkU64, describe, off, options } from './numbers.js';
 import { FdResource } from './resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
@@ -26,6 +26,25 @@ export interface GuestMemfdStat {
   /** st_nlink. */
   nlink: number;
 }
+
+/** Options of `GuestMemfd.map()`. */
+export interface MapOptions {
+  /**
+   * Allow a range that extends past the end of the file (refused by default). The kernel maps
+   * it, but a host access there raises SIGBUS: such a Mapping refuses `bytes`
+   * (KvmStateError ERR_KVM_PAST_EOF), and its guarded accessors (read, write, fill) throw a
+   * GuestMemoryFaultError where the file ends. For tests of exactly that behaviour.
+   */
+  beyondEnd?: boolean;
+  /**
+   * Place the mapping at an address that is a multiple of this: a power of two from the page
+   * size to 1 GiB, e.g. the PMD size (2 MiB) so that the range can hold transparent huge pages.
+   */
+  align?: number | bigint;
+}
+
+/** The largest `align` map() accepts. */
+const MAX_ALIGN = 1n << 30n;
 
 /** What /proc/self/fd/N reads as for a guest_memfd. */
 export const GUEST_MEMFD_LINK = 'anon_inode:[kvm-gmem]';
@@ -90,25 +109,54 @@ export class GuestMemfd extends FdResource {
    *
    * A guest_memfd created without GuestMemfdFlag.INIT_SHARED can be mapped (for its address),
    * but its memory is private to the guest: the host's first touch would raise SIGBUS, so the
-   * Mapping's `bytes` is refused (KvmStateError ERR_KVM_PRIVATE_MEMORY).
+   * Mapping's `bytes` is refused (KvmStateError ERR_KVM_PRIVATE_MEMORY); its guarded accessors
+   * (read, write, fill) throw GuestMemoryFaultError instead.
+   *
+   * With `options.align`, the address is a multiple of it (a PROT_NONE reservation of
+   * length + align is made, the file mapped inside it with MAP_FIXED, the slack unmapped).
    * @throws KvmError (syscall 'mmap'): ENODEV without GuestMemfdFlag.MMAP, EINVAL when
-   * unaligned; RangeError for a length of 0, over 4 GiB, or past the end of the file (a host
-   * access there would raise SIGBUS); ERR_KVM_CLOSED after close()
+   * unaligned, ENOMEM; RangeError for a length of 0, over 4 GiB, past the end of the file
+   * (unless `beyondEnd`; a host access there would raise SIGBUS), or a bad `align`;
+   * TypeError for bad options; ERR_KVM_CLOSED after close()
    */
-  map(offset: number | bigint = 0, length?: number | bigint): Mapping {
+  map(offset: number | bigint = 0, length?: number | bigint, opts: MapOptions = {}): Mapping {
     const o = off(offset, 'offset');
     const l = checkLength(length ?? (this.size > o ? this.size - o : 0n));
-    if (o + l > this.size) {
+    const { beyondEnd, align } = checkMapOptions(opts);
+    if (o + l > this.size && !beyondEnd) {
       throw new RangeError(
         `The range [${o}, ${o + l}) extends past the end of the guest_memfd (size ${this.size}); ` +
-          'a host access there would raise SIGBUS',
+          'a host access there would raise SIGBUS (pass { beyondEnd: true } to map it anyway)',
       );
     }
     const privateReason =
       this.flags & GuestMemfdFlag.INIT_SHARED
         ? undefined
         : 'this guest_memfd was created without GuestMemfdFlag.INIT_SHARED: its memory is private ' +
-          'to the guest and a host access would raise SIGBUS';
-    return new Mapping(native.mapShared(this.open(), o, l), o, privateReason);
+          'to the guest and a host access would raise SIGBUS (use the guarded read/write/fill)';
+    const pastEofReason =
+      o + l > this.size
+        ? `the mapping [${o}, ${o + l}) extends past the end of the guest_memfd (size ${this.size}): ` +
+          'a host access there would raise SIGBUS (use the guarded read/write/fill)'
+        : undefined;
+    const flags = beyondEnd ? MapSharedFlag.BEYOND_END : 0;
+    return new Mapping(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
   }
+}
+
+/** Checks map()'s options. */
+function checkMapOptions(value: unknown): { beyondEnd: boolean; align: bigint } {
+  const opts = options(value, 'options');
+  const beyondEnd = opts.beyondEnd ?? false;
+  if (typeof beyondEnd !== 'boolean') {
+    throw new TypeError(`The "options.beyondEnd" option must be a boolean; received ${describe(beyondEnd)}`);
+  }
+  if (opts.align === undefined) return { beyondEnd, align: 0n };
+  const align = BigInt(checkU64(opts.align, 'options.align'));
+  if (align < BigInt(PAGE_SIZE) || align > MAX_ALIGN || (align & (align - 1n)) !== 0n) {
+    throw new RangeError(
+      `The "options.align" option must be a power of two in [${PAGE_SIZE}, 2^30]; received ${align}`,
+    );
+  }
+  return { beyondEnd, align };
 }

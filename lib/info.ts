@@ -84,6 +84,36 @@ export function hostPaging(sysModule = '/sys/module'): HostPaging {
 }
 
 /**
+ * The online NUMA nodes, from /sys/devices/system/node/online (a list of ranges like "0-1,3"),
+ * in ascending order. A kernel without NUMA support has no such file: that is one node, [0].
+ * @throws Error if the file exists but cannot be parsed
+ */
+export function numaNodes(path = '/sys/devices/system/node/online'): number[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8').trim();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [0];
+    throw e;
+  }
+  return parseNodeList(text, path);
+}
+
+/** Parses a kernel node/CPU list ("0-1,3", "" for none) into ascending numbers. */
+export function parseNodeList(text: string, source = 'node list'): number[] {
+  const nodes = new Set<number>();
+  for (const part of text.trim().split(',')) {
+    if (part === '') continue;
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
+    const lo = m ? Number(m[1]) : NaN;
+    const hi = m?.[2] !== undefined ? Number(m[2]) : lo;
+    if (!m || hi < lo) throw new Error(`${source}: cannot parse "${text}"`);
+    for (let n = lo; n <= hi; n++) nodes.add(n);
+  }
+  return [...nodes].sort((a, b) => a - b);
+}
+
+/**
  * Opens the device, asks every named capability on it and on a fresh default VM, and
  * closes everything again. Never throws for a missing or forbidden device: that is reported
  * in `canOpen` / `openError`.

@@ -3,12 +3,33 @@
  * without copying.
  * @module
  */
-import { KvmStateError } from './errors.js';
-import { native, type NativeMapping } from './native.js';
-import { u64 } from './numbers.js';
+import { types } from 'node:util';
+import { GuestMemoryFaultError, KvmStateError } from './errors.js';
+import { native, type NativeFault, type NativeMapping } from './native.js';
+import { checkU64, describe, options, u32, u64 } from './numbers.js';
 
 /** Node 20's largest ArrayBuffer (buffer.constants.MAX_LENGTH): the largest mapping exposed. */
 export const MAX_MAPPING_LENGTH = 2 ** 32;
+
+/** A NUMA memory policy as get_mempolicy(2) reports it (see {@link Mapping.memPolicy}). */
+export interface MemoryPolicy {
+  /** The MemPolicy mode, with any MPOL_F_* mode flags set on it (bits 13-15). */
+  mode: number;
+  /** The nodes of the policy, bit n for node n (0n for DEFAULT and LOCAL). */
+  nodemask: bigint;
+}
+
+/** Where and how `Mapping.mbind()` applies a policy. */
+export interface MbindOptions {
+  /** Start of the range within the mapping (page-aligned; default 0). */
+  offset?: number | bigint;
+  /** Length of the range (default: the rest of the mapping). */
+  length?: number | bigint;
+  /** The number of nodemask bits the kernel reads, plus one (historical); default 64, at most 1025. */
+  maxnode?: number;
+  /** MPOL_MF_* flags (STRICT 1, MOVE 2, MOVE_ALL 4); default 0. */
+  flags?: number;
+}
 
 /**
  * A MAP_SHARED (guest_memfd) or MAP_PRIVATE|MAP_ANONYMOUS mapping. `bytes` is a Uint8Array
@@ -23,12 +44,16 @@ export const MAX_MAPPING_LENGTH = 2 ** 32;
  *
  * Host access to guest_memfd memory the kernel will not fault in (beyond the file's end, or
  * private to the guest) raises SIGBUS, which would kill the process; so mappings past the end of
- * the file are refused, and `bytes` is refused for guest_memfds without INIT_SHARED.
+ * the file are refused unless asked for (`map(..., { beyondEnd: true })`), and `bytes` is
+ * refused for them and for guest_memfds without INIT_SHARED. The guarded accessors (read,
+ * readInto, write, fill) work on any mapping: they copy through native code that catches the
+ * SIGBUS and throw a {@link GuestMemoryFaultError} instead.
  */
 export class Mapping implements Disposable {
   #buffer: ArrayBuffer | undefined;
   #bytes: Uint8Array | undefined;
   readonly #privateReason: string | undefined;
+  readonly #pastEofReason: string | undefined;
   /** The host virtual address of the first byte (for memslot userspace_addr). */
   readonly address: bigint;
   /** The mapping's length in bytes. */
@@ -40,10 +65,13 @@ export class Mapping implements Disposable {
    * @internal Use GuestMemfd.map() or Mapping.anonymous().
    * @param privateReason set when every host access to the range would fault (SIGBUS): `bytes`
    * is then refused with that reason instead of handing out a view that kills the process.
+   * @param pastEofReason set when the range extends past the end of the file: `bytes` is then
+   * refused (ERR_KVM_PAST_EOF) with that reason.
    */
-  constructor(m: NativeMapping, offset: bigint, privateReason?: string) {
+  constructor(m: NativeMapping, offset: bigint, privateReason?: string, pastEofReason?: string) {
     this.#buffer = m.buffer;
     this.#privateReason = privateReason;
+    this.#pastEofReason = pastEofReason;
     this.address = m.address;
     this.length = m.buffer.byteLength;
     this.offset = offset;
@@ -63,13 +91,151 @@ export class Mapping implements Disposable {
   /**
    * The mapped memory as bytes, without copying.
    * @throws KvmStateError ERR_KVM_CLOSED after close(); ERR_KVM_PRIVATE_MEMORY for a guest_memfd
-   * created without GuestMemfdFlag.INIT_SHARED, whose pages the kernel refuses to the host
+   * created without GuestMemfdFlag.INIT_SHARED, whose pages the kernel refuses to the host;
+   * ERR_KVM_PAST_EOF for a mapping that extends past the end of its file. Use the guarded
+   * accessors (read, write, fill) for those.
    */
   get bytes(): Uint8Array {
-    const buffer = this.#buffer;
-    if (buffer === undefined) throw new KvmStateError('ERR_KVM_CLOSED', 'Mapping is closed (unmapped)');
+    const buffer = this.#live();
     if (this.#privateReason !== undefined) throw new KvmStateError('ERR_KVM_PRIVATE_MEMORY', this.#privateReason);
+    if (this.#pastEofReason !== undefined) throw new KvmStateError('ERR_KVM_PAST_EOF', this.#pastEofReason);
     return (this.#bytes ??= new Uint8Array(buffer));
+  }
+
+  /**
+   * Copies `length` bytes at `offset` of the mapping into a new Uint8Array, SIGBUS-guarded:
+   * works on any mapping, including private guest_memfd memory and ranges past the end of the
+   * file, where `bytes` is refused. Forward, 8 bytes at a time.
+   * @throws GuestMemoryFaultError when the kernel will not fault a page in for the host (SIGBUS;
+   * e.g. BUS_ADRERR past the end of the file or for private memory): `offset`/`fileOffset` name
+   * the faulting byte, `bytesDone` how many were copied before it
+   * @throws RangeError if the range is outside the mapping; TypeError for a bad number;
+   * KvmStateError ERR_KVM_CLOSED after close()
+   */
+  read(offset: number | bigint, length: number | bigint): Uint8Array {
+    const buffer = this.#live();
+    const o = this.#offset(offset);
+    const l = this.#length(length, o);
+    const out = new Uint8Array(l);
+    this.#check('read', o, l, native.guardedRead(buffer, o, out));
+    return out;
+  }
+
+  /**
+   * Copies `target.length` bytes at `offset` of the mapping into `target`, SIGBUS-guarded (see
+   * {@link Mapping.read}). On a fault, `target` holds the `bytesDone` bytes copied before it.
+   * @throws GuestMemoryFaultError on SIGBUS; RangeError if the range is outside the mapping;
+   * TypeError if target is not a Uint8Array (or is detached); ERR_KVM_CLOSED after close()
+   */
+  readInto(offset: number | bigint, target: Uint8Array): void {
+    const buffer = this.#live();
+    const o = this.#offset(offset);
+    checkBytes(target, 'target');
+    this.#length(target.length, o, 'target.length');
+    this.#check('read', o, target.length, native.guardedRead(buffer, o, target));
+  }
+
+  /**
+   * Copies `data` into the mapping at `offset`, SIGBUS-guarded (see {@link Mapping.read}). On a
+   * fault, the `bytesDone` bytes before the faulting one were written, none after it.
+   * @throws GuestMemoryFaultError on SIGBUS; RangeError if the range is outside the mapping;
+   * TypeError if data is not a Uint8Array (or is detached); ERR_KVM_CLOSED after close()
+   */
+  write(offset: number | bigint, data: Uint8Array): void {
+    const buffer = this.#live();
+    const o = this.#offset(offset);
+    checkBytes(data, 'data');
+    this.#length(data.length, o, 'data.length');
+    this.#check('write', o, data.length, native.guardedWrite(buffer, o, data));
+  }
+
+  /**
+   * Sets `length` bytes at `offset` (default: the whole mapping) to `value`, SIGBUS-guarded (see
+   * {@link Mapping.read}). Unlike TypedArray.fill, `value` must be a byte: an integer in
+   * [0, 255].
+   * @throws GuestMemoryFaultError on SIGBUS (the bytes before the faulting one are set);
+   * RangeError for a value that is not a byte or a range outside the mapping; TypeError for a bad
+   * number; ERR_KVM_CLOSED after close()
+   */
+  fill(value: number, offset: number | bigint = 0, length?: number | bigint): void {
+    const buffer = this.#live();
+    if (typeof value !== 'number') throw new TypeError(`The "value" argument must be a number; received ${describe(value)}`);
+    if (!Number.isInteger(value) || value < 0 || value > 255) {
+      throw new RangeError(`The "value" argument must be an integer in [0, 255]; received ${value}`);
+    }
+    const o = this.#offset(offset);
+    const l = length === undefined ? this.length - o : this.#length(length, o);
+    this.#check('fill', o, l, native.guardedFill(buffer, o, l, value));
+  }
+
+  /**
+   * madvise(2) on [offset, offset + length) of the mapping (default: all of it). `advice` is a
+   * {@link Madvise} value; the kernel decides what it means for this mapping.
+   * @throws KvmError (syscall 'madvise'): EINVAL for an unaligned offset or an advice this
+   * mapping does not support (e.g. COLLAPSE on guest_memfd), EFAULT from POPULATE_* where the
+   * kernel will not fault the memory in, ENOMEM outside mapped memory; RangeError for a range
+   * outside the mapping, or for MADV_HWPOISON, MADV_SOFT_OFFLINE and MADV_GUARD_INSTALL, which
+   * are refused (they damage the memory or make any access fatal); ERR_KVM_CLOSED after close()
+   */
+  advise(advice: number, offset: number | bigint = 0, length?: number | bigint): void {
+    const buffer = this.#live();
+    const a = int32(advice, 'advice');
+    const o = this.#offset(offset);
+    const l = length === undefined ? this.length - o : this.#length(length, o);
+    native.madvise(buffer, o, l, a);
+  }
+
+  /**
+   * Sets the NUMA memory policy of a range of the mapping: mbind(2). `mode` is a
+   * {@link MemPolicy} value (optionally with MPOL_F_* mode flags), `nodemask` has bit n set for
+   * node n. For a guest_memfd the policy belongs to the file and governs where its pages are
+   * allocated (Linux 6.18).
+   * @throws KvmError (syscall 'mbind'): EINVAL for an unknown mode, an empty or invalid nodemask
+   * for the mode, or an unaligned offset; EIO with MPOL_MF_STRICT when pages are misplaced;
+   * RangeError/TypeError for bad arguments; ERR_KVM_CLOSED after close()
+   */
+  mbind(mode: number, nodemask: number | bigint, opts: MbindOptions = {}): void {
+    const buffer = this.#live();
+    const o0 = options(opts, 'options');
+    const m = u32(mode, 'mode');
+    const mask = BigInt(checkU64Wide(nodemask, 'nodemask'));
+    const o = this.#offset(o0.offset ?? 0);
+    const l = o0.length === undefined ? this.length - o : this.#length(o0.length, o);
+    const maxnode = u32(o0.maxnode ?? 64, 'maxnode');
+    if (maxnode > 1025) throw new RangeError(`The "maxnode" option must be at most 1025; received ${maxnode}`);
+    const flags = u32(o0.flags ?? 0, 'flags');
+    native.mbind(buffer, o, l, m, mask, maxnode, flags);
+  }
+
+  /**
+   * The NUMA memory policy that applies to the page at `offset` (default 0): get_mempolicy(2)
+   * with MPOL_F_ADDR.
+   * @throws KvmError (syscall 'get_mempolicy'), e.g. EFAULT; RangeError for an offset outside
+   * the mapping; ERR_KVM_CLOSED after close()
+   */
+  memPolicy(offset: number | bigint = 0): MemoryPolicy {
+    const buffer = this.#live();
+    const o = this.#offset(offset);
+    if (o >= this.length) throw new RangeError(`The "offset" argument must be < ${this.length}; received ${o}`);
+    return native.getMempolicy(buffer, o);
+  }
+
+  /**
+   * Which NUMA node holds the page at each offset: move_pages(2) with no target nodes, which
+   * moves nothing and reports. Each entry is a node id, or a negative errno: -ENOENT (-2) for a
+   * page not present (never touched, punched, or private guest_memfd memory), -EFAULT (-14)...
+   * @throws KvmError (syscall 'move_pages'); RangeError for an offset outside the mapping;
+   * TypeError if offsets is not an array of numbers/bigints; ERR_KVM_CLOSED after close()
+   */
+  pageNodes(offsets: readonly (number | bigint)[]): number[] {
+    const buffer = this.#live();
+    if (!Array.isArray(offsets)) throw new TypeError(`The "offsets" argument must be an array; received ${describe(offsets)}`);
+    const checked = offsets.map((v, i) => {
+      const o = this.#offset(v, `offsets[${i}]`);
+      if (o >= this.length) throw new RangeError(`The "offsets[${i}]" argument must be < ${this.length}; received ${o}`);
+      return o;
+    });
+    return native.pageNodes(buffer, checked);
   }
 
   /**
@@ -118,6 +284,61 @@ export class Mapping implements Disposable {
       // dispose must not throw.
     }
   }
+
+  /** The buffer of an open mapping. */
+  #live(): ArrayBuffer {
+    const buffer = this.#buffer;
+    if (buffer === undefined) throw new KvmStateError('ERR_KVM_CLOSED', 'Mapping is closed (unmapped)');
+    return buffer;
+  }
+
+  /** An offset within the mapping (<= length), as a number. */
+  #offset(value: unknown, name = 'offset'): number {
+    const v = checkU64(value, name);
+    if (v > this.length) throw new RangeError(`The "${name}" argument must be <= ${this.length} (the mapping's length); received ${v}`);
+    return Number(v);
+  }
+
+  /** A length that fits in the mapping after offset `o`, as a number. */
+  #length(value: unknown, o: number, name = 'length'): number {
+    const v = checkU64(value, name);
+    if (v > this.length - o) {
+      throw new RangeError(`The range [${o}, ${BigInt(o) + BigInt(v)}) extends past the mapping (length ${this.length})`);
+    }
+    return Number(v);
+  }
+
+  /** Turns a guarded access's fault report into a GuestMemoryFaultError. */
+  #check(operation: string, offset: number, length: number, fault: NativeFault | undefined): void {
+    if (fault === undefined) return;
+    throw new GuestMemoryFaultError({
+      operation, requestOffset: offset, requestLength: length, mappingOffset: this.offset,
+      bytesDone: fault.bytesDone, address: fault.address, sigCode: fault.sigCode,
+    });
+  }
+}
+
+/** Checks a byte-array argument of the guarded accessors (any realm's Uint8Array, Buffer included). */
+function checkBytes(value: unknown, name: string): asserts value is Uint8Array {
+  if (!types.isUint8Array(value)) throw new TypeError(`The "${name}" argument must be a Uint8Array; received ${describe(value)}`);
+}
+
+/** Checks a signed 32-bit integer argument (madvise advice). */
+function int32(value: unknown, name: string): number {
+  if (typeof value !== 'number') throw new TypeError(`The "${name}" argument must be an integer; received ${describe(value)}`);
+  if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) {
+    throw new RangeError(`The "${name}" argument must be a 32-bit integer; received ${value}`);
+  }
+  return value;
+}
+
+/** A nodemask: a non-negative safe integer, or a bigint of at most 1024 bits. */
+function checkU64Wide(value: unknown, name: string): number | bigint {
+  if (typeof value === 'bigint') {
+    if (value < 0n || value >= 1n << 1024n) throw new RangeError(`The "${name}" argument must be in [0, 2^1024); received ${value}n`);
+    return value;
+  }
+  return checkU64(value, name);
 }
 
 /** Checks a mapping length: > 0 and small enough for an ArrayBuffer. */
