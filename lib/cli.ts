@@ -3,16 +3,23 @@
  * The `kvm-gmem` command.
  *
  *   kvm-gmem info [--json] [--device PATH]   what this host's KVM offers guest_memfd users
+ *   kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]
+ *                                            the selftest suite, KTAP out (lib/selftest/)
  * @module
  */
 import { parseArgs } from 'node:util';
 import { formatHostInfo, hostInfo } from './info.js';
+import { selftestCommand } from './selftest/command.js';
 
 const USAGE = `usage: kvm-gmem <command> [options]
 
 commands:
   info [--json] [--device PATH]   KVM API version, capabilities, VM types, guest_memfd flags,
                                   memslot limit, and whether this process can open the device
+  selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]
+                                  the kernel's guest_memfd selftests mirrored, plus the
+                                  lifecycle cases; KTAP on stdout, progress on stderr when
+                                  stdout is not a terminal; exit 0 pass, 1 fail, 4 all skipped
 
 options:
   -h, --help                      this text
@@ -29,20 +36,24 @@ function info(argv: string[]): number {
   return report.canOpen ? 0 : 1;
 }
 
-function main(argv: string[]): number {
+async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     process.stdout.write(USAGE);
     return command === undefined ? 2 : 0;
   }
   if (command === 'info') return info(rest);
+  if (command === 'selftest') return selftestCommand(rest);
   process.stderr.write(`kvm-gmem: unknown command '${command}'\n\n${USAGE}`);
   return 2;
 }
 
-try {
-  process.exitCode = main(process.argv.slice(2));
-} catch (e) {
-  process.stderr.write(`kvm-gmem: ${(e as Error).message}\n`);
-  process.exitCode = 2;
-}
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`kvm-gmem: ${(e as Error).message}\n`);
+    process.exitCode = 2;
+  },
+);

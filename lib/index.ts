@@ -16,12 +16,14 @@ export { Vm, VM_LINK } from './vm.js';
 export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './vm.js';
 export { GuestMemfd, GUEST_MEMFD_LINK } from './guest-memfd.js';
 export type { GuestMemfdStat } from './guest-memfd.js';
+export type { MapOptions } from './guest-memfd.js';
 export { Mapping, MAX_MAPPING_LENGTH } from './mapping.js';
-export { KvmError, KvmStateError } from './errors.js';
-export type { KvmErrorInfo, KvmStateCode } from './errors.js';
+export type { MemoryPolicy, MbindOptions } from './mapping.js';
+export { KvmError, KvmStateError, GuestMemoryFaultError, sigbusCodeName } from './errors.js';
+export type { KvmErrorInfo, KvmStateCode, GuestMemoryFaultInfo } from './errors.js';
 export {
   Cap, GuestMemfdFlag, MemslotFlag, VmType, FallocMode, PAGE_SIZE, decodeBits,
-  ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror,
+  ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror, Madvise, MemPolicy,
 } from './constants.js';
 export { Vcpu } from './vcpu.js';
 export type { RunAsyncOptions } from './vcpu.js';
@@ -43,5 +45,17 @@ export {
 } from './ucall.js';
 export type { Ucall, UcallLoopOptions } from './ucall.js';
 export type { CapName } from './constants.js';
-export { hostInfo, formatHostInfo, hostPaging } from './info.js';
+export { hostInfo, formatHostInfo, hostPaging, numaNodes } from './info.js';
+export {
+  SelftestFailure, runCase, check, checkEq, checkErrno, checkBytes,
+} from './selftest/harness.js';
+export type { SelftestCase, SelftestGroup, CaseContext, CaseOutcome, CaseVerdict } from './selftest/harness.js';
+export { probeHost } from './selftest/host.js';
+export type { HostFacts, VmTypeFacts } from './selftest/host.js';
+export { planSelftests, filterCases } from './selftest/plan.js';
+export { runSelftests, reportJson } from './selftest/runner.js';
+export type { RunOptions, RunReport, CaseReport } from './selftest/runner.js';
+export { loadExpectations, parseExpectations } from './selftest/expect.js';
+export type { Expectation, ExpectationFile } from './selftest/expect.js';
+export type { CaseResult, Totals } from './selftest/ktap.js';
 export type { HostInfo, CapabilityInfo, HostPaging } from './info.js';

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { arch, release } from 'node:os';
 import { Cap, PAGE_SIZE, VmType } from '../constants.js';
-import { hostPaging, type HostPaging } from '../info.js';
+import { hostPaging, numaNodes, type HostPaging } from '../info.js';
 import { Kvm, KVM_DEVICE } from '../kvm.js';
 
 /** What one VM type offers guest_memfd users (asked on a VM of that type). */
@@ -72,7 +72,7 @@ export function probeHost(device: string = KVM_DEVICE): HostFacts {
   const facts: HostFacts = {
     device, kernel: `${release()} (${arch()})`, available: false, guestMemfd: 0, userMemory2: 0,
     systemGmemFlags: 0n, memoryAttributes: 0, vmTypesCap: 0, vmTypes: [], paging: hostPaging(),
-    numaNodes: onlineNodes(), pageSize: PAGE_SIZE,
+    numaNodes: numaNodes(), pageSize: PAGE_SIZE,
   };
   const pmd = readNumber('/sys/kernel/mm/transparent_hugepage/hpage_pmd_size');
   if (pmd !== undefined) facts.pmdSize = pmd;
@@ -123,23 +123,6 @@ function readNumber(path: string): number | undefined {
   } catch {
     return undefined;
   }
-}
-
-/** Parses /sys/devices/system/node/online ("0", "0-1,3"); [0] when the file is missing. */
-export function onlineNodes(path = '/sys/devices/system/node/online'): number[] {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8').trim();
-  } catch {
-    return [0];
-  }
-  const nodes: number[] = [];
-  for (const part of text.split(',')) {
-    const [a, b] = part.split('-').map(Number);
-    if (a === undefined || !Number.isInteger(a)) continue;
-    for (let n = a; n <= (b ?? a); n++) nodes.push(n);
-  }
-  return nodes;
 }
 
 /** A one-line description of the host for the KTAP header. */

@@ -1,0 +1,63 @@
+/**
+ * `kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]`.
+ * @module
+ */
+import { parseArgs } from 'node:util';
+import { loadExpectations, type ExpectationFile } from './expect.js';
+import { probeHost } from './host.js';
+import { filterCases, planSelftests } from './plan.js';
+import { reportJson, runSelftests } from './runner.js';
+
+/** Runs the command; returns the exit code. */
+export async function selftestCommand(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      list: { type: 'boolean', default: false },
+      filter: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      expect: { type: 'string' },
+      device: { type: 'string' },
+    },
+    strict: true,
+  });
+  const host = probeHost(values.device);
+  const cases = filterCases(planSelftests(host), values.filter);
+  if (cases.length === 0) {
+    process.stderr.write(`kvm-gmem selftest: no case matches --filter ${JSON.stringify(values.filter)} (see --list)\n`);
+    return 2;
+  }
+  if (values.list) {
+    if (values.json) {
+      const list = cases.map((c) => ({
+        name: c.name, group: c.group, source: c.source, summary: c.summary,
+        ...(c.skipReason !== undefined ? { skipReason: c.skipReason } : {}),
+      }));
+      process.stdout.write(JSON.stringify(list, null, 2) + '\n');
+    } else {
+      for (const c of cases) process.stdout.write(`${c.name}\n`);
+    }
+    return 0;
+  }
+  let expectations: ExpectationFile | undefined;
+  if (values.expect !== undefined) expectations = loadExpectations(values.expect, host);
+
+  const ktapToStdout = !values.json;
+  const progressToStderr = !process.stdout.isTTY;
+  const report = await runSelftests(cases, host, {
+    ...(ktapToStdout ? { out: (line: string) => process.stdout.write(line + '\n') } : {}),
+    ...(progressToStderr ? { progress: (line: string) => process.stderr.write(line + '\n') } : {}),
+    ...(expectations ? { expectations } : {}),
+    ...(values.device !== undefined ? { device: values.device } : {}),
+    requireKvm: process.env.KVM_GMEM_REQUIRE_KVM === '1',
+  });
+  if (values.json) process.stdout.write(reportJson(report) + '\n');
+  if (progressToStderr) {
+    const t = report.totals;
+    process.stderr.write(
+      `kvm-gmem selftest: ${t.pass} passed, ${t.fail} failed, ${t.xfail} expected failures, ${t.xpass} unexpected passes, ` +
+        `${t.skip} skipped, ${t.error} errors; exit ${report.exitCode}\n`,
+    );
+  }
+  return report.exitCode;
+}

@@ -1,0 +1,147 @@
+// `kvm-gmem selftest`, run as a user runs it: the built CLI in a child process, stdout a pipe.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { probeHost } from '../lib/selftest/host.js';
+import { planSelftests } from '../lib/selftest/plan.js';
+import { CLI, EXPECTED_FAILURES } from './paths.js';
+import { openKvm } from './kvm-host.js';
+
+const env = { ...process.env };
+delete env.KVM_GMEM_REQUIRE_KVM;
+const selftest = (args: string[], extraEnv: Record<string, string> = {}) =>
+  spawnSync(process.execPath, [CLI, 'selftest', ...args], { encoding: 'utf8', env: { ...env, ...extraEnv }, timeout: 120_000 });
+const scratch = mkdtempSync(join(tmpdir(), 'kvm-gmem-selftest-'));
+const file = (name: string, text: string) => {
+  const p = join(scratch, name);
+  writeFileSync(p, text);
+  return p;
+};
+
+/** The KTAP result lines of a run. */
+const results = (stdout: string) => stdout.split('\n').filter((l) => /^(not )?ok \d+ /.test(l));
+
+describe('kvm-gmem selftest', () => {
+  it('--list names every case of the plan, once each', () => {
+    const r = selftest(['--list']);
+    expect(r.status).toBe(0);
+    const names = r.stdout.trim().split('\n');
+    expect(names).toEqual(planSelftests(probeHost()).map((c) => c.name));
+    expect(new Set(names).size).toBe(names.length);
+    for (const fn of ['test_guest_memfd_flags', 'test_create_guest_memfd_multiple', 'test_fallocate', 'test_invalid_punch_hole',
+      'test_guest_memfd_guest', 'test_add_private_memory_region', 'test_add_overlapping_private_memory_regions']) {
+      expect(names.some((n) => n.includes(`.${fn}`)), fn).toBe(true);
+    }
+    expect(names.filter((n) => n.startsWith('lifecycle.')).length).toBeGreaterThanOrEqual(7);
+  });
+
+  it('--list --json describes each case: group, the upstream function or seed it mirrors, a summary', () => {
+    const r = selftest(['--list', '--json', '--filter', 'test_file_size']);
+    expect(r.status).toBe(0);
+    const list = JSON.parse(r.stdout) as { name: string; group: string; source: string; summary: string }[];
+    expect(list.length).toBeGreaterThan(0);
+    for (const c of list) {
+      expect(c.group).toBe('guest_memfd_test');
+      expect(c.source).toBe('test_file_size');
+      expect(c.summary).toMatch(/st_size/);
+    }
+  });
+
+  it('prints KTAP: header, plan, one result per case, totals; progress on stderr; exit 0', (ctx) => {
+    openKvm(ctx).close();
+    const r = selftest(['--filter', 'test_file_size,test_invalid_punch_hole']);
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    const lines = r.stdout.split('\n');
+    expect(lines[0]).toBe('TAP version 13');
+    const plan = lines.find((l) => /^1\.\.\d+$/.test(l))!;
+    const n = Number(plan.slice(3));
+    expect(n).toBeGreaterThanOrEqual(2);
+    const res = results(r.stdout);
+    expect(res).toHaveLength(n);
+    res.forEach((l, i) => expect(l).toMatch(new RegExp(`^ok ${i + 1} guest_memfd_test\\.(test_file_size|test_invalid_punch_hole) \\[`)));
+    expect(lines).toContain(`# Totals: pass:${n} fail:0 xfail:0 xpass:0 skip:0 error:0`);
+    // stdout is a pipe here, so progress goes to stderr, one line per case plus a summary.
+    expect(r.stderr.split('\n').filter((l) => /^\[\d+\/\d+\] /.test(l))).toHaveLength(n);
+    expect(r.stderr).toMatch(new RegExp(`${n} passed, 0 failed`));
+  });
+
+  it('reports SIGBUS faults from fault_private / fault_overflow as checks, and the process survives', (ctx) => {
+    openKvm(ctx).close();
+    const r = selftest(['--filter', 'test_fault_']);
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/# SIGBUS \(BUS_ADRERR\) at offset 0x0 /);
+    expect(r.stdout).toMatch(/# SIGBUS \(BUS_ADRERR\) at offset 0x4000 of a 0x10000-byte mapping/);
+  });
+
+  it('--expect: a listed case that fails is XFAIL (exit 0); one that passes is XPASS (exit 1)', (ctx) => {
+    openKvm(ctx).close();
+    const host = probeHost();
+    const guest = selftest(['--expect', EXPECTED_FAILURES, '--filter', 'test_guest_memfd_guest']);
+    const line = results(guest.stdout)[0]!;
+    if (host.paging.mode === 'shadow') {
+      expect(line).toMatch(/^ok 1 guest_memfd_test\.test_guest_memfd_guest # XFAIL shadow paging: /);
+      expect(guest.stdout).toMatch(/# failed as expected: unexpected vCPU exit: mmio read at 0x100000000/);
+      expect(guest.stdout).toMatch(/xfail:1 xpass:0/);
+    } else {
+      expect(line).toMatch(/^ok 1 guest_memfd_test\.test_guest_memfd_guest$/);
+    }
+    expect(guest.status).toBe(0);
+
+    const wrong = file('wrong.txt', 'guest_memfd_test.test_file_size * -- pretend it fails\n');
+    const xpass = selftest(['--expect', wrong, '--filter', 'test_file_size']);
+    expect(xpass.status).toBe(1);
+    for (const l of results(xpass.stdout)) expect(l).toMatch(/^not ok \d+ .* # XPASS expected to fail \(pretend it fails\), but passed$/);
+    expect(xpass.stdout).toMatch(/pass:0 fail:0 xfail:0 xpass:\d+ skip:0 error:0/);
+  });
+
+  it('--expect entries under a `when` that does not hold on this host do not apply', (ctx) => {
+    openKvm(ctx).close();
+    const other = probeHost().paging.mode === 'tdp' ? 'shadow' : 'tdp';
+    const f = file('when.txt', `when paging=${other}\nguest_memfd_test.test_file_size * -- only on ${other} hosts\n`);
+    const r = selftest(['--expect', f, '--filter', 'test_file_size']);
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/# expectations: .*: 0 of 1 entries apply to this host/);
+  });
+
+  it('--json gives the whole report: host, cases with diagnostics, totals, exit code', (ctx) => {
+    openKvm(ctx).close();
+    const r = selftest(['--json', '--filter', 'test_guest_memfd_flags']);
+    expect(r.status).toBe(0);
+    const rep = JSON.parse(r.stdout) as {
+      host: { available: boolean; vmTypes: { name: string }[] };
+      cases: { name: string; result: string; diagnostics: string[] }[];
+      totals: { pass: number }; exitCode: number;
+    };
+    expect(rep.host.available).toBe(true);
+    expect(rep.cases).toHaveLength(rep.host.vmTypes.length);
+    expect(rep.cases[0]!.result).toBe('pass');
+    expect(rep.cases[0]!.diagnostics[0]).toMatch(/^KVM_CAP_GUEST_MEMFD_FLAGS = 0x/);
+    expect(rep.totals.pass).toBe(rep.cases.length);
+    expect(rep.exitCode).toBe(0);
+  });
+
+  it('without a usable device: a plan of skips with the reason, exit 4; an error with KVM_GMEM_REQUIRE_KVM=1', () => {
+    const r = selftest(['--device', '/nonexistent/kvm']);
+    expect(r.status).toBe(4);
+    const res = results(r.stdout);
+    expect(res.length).toBe(selftest(['--list', '--device', '/nonexistent/kvm']).stdout.trim().split('\n').length);
+    for (const l of res) expect(l).toMatch(/^ok \d+ .* # SKIP \/nonexistent\/kvm cannot be opened \(ENOENT\)/);
+    expect(r.stdout).toMatch(new RegExp(`# Totals: pass:0 fail:0 xfail:0 xpass:0 skip:${res.length} error:0`));
+
+    const req = selftest(['--device', '/nonexistent/kvm', '--filter', 'test_file_size'], { KVM_GMEM_REQUIRE_KVM: '1' });
+    expect(req.status).toBe(1);
+    for (const l of results(req.stdout)) expect(l).toMatch(/^not ok \d+ .* # ERROR KVM_GMEM_REQUIRE_KVM=1 but /);
+  });
+
+  it('usage errors exit 2 with a message: unknown option, no matching case, a bad expectation file', () => {
+    expect(selftest(['--bogus']).status).toBe(2);
+    const none = selftest(['--filter', 'no-such-case']);
+    expect(none.status).toBe(2);
+    expect(none.stderr).toMatch(/no case matches --filter "no-such-case"/);
+    const bad = selftest(['--expect', file('bad.txt', 'just a name\n'), '--filter', 'test_file_size']);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/bad\.txt:1: expected "PATTERN -- REASON"/);
+  });
+});

@@ -1,0 +1,112 @@
+// The runner's own logic, on synthetic cases (no kernel claims here): verdicts, expectations,
+// KTAP lines, totals and exit codes, cleanup and timeouts.
+import { describe, expect, it } from 'vitest';
+import { KvmError } from '../lib/index.js';
+import { check, checkErrno, runCase, type SelftestCase } from '../lib/selftest/harness.js';
+import { parseExpectations, matchesPattern } from '../lib/selftest/expect.js';
+import type { HostFacts } from '../lib/selftest/host.js';
+import { exitCode } from '../lib/selftest/ktap.js';
+import { runSelftests } from '../lib/selftest/runner.js';
+import { filterCases } from '../lib/selftest/plan.js';
+import { KVM_DEVICE } from '../lib/index.js';
+import { openKvm } from './kvm-host.js';
+
+const host = (available = true): HostFacts => ({
+  device: KVM_DEVICE, kernel: 'test', available, guestMemfd: 1, userMemory2: 1, systemGmemFlags: 3n,
+  memoryAttributes: 0, vmTypesCap: 1, vmTypes: [], paging: { mode: 'shadow', source: 'test' }, numaNodes: [0],
+  pageSize: 4096, ...(available ? {} : { unavailableReason: 'no KVM here' }),
+});
+const mk = (name: string, run: SelftestCase['run'], extra: Partial<SelftestCase> = {}): SelftestCase =>
+  ({ name, group: 'lifecycle', source: 'test', summary: 'synthetic', run, ...extra });
+const kvmError = () => new KvmError({ errno: 22, syscall: 'ioctl', request: 'KVM_X', detail: 'x', description: 'Invalid argument' });
+
+describe('selftest runner', () => {
+  it('verdicts: pass, fail (check, unexpected errno), error (a bug in the case), skip; cleanups run in reverse', async (ctx) => {
+    openKvm(ctx).close();
+    const order: string[] = [];
+    const cases = [
+      mk('a.pass', (c) => {
+        c.defer(() => void order.push('first'));
+        c.defer(() => void order.push('second'));
+        c.log('hello\nworld');
+      }),
+      mk('a.fail', () => check(false, 'it did not hold')),
+      mk('a.errno', () => void checkErrno(() => { throw kvmError(); }, 'EEXIST', 'the call')),
+      mk('a.error', () => { throw new TypeError('oops'); }),
+      mk('a.skip', (c) => c.skip('not here')),
+      mk('a.preskip', () => { throw new Error('must not run'); }, { skipReason: 'decided before' }),
+    ];
+    const lines: string[] = [];
+    const rep = await runSelftests(cases, host(), { out: (l) => lines.push(l) });
+    expect(order).toEqual(['second', 'first']);
+    expect(rep.cases.map((c) => c.result)).toEqual(['pass', 'fail', 'fail', 'error', 'skip', 'skip']);
+    expect(lines).toContain('# hello');
+    expect(lines).toContain('# world');
+    expect(lines).toContain('ok 1 a.pass');
+    expect(lines).toContain('# it did not hold');
+    expect(lines).toContain('not ok 2 a.fail');
+    expect(lines.some((l) => /^# the call: expected EEXIST, got EINVAL/.test(l))).toBe(true);
+    expect(lines).toContain('not ok 4 a.error # ERROR oops');
+    expect(lines).toContain('ok 5 a.skip # SKIP not here');
+    expect(lines).toContain('ok 6 a.preskip # SKIP decided before');
+    expect(lines.at(-1)).toBe('# Totals: pass:1 fail:2 xfail:0 xpass:0 skip:2 error:1');
+    expect(rep.exitCode).toBe(1);
+  });
+
+  it('a case that outlives its timeout is an error, and its signal aborts', async (ctx) => {
+    openKvm(ctx).close();
+    let aborted = false;
+    const o = await runCase(mk('slow', (c) => new Promise<void>((resolve) => {
+      c.signal.addEventListener('abort', () => { aborted = true; resolve(); });
+    }), { timeoutMs: 50 }), host());
+    expect(o.verdict).toBe('error');
+    expect(o.reason).toMatch(/timed out after 50 ms/);
+    expect(aborted).toBe(true);
+  });
+
+  it('a failing cleanup turns a pass into an error', async (ctx) => {
+    openKvm(ctx).close();
+    const o = await runCase(mk('leaky', (c) => c.defer(() => { throw new Error('close failed'); })), host());
+    expect(o.verdict).toBe('error');
+    expect(o.reason).toBe('cleanup failed: close failed');
+  });
+
+  it('expectations: xfail, xpass, and no effect on skips', async (ctx) => {
+    openKvm(ctx).close();
+    const exp = parseExpectations('b.* -- known\n', 'x.txt', host());
+    const rep = await runSelftests([
+      mk('b.fails', () => check(false, 'nope')), mk('b.passes', () => {}), mk('b.skips', (c) => c.skip('why')),
+    ], host(), { expectations: exp });
+    expect(rep.cases.map((c) => c.result)).toEqual(['xfail', 'xpass', 'skip']);
+    expect(rep.cases[0]!.failure).toBe('nope');
+    expect(rep.exitCode).toBe(1);
+  });
+
+  it('a host without KVM: every case skips with the reason (exit 4), or errors when KVM is required', async () => {
+    const cases = [mk('c.one', () => {}), mk('c.two', () => {})];
+    const skipped = await runSelftests(cases, host(false));
+    expect(skipped.cases.map((c) => [c.result, c.reason])).toEqual([['skip', 'no KVM here'], ['skip', 'no KVM here']]);
+    expect(skipped.exitCode).toBe(4);
+    const required = await runSelftests(cases, host(false), { requireKvm: true });
+    expect(required.cases.map((c) => c.result)).toEqual(['error', 'error']);
+    expect(required.exitCode).toBe(1);
+  });
+
+  it('exit codes and patterns', () => {
+    const t = { pass: 0, fail: 0, xfail: 0, xpass: 0, skip: 0, error: 0 };
+    expect(exitCode({ ...t, pass: 1, skip: 3 })).toBe(0);
+    expect(exitCode({ ...t, xfail: 1 })).toBe(0);
+    expect(exitCode({ ...t, skip: 2 })).toBe(4);
+    expect(exitCode({ ...t, pass: 5, xpass: 1 })).toBe(1);
+    expect(exitCode({ ...t, pass: 5, error: 1 })).toBe(1);
+    expect(matchesPattern('a.b [x=*]', 'a.b [x=MMAP|INIT_SHARED]')).toBe(true);
+    expect(matchesPattern('a.b', 'a.b [x]')).toBe(false);
+    expect(matchesPattern('a.(b)', 'a.(b)')).toBe(true);
+    const cs = [mk('x.one [f=0]', () => {}), mk('x.two [f=0]', () => {}), mk('y.one', () => {})];
+    expect(filterCases(cs, 'one').map((c) => c.name)).toEqual(['x.one [f=0]', 'y.one']);
+    expect(filterCases(cs, 'x.*').map((c) => c.name)).toEqual(['x.one [f=0]', 'x.two [f=0]']);
+    expect(filterCases(cs, 'two, y.one').map((c) => c.name)).toEqual(['x.two [f=0]', 'y.one']);
+    expect(() => parseExpectations('when color=blue\n', 'e.txt', host())).toThrow(/e\.txt:1: unknown condition/);
+    expect(() => parseExpectations('name -- \n', 'e.txt', host())).toThrow(/expected "PATTERN -- REASON"|reason is empty/);
+  });
+});
