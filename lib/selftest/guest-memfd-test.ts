@@ -5,8 +5,19 @@
  * MMAP and MMAP|INIT_SHARED as far as KVM_CAP_GUEST_MEMFD_FLAGS (asked on a VM of that type)
  * offers them; which functions run for which flags follows upstream's __test_guest_memfd().
  *
- * Where upstream returns early without checking anything (one NUMA node, no THP), the case is a
- * SKIP with that reason instead, so a report never counts an unchecked function as a pass.
+ * Where upstream returns early without checking anything (one NUMA node: test_mbind and
+ * test_numa_allocation), the case is a SKIP with that reason instead, so a report never counts
+ * an unchecked function as a pass. Without THP upstream does not return early: its
+ * get_trans_hugepagesz() asserts, which ends the whole program before test_mmap_supported of the
+ * MMAP|INIT_SHARED set; here only test_collapse is a SKIP, naming that.
+ *
+ * Deviations in structure, not in checks: upstream makes one VM per VM type and runs every
+ * function on it; here each case makes its own VM of that type (vm_create_barebones_type()), so
+ * that a case can run alone (--filter) and one failure leaves nothing behind for the next. A VM
+ * type listed in KVM_CAP_VM_TYPES that cannot be created makes its cases SKIP with the error,
+ * where upstream's vm_create_barebones_type() would fail the program.
+ *
+ * Mirrored as of Linux 7.0 (which added test_collapse and raised test_mbind's maxnode to 64).
  * @module
  */
 import { readSync, writeSync } from 'node:fs';
@@ -81,7 +92,8 @@ export function guestMemfdCases(host: HostFacts): SelftestCase[] {
             undefined, multiNode(host));
           fdTest('test_collapse', 'MADV_HUGEPAGE accepted, MADV_COLLAPSE refused with EINVAL, refault after MADV_DONTNEED', testCollapse,
             (h) => h.pmdSize ?? 0, host.available && host.pmdSize === undefined
-              ? 'this host has no transparent huge pages (/sys/kernel/mm/transparent_hugepage/hpage_pmd_size missing)'
+              ? 'this host has no transparent huge pages (/sys/kernel/mm/transparent_hugepage/hpage_pmd_size missing); ' +
+                'upstream\'s get_trans_hugepagesz() would assert and end the whole run here'
               : undefined);
         } else {
           fdTest('test_fault_private', 'host access to private (not INIT_SHARED) memory faults with SIGBUS at offset 0', testFaultPrivate);
@@ -200,7 +212,12 @@ function testMmapSupported(ctx: CaseContext, gmem: GuestMemfd, total: number): v
   checkBytes(mem, 0xaa, 'after refilling the punched page');
 }
 
-/** test_fault_sigbus(): filling `mapSize` bytes faults at `accessible`; bytes before are intact. */
+/**
+ * test_fault_sigbus(): filling `mapSize` bytes faults at `accessible`; bytes before are intact.
+ * Stricter than upstream, which asserts only that the memset and the read fault: here the fault
+ * must also be at offset `accessible` (the first byte past the file, or offset 0 of private
+ * memory), which is where the kernel refuses the page.
+ */
 function faultSigbus(ctx: CaseContext, gmem: GuestMemfd, accessible: number, mapSize: number): void {
   const map: Mapping = ctx.use(gmem.map(0, mapSize, { beyondEnd: mapSize > Number(gmem.size) }));
   const fill = expectSigbus(() => map.fill(0xaa, 0, mapSize), 'memset of the whole mapping');
@@ -237,6 +254,9 @@ function testMmapCow(ctx: CaseContext, gmem: GuestMemfd, total: number): void {
 }
 
 function testMbind(ctx: CaseContext, gmem: GuestMemfd, total: number): void {
+  // The mbind() calls pass upstream's maxnode (64, and 0 with MPOL_DEFAULT); the read-backs
+  // (Mapping.memPolicy) ask get_mempolicy() with a larger maxnode than upstream's 64, which
+  // reports the same policy and mask.
   const page = ctx.pageSize;
   const node0 = 1n;
   const map = ctx.use(gmem.map(0, total));
@@ -383,6 +403,8 @@ function testGuestMemfdGuest(ctx: CaseContext): void {
     using map = gmem.map(0, size);
     map.bytes.fill(0xaa);
   }
+  // Upstream's guest_code checks 0xaa, writes 0xff and reports DONE; the memtest guest does the
+  // same and reports SYNC, then DONE when finish() tells it to stop.
   const test = new Memtest(guest, 0, { start: gpa, length: size, expect: 0xaa, fill: 0xff });
   test.run();
   test.finish();
