@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { KvmError } from '../lib/index.js';
 import { check, checkErrno, runCase, type SelftestCase } from '../lib/selftest/harness.js';
 import { parseExpectations, matchesPattern } from '../lib/selftest/expect.js';
-import type { HostFacts } from '../lib/selftest/host.js';
+import { fileOverlapErrno, kernelAtLeast, type HostFacts } from '../lib/selftest/host.js';
 import { exitCode } from '../lib/selftest/ktap.js';
 import { runSelftests } from '../lib/selftest/runner.js';
 import { filterCases } from '../lib/selftest/plan.js';
@@ -108,5 +108,15 @@ describe('selftest runner', () => {
     expect(filterCases(cs, 'two, y.one').map((c) => c.name)).toEqual(['x.two [f=0]', 'y.one']);
     expect(() => parseExpectations('when color=blue\n', 'e.txt', host())).toThrow(/e\.txt:1: unknown condition/);
     expect(() => parseExpectations('name -- \n', 'e.txt', host())).toThrow(/expected "PATTERN -- REASON"|reason is empty/);
+  });
+
+  it('kernel version gates read uname release', () => {
+    expect(kernelAtLeast(7, 2, '6.18.44-fc-v769')).toBe(false);
+    expect(kernelAtLeast(7, 2, '7.2.0-rc1')).toBe(true);
+    expect(kernelAtLeast(7, 2, '7.10.1')).toBe(true);
+    expect(kernelAtLeast(7, 2, '8.0.0')).toBe(true);
+    expect(kernelAtLeast(7, 2, 'weird')).toBe(false);
+    expect(fileOverlapErrno('6.18.44')).toBe('EINVAL');
+    expect(fileOverlapErrno('7.2.0')).toBe('EEXIST');
   });
 });

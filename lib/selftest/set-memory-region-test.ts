@@ -20,11 +20,10 @@
 import { ftruncateSync } from 'node:fs';
 import { release } from 'node:os';
 import { Cap, MemslotFlag, VmType } from '../constants.js';
-import { KvmError } from '../errors.js';
 import { native } from '../native.js';
 import type { Vm } from '../vm.js';
-import { checkErrno, SelftestFailure, type CaseContext, type SelftestCase } from './harness.js';
-import type { HostFacts, VmTypeFacts } from './host.js';
+import { checkErrno, type CaseContext, type SelftestCase } from './harness.js';
+import { fileOverlapErrno, type HostFacts, type VmTypeFacts } from './host.js';
 
 const MEM_REGION_SIZE = 0x200000;
 const MEM_REGION_GPA = 0xc0000000;
@@ -161,18 +160,6 @@ function testAddPrivateMemoryRegion(ctx: CaseContext, vm: Vm, type: number): voi
   });
 }
 
-/**
- * Whether the running kernel is Linux `major`.`minor` or newer (from uname's release). Used only
- * where upstream's expectation changed with a kernel release; a distribution kernel with the
- * change backported reads as older, so such checks accept both answers on older kernels.
- */
-function kernelAtLeast(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(release());
-  if (!m) return false;
-  const [maj, min] = [Number(m[1]), Number(m[2])];
-  return maj > major || (maj === major && min >= minor);
-}
-
 function testAddOverlappingPrivateMemoryRegions(ctx: CaseContext, vm: Vm): void {
   // Five regions, as upstream since Linux 7.2: the back-half file-overlap check binds file range
   // [3, 5) * MEM_REGION_SIZE, which must lie inside the file to reach the overlap check at all.
@@ -189,26 +176,14 @@ function testAddOverlappingPrivateMemoryRegions(ctx: CaseContext, vm: Vm): void 
   vm.deleteMemoryRegion(MEM_REGION_SLOT);
 
   // Overlap in the guest_memfd file only, the guest ranges disjoint (upstream added these two
-  // checks in Linux 7.2). kvm_gmem_bind() answered EINVAL for a file range already bound until
-  // 7.2 changed it to EEXIST ("guest_memfd changes for 7.2"): the newest upstream expects
-  // EEXIST and fails on older kernels. Here EEXIST is required from 7.2 on; before, the binding
-  // must still be refused, with EEXIST (a backport) or EINVAL (the old answer), logged.
-  const fileCodes = kernelAtLeast(7, 2) ? ['EEXIST'] : ['EEXIST', 'EINVAL'];
-  const refusedWith = (codes: string[], f: () => void, what: string): void => {
-    try {
-      f();
-    } catch (e) {
-      if (!(e instanceof KvmError)) throw e;
-      if (!codes.includes(e.code)) throw new SelftestFailure(`${what}: expected ${codes.join(' or ')}, got ${e.code} (${e.message})`);
-      ctx.log(`${what}: ${e.code}${codes.length > 1 ? ` (kernel ${release()}: before 7.2 EINVAL, since EEXIST)` : ''}`);
-      return;
-    }
-    throw new SelftestFailure(`${what}: expected ${codes.join(' or ')}, but the call succeeded`);
-  };
-  refusedWith(fileCodes, () => bind(MEM_REGION_SLOT, MEM_REGION_GPA, MEM_REGION_SIZE * 2, MEM_REGION_SIZE),
-    'a binding overlapping the front half of the other slot\'s guest_memfd range (guest ranges disjoint)');
-  refusedWith(fileCodes, () => bind(MEM_REGION_SLOT, MEM_REGION_GPA, MEM_REGION_SIZE * 2, MEM_REGION_SIZE * 3),
-    'a binding overlapping the back half of the other slot\'s guest_memfd range (guest ranges disjoint)');
+  // checks in Linux 7.2, together with the kernel change that makes the answer EEXIST; before it,
+  // kvm_gmem_bind() answered EINVAL). The answer expected is the one of the running kernel.
+  const fileCode = fileOverlapErrno();
+  checkErrno(() => bind(MEM_REGION_SLOT, MEM_REGION_GPA, MEM_REGION_SIZE * 2, MEM_REGION_SIZE), fileCode,
+    `a binding overlapping the front half of the other slot's guest_memfd range (guest ranges disjoint; kernel ${release()})`);
+  checkErrno(() => bind(MEM_REGION_SLOT, MEM_REGION_GPA, MEM_REGION_SIZE * 2, MEM_REGION_SIZE * 3), fileCode,
+    `a binding overlapping the back half of the other slot's guest_memfd range (guest ranges disjoint; kernel ${release()})`);
+  ctx.log(`guest_memfd range overlaps refused with ${fileCode} (${fileCode === 'EINVAL' ? 'before Linux 7.2' : 'Linux 7.2 and newer'})`);
 
   // Overlap in the guest-physical space (file ranges disjoint): EEXIST on every kernel.
   checkErrno(() => bind(MEM_REGION_SLOT, MEM_REGION_GPA * 2 - MEM_REGION_SIZE, MEM_REGION_SIZE * 2, 0),
