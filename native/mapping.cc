@@ -110,10 +110,18 @@ void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size) {
 }
 
 
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000  // Linux 4.17; older C libraries lack the name
+#endif
+
 // mapShared's flags (a u32; lib/native.ts names them in MapSharedFlag).
 constexpr uint32_t kMapBeyondEnd = 1u << 0;  // skip the end-of-file check below
 constexpr uint32_t kMapKnownFlags = kMapBeyondEnd;
 constexpr uint64_t kMaxAlign = 1ull << 30;
+
+// How many times MapShared looks for an aligned free range before giving up (each attempt only
+// fails when another thread maps into the range it found, between finding and mapping it).
+constexpr int kAlignAttempts = 16;
 
 // mmap(NULL, length, PROT_READ|PROT_WRITE, MAP_SHARED, fd, offset) -> { buffer, address }.
 //
@@ -123,8 +131,15 @@ constexpr uint64_t kMaxAlign = 1ull << 30;
 //   through the guarded accessors (guarded.cc).
 // - align (0: none; else a power of two in [page size, 1 GiB]) places the mapping at an address
 //   that is a multiple of it, as the kernel selftests do for huge pages (a PMD-aligned address):
-//   reserve length + align of PROT_NONE memory, map the file with MAP_FIXED at the aligned
-//   address inside it, and unmap the slack on both sides.
+//   find a free range of length + align (a PROT_NONE reservation, released at once), and map the
+//   file at the aligned address inside it with MAP_FIXED_NOREPLACE, which never replaces
+//   anything. If another thread mapped into the range meanwhile (EEXIST), look again.
+//
+//   The file is never mapped with MAP_FIXED over a reservation: when such an mmap fails after the
+//   kernel has already cleared the range (ENODEV from a guest_memfd's ->mmap without
+//   GUEST_MEMFD_FLAG_MMAP, for one), the range is left a hole; another thread can map its own
+//   memory into it before the reservation is unmapped, and unmapping the reservation then
+//   destroys that memory. A failed MAP_FIXED_NOREPLACE leaves nothing behind.
 static Napi::Value MapShared(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
@@ -161,31 +176,34 @@ static Napi::Value MapShared(const Napi::CallbackInfo& info) {
     if (p == MAP_FAILED) ThrowSys(env, errno, "mmap", nullptr, what);
     return Expose(env, p, length);
   }
-  // The whole pages the file mapping covers; the slack around them is unmapped again.
-  const uint64_t span = (length + page - 1) & ~(page - 1);
-  const size_t reserve = static_cast<size_t>(span + align);
-  void* r = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (r == MAP_FAILED) {
-    ThrowSys(env, errno, "mmap", nullptr, Fmt("anonymous PROT_NONE reservation, length=0x%zx (align 0x%" PRIx64 ")", reserve, align));
+  // Room for `length` at any address that is a multiple of align.
+  const size_t reserve = static_cast<size_t>(((length + page - 1) & ~(page - 1)) + align);
+  for (int attempt = 0; attempt < kAlignAttempts; attempt++) {
+    void* r = mmap(nullptr, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r == MAP_FAILED) {
+      ThrowSys(env, errno, "mmap", nullptr,
+               Fmt("anonymous PROT_NONE reservation, length=0x%zx (align 0x%" PRIx64 ")", reserve, align));
+    }
+    const uintptr_t at = (reinterpret_cast<uintptr_t>(r) + align - 1) & ~static_cast<uintptr_t>(align - 1);
+    // The whole reservation is one mapping of ours: unmapping it needs no split and cannot fail
+    // for want of memory. Should it fail anyway, it is left in place (address space, no memory).
+    if (munmap(r, reserve) != 0) {
+      ThrowSys(env, errno, "munmap", nullptr, Fmt("the PROT_NONE reservation at %p, length=0x%zx", r, reserve));
+    }
+    void* p = mmap(reinterpret_cast<void*>(at), length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE,
+                   fd, offset);
+    if (p == MAP_FAILED) {
+      if (errno == EEXIST) continue;  // another thread took part of the range: look again
+      ThrowSys(env, errno, "mmap", nullptr,
+               what + Fmt(", MAP_FIXED_NOREPLACE at %p (align 0x%" PRIx64 ")", reinterpret_cast<void*>(at), align));
+    }
+    // A kernel older than 4.17 takes MAP_FIXED_NOREPLACE as a hint, and may map elsewhere.
+    if ((reinterpret_cast<uintptr_t>(p) & (align - 1)) == 0) return Expose(env, p, length);
+    munmap(p, length);
   }
-  const uintptr_t base = reinterpret_cast<uintptr_t>(r);
-  const uintptr_t at = (base + align - 1) & ~static_cast<uintptr_t>(align - 1);
-  void* p = mmap(reinterpret_cast<void*>(at), length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, offset);
-  if (p == MAP_FAILED) {
-    int err = errno;
-    munmap(r, reserve);  // all of the reservation, including any part a failed MAP_FIXED removed
-    ThrowSys(env, err, "mmap", nullptr, what + Fmt(", MAP_FIXED at %p (align 0x%" PRIx64 ")", reinterpret_cast<void*>(at), align));
-  }
-  const size_t head = at - base;
-  const size_t tail = reserve - head - static_cast<size_t>(span);
-  if ((head != 0 && munmap(r, head) != 0) ||
-      (tail != 0 && munmap(reinterpret_cast<void*>(at + span), tail) != 0)) {
-    // Splitting the reservation can fail (ENOMEM at vm.max_map_count): drop all of it.
-    int err = errno;
-    munmap(r, reserve);
-    ThrowSys(env, err, "munmap", nullptr, Fmt("the alignment slack around %p (align 0x%" PRIx64 ")", p, align));
-  }
-  return Expose(env, p, length);
+  ThrowSys(env, EEXIST, "mmap", nullptr,
+           what + Fmt(": no free range aligned to 0x%" PRIx64 " stayed free for long enough (%d attempts)", align,
+                      kAlignAttempts));
 }
 
 // mmap(NULL, length, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS) -> { buffer, address }:

@@ -413,3 +413,58 @@ describe('gmem.map alignment', () => {
     expect(() => g.map(0, MiB, { align: '4096' as never })).toThrow(TypeError);
   });
 });
+
+describe('gmem.map alignment under concurrency', () => {
+  it('a failing aligned map() never unmaps memory another thread mapped meanwhile', (ctx) => {
+    // map() with align on a guest_memfd without MMAP fails with ENODEV from the file's ->mmap,
+    // which the kernel calls after clearing the target range. With the file mapped by MAP_FIXED
+    // over a reservation, that left a hole inside the reservation for a moment, another thread's
+    // mmap could land in it, and the clean-up unmapped the whole reservation: that thread's
+    // memory was gone (here: mincore answers ENOMEM for it). MAP_FIXED_NOREPLACE leaves nothing.
+    openKvm(ctx).close();
+    const index = distModule('index', 'Kvm');
+    const native = distModule('native', 'MapSharedFlag');
+    const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-align-'));
+    const worker = join(dir, 'worker.mjs');
+    writeFileSync(worker, `
+      import { native } from ${native};
+      import { workerData as stop, parentPort } from 'node:worker_threads';
+      const held = [];
+      let lost = 0;
+      // mincore fails (ENOMEM) on a range that is no longer mapped; and once a range was unmapped
+      // behind its record's back, the record may no longer be found either.
+      const check = (m) => { try { native.mincore(m.buffer); native.unmap(m.buffer); } catch { lost++; } };
+      parentPort.postMessage('ready');
+      while (Atomics.load(stop, 0) === 0) {
+        held.push(native.mapAnonymous(1 << 20));
+        if (held.length > 32) check(held.shift());
+      }
+      held.forEach(check);
+      parentPort.postMessage(lost);
+    `);
+    const script = `
+      import { Kvm } from ${index};
+      import { Worker } from 'node:worker_threads';
+      const vm = Kvm.open().createVm();
+      const g = vm.createGuestMemfd({ size: 1 << 20 }); // no MMAP: mmap() is ENODEV
+      const stop = new Int32Array(new SharedArrayBuffer(4));
+      const w = new Worker(${JSON.stringify(worker)}, { workerData: stop, execArgv: [] });
+      await new Promise((r) => w.once('message', r));
+      let failures = 0;
+      for (const end = Date.now() + 500; Date.now() < end;) {
+        try { g.map(0, 1 << 20, { align: 1 << 21 }); } catch (e) { if (e.code !== 'ENODEV') throw e; failures++; }
+      }
+      Atomics.store(stop, 0, 1);
+      const lost = await new Promise((r) => w.once('message', r));
+      console.log(JSON.stringify({ lost, failed: failures > 0 }));
+    `;
+    try {
+      const r = runChild(script);
+      expect(r.stderr).toBe('');
+      expect(r.signal).toBe(null);
+      expect(JSON.parse(r.stdout)).toEqual({ lost: 0, failed: true });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
