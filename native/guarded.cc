@@ -129,10 +129,21 @@ void EnsureHandler(Napi::Env env) {
       const int next = 1 - g_prev_index.load(std::memory_order_relaxed);
       g_prev[next] = cur;
       g_prev_index.store(next, std::memory_order_release);
+      // What the action we replace promised the rest of the process still holds: a system call
+      // that a SIGBUS interrupts on some thread (a kill()ed one, handled by a chained handler
+      // such as libuv's for process.on('SIGBUS'), which uses SA_RESTART) is restarted as before,
+      // not failed with EINTR; and the chained handler runs with the signals it blocks blocked.
+      // Under SIG_DFL or SIG_IGN: SA_RESTART, the nearest to "nothing happened" when our handler
+      // returns from a signal that would have been ignored.
+      const bool chained = cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN;
       struct sigaction sa = {};
       sa.sa_sigaction = OnSigbus;
-      sa.sa_flags = SA_SIGINFO;
-      sigemptyset(&sa.sa_mask);
+      sa.sa_flags = SA_SIGINFO | (chained ? (cur.sa_flags & SA_RESTART) : SA_RESTART);
+      if (chained) {
+        sa.sa_mask = cur.sa_mask;
+      } else {
+        sigemptyset(&sa.sa_mask);
+      }
       if (sigaction(SIGBUS, &sa, nullptr) != 0) err = errno;
     }
   }

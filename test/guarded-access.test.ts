@@ -393,6 +393,43 @@ describe('the SIGBUS handler in a process', () => {
   });
 });
 
+describe('the SIGBUS handler and the rest of the process', () => {
+  it('a SIGBUS that a process.on listener handles does not interrupt a blocking system call (SA_RESTART kept)', () => {
+    // libuv installs its handler with SA_RESTART: a blocking read that the signal interrupts is
+    // restarted. The guarded-access handler, installed over it and chaining to it, must keep that,
+    // or readSync fails with EINTR once a guarded access has been made.
+    const native = distModule('native', 'MapSharedFlag');
+    const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-restart-'));
+    const fifo = join(dir, 'fifo');
+    try {
+      expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+      const r = runChild(`
+        import { native } from ${native};
+        import { spawn } from 'node:child_process';
+        import { constants, openSync, readSync } from 'node:fs';
+        let heard = 0;
+        process.on('SIGBUS', () => { heard++; });
+        const m = native.mapAnonymous(4096);
+        native.guardedFill(m.buffer, 0, 1, 0); // installs the guarded-access handler
+        const fd = openSync(${JSON.stringify(fifo)}, constants.O_RDWR);
+        // The main thread blocks in read(); the signal arrives during it, the data after it.
+        spawn('sh', ['-c', 'sleep 0.3; kill -BUS ' + process.pid + '; sleep 0.3; printf ok > ${fifo}'], { stdio: 'ignore' });
+        const buf = Buffer.alloc(2);
+        try {
+          console.log('read', buf.toString('utf8', 0, readSync(fd, buf, 0, 2, null)));
+        } catch (e) {
+          console.log('read failed', e.code);
+        }
+        setTimeout(() => console.log('heard', heard), 50);
+      `);
+      expect(r.stderr).toBe('');
+      expect(r.stdout.trim().split('\n')).toEqual(['read ok', 'heard 1']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('gmem.map alignment', () => {
   it('places the mapping at a multiple of align, and refuses bad alignments', (ctx) => {
     using vm = gmemVm(ctx, SHARED);
