@@ -124,6 +124,7 @@ export class Mapping implements Disposable {
   /**
    * Copies `target.length` bytes at `offset` of the mapping into `target`, SIGBUS-guarded (see
    * {@link Mapping.read}). On a fault, `target` holds the `bytesDone` bytes copied before it.
+   * `target` may be a view of this mapping's own `bytes`: overlapping ranges copy like memmove.
    * @throws GuestMemoryFaultError on SIGBUS; RangeError if the range is outside the mapping;
    * TypeError if target is not a Uint8Array (or is detached); ERR_KVM_CLOSED after close()
    */
@@ -137,7 +138,8 @@ export class Mapping implements Disposable {
 
   /**
    * Copies `data` into the mapping at `offset`, SIGBUS-guarded (see {@link Mapping.read}). On a
-   * fault, the `bytesDone` bytes before the faulting one were written, none after it.
+   * fault, the `bytesDone` bytes before the faulting one were written, none after it. `data` may
+   * be a view of this mapping's own `bytes`: overlapping ranges copy like memmove.
    * @throws GuestMemoryFaultError on SIGBUS; RangeError if the range is outside the mapping;
    * TypeError if data is not a Uint8Array (or is detached); ERR_KVM_CLOSED after close()
    */

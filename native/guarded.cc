@@ -18,6 +18,7 @@
 // - The access loops are separate noinline functions that go forward in address order with
 //   volatile accesses (8 bytes at a time where the mapping side is aligned, single bytes at the
 //   edges): on a fault, every byte before the faulting address is done, and nothing after it.
+//   A copy whose destination starts inside its source goes through a buffer (see Guarded).
 // - The handler is installed lazily, and checked before every guarded call: something else in
 //   the process (a native module, a debugger helper) may have replaced it since.
 #include <pthread.h>
@@ -30,6 +31,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 
 #include "args.h"
@@ -221,41 +223,86 @@ size_t BytesDone(uintptr_t addr, uintptr_t mapping_side, uintptr_t other_side, c
   return pos;
 }
 
+// Where one armed access stopped.
+struct Outcome {
+  bool ok;         // no fault
+  size_t done;     // bytes done before the fault (n when ok)
+  uintptr_t addr;  // si_addr of the fault
+  int code;        // si_code of the fault
+};
+
+// Runs one access with `slot` claimed and SIGBUS deliverable: copy n bytes from src to dst (src
+// != nullptr) or fill dst with `byte`. `align_side` (dst or src) decides the split into single
+// bytes and words; `other_side` is the other side of a copy that may fault too (0 if none).
+Outcome Step(Slot* slot, uint8_t* dst, const uint8_t* src, uint8_t byte, size_t n, uintptr_t align_side,
+             uintptr_t other_side) {
+  if (n == 0) return Outcome{true, 0, 0, 0};
+  slot->addr = 0;
+  slot->code = 0;
+  const Plan p = PlanFor(align_side, n);
+  if (RunArmed(slot, dst, src, byte, p)) return Outcome{true, n, 0, 0};
+  const uintptr_t addr = slot->addr;
+  return Outcome{false, BytesDone(addr, align_side, other_side, p), addr, slot->code};
+}
+
 // Runs one guarded access: copy n bytes from src to dst (src != nullptr) or fill dst with
 // `byte`. `mapping_side` is the address in the mapping (dst or src), which decides alignment;
 // `other_side` the JavaScript memory of a copy (0 for a fill). Returns undefined, or
 // { bytesDone, address, sigCode } after a SIGBUS.
+//
+// A copy whose destination starts inside its source (the JavaScript side is a view of the same
+// mapping) cannot go forward in place: it would read bytes it has already written. It goes
+// through a buffer instead: the source is copied out (as far as it can be read), then that much
+// is copied in; the result is what memmove gives, and after a fault the bytes before it are
+// done and none after it, as for any other copy. (Memory shared through two different
+// mappings of one file is not recognised: like memcpy, such a copy is unspecified.)
 Napi::Value Guarded(Napi::Env env, uint8_t* dst, const uint8_t* src, uint8_t byte, size_t n, uintptr_t mapping_side,
                     uintptr_t other_side) {
   if (n == 0) return env.Undefined();
   EnsureHandler(env);
+  const uintptr_t d = reinterpret_cast<uintptr_t>(dst);
+  const uintptr_t s = reinterpret_cast<uintptr_t>(src);
+  uint8_t* bounce = nullptr;
+  if (src != nullptr && d > s && d - s < n) {
+    bounce = static_cast<uint8_t*>(malloc(n));  // not new: std::bad_alloc would abort the process
+    if (bounce == nullptr) {
+      ThrowSys(env, ENOMEM, "malloc", nullptr, Fmt("a buffer of 0x%zx bytes for an overlapping copy", n));
+    }
+  }
   const pid_t tid = Gettid();
   Slot* slot = nullptr;
   for (int i = 0; i < kSlots && slot == nullptr; i++) {
     pid_t expected = 0;
     if (g_slots[i].tid.compare_exchange_strong(expected, tid, std::memory_order_acq_rel)) slot = &g_slots[i];
   }
-  if (slot == nullptr) throw Napi::Error::New(env, "kvm-gmem: too many threads in guarded memory accesses at once");
-  slot->addr = 0;
-  slot->code = 0;
+  if (slot == nullptr) {
+    free(bounce);
+    throw Napi::Error::New(env, "kvm-gmem: too many threads in guarded memory accesses at once");
+  }
   // A hardware SIGBUS on a thread that blocks it kills the process whatever the handler: make
   // sure it is deliverable here (sigsetjmp then saves this mask, and a fault restores it).
   sigset_t bus, old;
   sigemptyset(&bus);
   sigaddset(&bus, SIGBUS);
   pthread_sigmask(SIG_UNBLOCK, &bus, &old);
-  const Plan p = PlanFor(mapping_side, n);
-  const bool ok = RunArmed(slot, dst, src, byte, p);
+  Outcome o;
+  if (bounce != nullptr) {
+    // Only the source can fault on the way out, only the destination on the way in.
+    const Outcome out = Step(slot, bounce, src, 0, n, s, 0);
+    const Outcome in = Step(slot, dst, bounce, 0, out.done, d, 0);
+    o = in.ok ? out : in;
+  } else {
+    o = Step(slot, dst, src, byte, n, mapping_side, other_side);
+  }
   if (sigismember(&old, SIGBUS) == 1) pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  const uintptr_t addr = slot->addr;
-  const int code = slot->code;
   slot->jb.store(nullptr, std::memory_order_relaxed);
   slot->tid.store(0, std::memory_order_release);
-  if (ok) return env.Undefined();
+  free(bounce);
+  if (o.ok) return env.Undefined();
   Napi::Object r = Napi::Object::New(env);
-  r.Set("bytesDone", Napi::Number::New(env, static_cast<double>(BytesDone(addr, mapping_side, other_side, p))));
-  r.Set("address", U64(env, addr));
-  r.Set("sigCode", Napi::Number::New(env, code));
+  r.Set("bytesDone", Napi::Number::New(env, static_cast<double>(o.done)));
+  r.Set("address", U64(env, o.addr));
+  r.Set("sigCode", Napi::Number::New(env, o.code));
   return r;
 }
 

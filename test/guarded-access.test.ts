@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
 import { GuestMemoryFaultError } from '../lib/errors.js';
+import { native } from '../lib/native.js';
 import { countFds, needCap, openKvm, thrown } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
@@ -249,6 +250,46 @@ describe('guarded access elsewhere', () => {
     const buf = Buffer.alloc(5);
     m.readInto(0, buf);
     expect([...buf]).toEqual([0x34, 0x34, 0x34, 0x34, 0x34]);
+  });
+
+  it('copies between the mapping and a view of the same mapping like memmove, in both directions', () => {
+    // A forward copy whose destination starts inside its source reads bytes it already wrote
+    // (write(1, bytes.subarray(0, 9)) gave nine copies of the first byte).
+    using m = Mapping.anonymous(2 * PAGE_SIZE);
+    const b = m.bytes;
+    const cases = [[1, 0, 9], [0, 1, 9], [8, 0, 100], [9, 1, 100], [3, 0, 5000], [0, 3, 5000], [PAGE_SIZE, PAGE_SIZE - 1, 10], [17, 16, PAGE_SIZE]];
+    for (const [dst, src, len] of cases) {
+      b.set(pattern(2 * PAGE_SIZE, dst * 7 + src));
+      const expected = Buffer.from(b).copyWithin(dst, src, src + len);
+      m.write(dst, b.subarray(src, src + len));
+      expect(Buffer.from(b).equals(expected), `write(${dst}, bytes[${src}, +${len}))`).toBe(true);
+      b.set(pattern(2 * PAGE_SIZE, dst * 11 + src));
+      const expected2 = Buffer.from(b).copyWithin(dst, src, src + len);
+      m.readInto(src, b.subarray(dst, dst + len));
+      expect(Buffer.from(b).equals(expected2), `readInto(${src}, bytes[${dst}, +${len}))`).toBe(true);
+    }
+  });
+
+  it('an overlapping copy that faults has done every byte before the fault and none after', () => {
+    const memfd = native.memfdCreate('kvm-gmem-overlap');
+    try {
+      native.fallocate(memfd, 0, 0, PAGE_SIZE); // the file is one page; the mapping two
+      const m = native.mapShared(memfd, 0, 2 * PAGE_SIZE, 1);
+      const view = new Uint8Array(m.buffer, 0, PAGE_SIZE); // the page inside the file
+      view.set(pattern(PAGE_SIZE, 5));
+      const before = Uint8Array.from(view);
+      // Source [4000, 4200) and destination [4010, 4210) overlap, and both cross the end of the
+      // file at 4096: the source faults after 96 bytes, so 96 bytes could be copied, of which the
+      // destination holds 86 before it faults too.
+      const src = new Uint8Array(m.buffer, 4000, 200);
+      const f = native.guardedWrite(m.buffer, 4010, src);
+      expect(f).toMatchObject({ bytesDone: 86, address: m.address + BigInt(PAGE_SIZE), sigCode: 2 });
+      expect(Array.from(view.subarray(4010))).toEqual(Array.from(before.subarray(4000, 4086)));
+      expect(Array.from(view.subarray(0, 4010))).toEqual(Array.from(before.subarray(0, 4010)));
+      native.unmap(m.buffer);
+    } finally {
+      native.close(memfd);
+    }
   });
 
   it('works on anonymous memory, and the read is a copy', () => {
