@@ -176,8 +176,10 @@ export class Mapping implements Disposable {
    * @throws KvmError (syscall 'madvise'): EINVAL for an unaligned offset or an advice this
    * mapping does not support (e.g. COLLAPSE on guest_memfd), EFAULT from POPULATE_* where the
    * kernel will not fault the memory in, ENOMEM outside mapped memory; RangeError for a range
-   * outside the mapping, or for MADV_HWPOISON, MADV_SOFT_OFFLINE and MADV_GUARD_INSTALL, which
-   * are refused (they damage the memory or make any access fatal); ERR_KVM_CLOSED after close()
+   * outside the mapping, or for an advice other than MADV_* 0-4, 8-25 and 103 (GUARD_REMOVE):
+   * MADV_HWPOISON, MADV_SOFT_OFFLINE and MADV_GUARD_INSTALL damage the memory or make any
+   * access fatal, and values this library does not know are refused as well; ERR_KVM_CLOSED
+   * after close()
    */
   advise(advice: number, offset: number | bigint = 0, length?: number | bigint): void {
     const buffer = this.#live();

@@ -26,12 +26,45 @@ constexpr uint32_t kMaxMaxnode = kMaskWords * 64 + 1;
 // (an allocation failure here would abort the process); a 4 GiB mapping has 2^20 pages.
 constexpr uint32_t kMaxPageQueries = 1u << 20;
 
-// advice values madvise() must never be given from here, because they break the process or the
-// host rather than report an answer: MADV_HWPOISON (100) poisons the physical pages (the next
-// touch is a machine-check SIGBUS, and the host loses the memory), MADV_SOFT_OFFLINE (101) takes
-// the physical pages out of service for the whole host, MADV_GUARD_INSTALL (102) makes the
-// range raise SIGSEGV on any access, including through the mapping's Uint8Array.
-bool DangerousAdvice(int32_t advice) { return advice == 100 || advice == 101 || advice == 102; }
+// The advice values madvise() may be given from here: those known (include/uapi/asm-generic/
+// mman-common.h, Linux 6.18) to advise the kernel about this process's own mapping, which at
+// worst discards its contents (DONTNEED, FREE, REMOVE) or changes how it is inherited or dumped.
+// Anything else is refused before the call, known or not: MADV_HWPOISON (100) poisons the
+// physical pages (the next touch is a machine-check SIGBUS, and the host loses the memory),
+// MADV_SOFT_OFFLINE (101) takes the physical pages out of service for the whole host,
+// MADV_GUARD_INSTALL (102) makes the range raise SIGSEGV on any access, including through the
+// mapping's Uint8Array; and a value a newer kernel adds may be as harmful (102 is recent).
+bool KnownAdvice(int32_t advice) {
+  switch (advice) {
+    case 0:   // MADV_NORMAL
+    case 1:   // MADV_RANDOM
+    case 2:   // MADV_SEQUENTIAL
+    case 3:   // MADV_WILLNEED
+    case 4:   // MADV_DONTNEED
+    case 8:   // MADV_FREE
+    case 9:   // MADV_REMOVE
+    case 10:  // MADV_DONTFORK
+    case 11:  // MADV_DOFORK
+    case 12:  // MADV_MERGEABLE
+    case 13:  // MADV_UNMERGEABLE
+    case 14:  // MADV_HUGEPAGE
+    case 15:  // MADV_NOHUGEPAGE
+    case 16:  // MADV_DONTDUMP
+    case 17:  // MADV_DODUMP
+    case 18:  // MADV_WIPEONFORK
+    case 19:  // MADV_KEEPONFORK
+    case 20:  // MADV_COLD
+    case 21:  // MADV_PAGEOUT
+    case 22:  // MADV_POPULATE_READ
+    case 23:  // MADV_POPULATE_WRITE
+    case 24:  // MADV_DONTNEED_LOCKED
+    case 25:  // MADV_COLLAPSE
+    case 103:  // MADV_GUARD_REMOVE
+      return true;
+    default:
+      return false;
+  }
+}
 
 // A nodemask: a safe-integer Number or a non-negative BigInt of at most kMaskWords * 64 bits.
 void ArgNodemask(const Napi::CallbackInfo& info, size_t i, unsigned long (&mask)[kMaskWords]) {
@@ -65,7 +98,8 @@ Napi::Value MaskToBigInt(Napi::Env env, const unsigned long (&mask)[kMaskWords])
 }  // namespace
 
 // madvise(buffer, offset, length, advice): madvise(2) on [offset, offset + length) of a live
-// mapping. The kernel checks alignment and the advice; its errors are thrown as they are.
+// mapping, for the advice values KnownAdvice() lets through. The kernel checks alignment and
+// whether the advice suits the mapping; its errors are thrown as they are.
 static Napi::Value Madvise(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::ArrayBuffer ab = LiveBuffer(info, 0);
@@ -73,9 +107,10 @@ static Napi::Value Madvise(const Napi::CallbackInfo& info) {
   uint64_t length = ArgU64(info, 2, "length");
   int32_t advice = ArgI32(info, 3, "advice");
   CheckRange(env, offset, length, ab.ByteLength());
-  if (DangerousAdvice(advice)) {
-    throw Napi::RangeError::New(env, Fmt("The \"advice\" argument %d is refused: it would poison, offline or guard "
-                                         "the memory rather than advise the kernel", advice));
+  if (!KnownAdvice(advice)) {
+    throw Napi::RangeError::New(env, Fmt("The \"advice\" argument %d is refused: only the MADV_* values 0-4, 8-25 "
+                                         "and 103 are passed on (others poison, offline or guard the memory, or "
+                                         "are unknown here)", advice));
   }
   char* p = static_cast<char*>(ab.Data()) + offset;
   if (madvise(p, static_cast<size_t>(length), advice) != 0) {
