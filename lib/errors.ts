@@ -115,6 +115,11 @@ export interface GuestMemoryFaultInfo {
   readonly address: bigint;
   /** si_code of the SIGBUS. */
   readonly sigCode: number;
+  /**
+   * Where the faulting byte was: 'mapping' (the default), or 'buffer' for the caller's own
+   * memory, the `target` of a read or the `data` of a write.
+   */
+  readonly side?: 'mapping' | 'buffer';
 }
 
 /**
@@ -123,6 +128,11 @@ export interface GuestMemoryFaultInfo {
  * the end of the file (BUS_ADRERR) or memory private to the guest (a guest_memfd created without
  * INIT_SHARED; also BUS_ADRERR). The bytes before the faulting one were transferred
  * (`bytesDone`), none after it; the process goes on.
+ *
+ * The faulting byte is normally in the mapping (`side` 'mapping'). When the caller's `target` or
+ * `data` is itself memory that faults (a view of some other mapping), `side` is 'buffer':
+ * `address` is in that buffer, and `offset`/`fileOffset` still say where in the mapping the copy
+ * stopped.
  */
 export class GuestMemoryFaultError extends Error {
   /** Always 'ERR_KVM_SIGBUS'. */
@@ -141,6 +151,8 @@ export class GuestMemoryFaultError extends Error {
   readonly address: bigint;
   /** How many bytes of the request were done before the fault. */
   readonly bytesDone: number;
+  /** Where the faulting byte was: in the mapping, or in the caller's target/data buffer. */
+  readonly side: 'mapping' | 'buffer';
   /** Everything the error was built from. */
   readonly info: GuestMemoryFaultInfo;
 
@@ -149,13 +161,21 @@ export class GuestMemoryFaultError extends Error {
     const offset = info.requestOffset + info.bytesDone;
     const fileOffset = info.mappingOffset + BigInt(offset);
     const codeName = sigbusCodeName(info.sigCode);
+    const side = info.side ?? 'mapping';
     const hex = (v: number | bigint) => `0x${v.toString(16)}`;
-    super(
+    const request =
       `${info.operation} of ${info.requestLength} bytes at mapping offset ${hex(info.requestOffset)} ` +
-        `(file offset ${hex(info.mappingOffset + BigInt(info.requestOffset))}) faulted: SIGBUS (${codeName}) ` +
-        `at mapping offset ${hex(offset)} (file offset ${hex(fileOffset)}, address ${hex(info.address)}) ` +
-        `after ${info.bytesDone} bytes; the kernel will not fault this memory in for the host ` +
-        '(past the end of the file, or private to the guest)',
+      `(file offset ${hex(info.mappingOffset + BigInt(info.requestOffset))}) faulted: SIGBUS (${codeName}) `;
+    super(
+      side === 'mapping'
+        ? request +
+            `at mapping offset ${hex(offset)} (file offset ${hex(fileOffset)}, address ${hex(info.address)}) ` +
+            `after ${info.bytesDone} bytes; the kernel will not fault this memory in for the host ` +
+            '(past the end of the file, or private to the guest)'
+        : request +
+            `in the ${info.operation === 'read' ? 'target' : 'data'} buffer (address ${hex(info.address)}) ` +
+            `after ${info.bytesDone} bytes, at mapping offset ${hex(offset)} (file offset ${hex(fileOffset)}); ` +
+            "the kernel will not fault that buffer's memory in for the host",
     );
     this.name = 'GuestMemoryFaultError';
     this.sigCode = info.sigCode;
@@ -164,6 +184,7 @@ export class GuestMemoryFaultError extends Error {
     this.fileOffset = fileOffset;
     this.address = info.address;
     this.bytesDone = info.bytesDone;
+    this.side = side;
     this.info = info;
   }
 }

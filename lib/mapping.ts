@@ -312,12 +312,18 @@ export class Mapping implements Disposable {
     return Number(v);
   }
 
-  /** Turns a guarded access's fault report into a GuestMemoryFaultError. */
+  /**
+   * Turns a guarded access's fault report into a GuestMemoryFaultError. A fault outside the
+   * requested range of the mapping was in the caller's target/data buffer.
+   */
   #check(operation: string, offset: number, length: number, fault: NativeFault | undefined): void {
     if (fault === undefined) return;
+    const start = this.address + BigInt(offset);
+    const inMapping = fault.address >= start && fault.address < start + BigInt(length);
     throw new GuestMemoryFaultError({
       operation, requestOffset: offset, requestLength: length, mappingOffset: this.offset,
       bytesDone: fault.bytesDone, address: fault.address, sigCode: fault.sigCode,
+      side: inMapping ? 'mapping' : 'buffer',
     });
   }
 }

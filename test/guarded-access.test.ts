@@ -87,6 +87,7 @@ describe('guarded access to private guest_memfd memory (MMAP without INIT_SHARED
       expect(e.fileOffset).toBe(0n);
       expect(e.bytesDone).toBe(0);
       expect(e.address).toBe(m.address);
+      expect(e.side).toBe('mapping');
       expect(e.message).toContain(op);
       expect(e.message).toContain('BUS_ADRERR');
     }
@@ -257,7 +258,7 @@ describe('guarded access elsewhere', () => {
     // (write(1, bytes.subarray(0, 9)) gave nine copies of the first byte).
     using m = Mapping.anonymous(2 * PAGE_SIZE);
     const b = m.bytes;
-    const cases = [[1, 0, 9], [0, 1, 9], [8, 0, 100], [9, 1, 100], [3, 0, 5000], [0, 3, 5000], [PAGE_SIZE, PAGE_SIZE - 1, 10], [17, 16, PAGE_SIZE]];
+    const cases: [number, number, number][] = [[1, 0, 9], [0, 1, 9], [8, 0, 100], [9, 1, 100], [3, 0, 5000], [0, 3, 5000], [PAGE_SIZE, PAGE_SIZE - 1, 10], [17, 16, PAGE_SIZE]];
     for (const [dst, src, len] of cases) {
       b.set(pattern(2 * PAGE_SIZE, dst * 7 + src));
       const expected = Buffer.from(b).copyWithin(dst, src, src + len);
@@ -287,6 +288,32 @@ describe('guarded access elsewhere', () => {
       expect(Array.from(view.subarray(4010))).toEqual(Array.from(before.subarray(4000, 4086)));
       expect(Array.from(view.subarray(0, 4010))).toEqual(Array.from(before.subarray(0, 4010)));
       native.unmap(m.buffer);
+    } finally {
+      native.close(memfd);
+    }
+  });
+
+  it('a fault in the caller\'s target or data (not in the mapping) is reported as such', () => {
+    const memfd = native.memfdCreate('kvm-gmem-empty');
+    try {
+      native.fallocate(memfd, 0, 0, PAGE_SIZE);
+      const eof = native.mapShared(memfd, 0, 2 * PAGE_SIZE, 1); // its second page is past the end of the file
+      using m = Mapping.anonymous(2 * PAGE_SIZE);
+      m.bytes.fill(9);
+      const r = fault(() => m.readInto(100, new Uint8Array(eof.buffer, PAGE_SIZE + 10, 50)));
+      expect(r.side).toBe('buffer');
+      expect(r.address).toBe(eof.address + BigInt(PAGE_SIZE + 10));
+      expect(r.bytesDone).toBe(0);
+      expect(r.offset).toBe(100); // where the copy stopped, in mapping terms
+      expect(r.message).toContain('in the target buffer');
+      expect(r.message).not.toContain('private to the guest');
+      const w = fault(() => m.write(PAGE_SIZE - 8, new Uint8Array(eof.buffer, PAGE_SIZE - 8, 16)));
+      expect(w.side).toBe('buffer');
+      expect(w.message).toContain('in the data buffer');
+      expect(w.address).toBe(eof.address + BigInt(PAGE_SIZE));
+      expect(w.bytesDone).toBe(8);
+      expect(w.offset).toBe(PAGE_SIZE);
+      native.unmap(eof.buffer);
     } finally {
       native.close(memfd);
     }
