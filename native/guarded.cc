@@ -20,7 +20,8 @@
 //   edges): on a fault, every byte before the faulting address is done, and nothing after it.
 //   A copy whose destination starts inside its source goes through a buffer (see Guarded).
 // - The handler is installed lazily, and checked before every guarded call: something else in
-//   the process (a native module, a debugger helper) may have replaced it since.
+//   the process (a native module, a debugger helper) may have replaced it since. It then chains
+//   to that, and a cycle with another copy of this addon is left after a few hops (CountHop).
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -32,6 +33,7 @@
 #include <cinttypes>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 #include "args.h"
@@ -61,14 +63,45 @@ struct sigaction g_prev[2];
 std::atomic<int> g_prev_index{0};
 std::mutex g_install_mu;
 
+// The action that was installed before ours the first time, kept for good (see Chain).
+struct sigaction g_first;
+std::atomic<bool> g_first_set{false};
+
 pid_t Gettid() { return static_cast<pid_t>(syscall(SYS_gettid)); }
 
-// What to do with a SIGBUS that no guarded access of ours caused: what would have happened
-// without us.
-void Chain(int sig, siginfo_t* si, void* uc) {
-  const struct sigaction& prev = g_prev[g_prev_index.load(std::memory_order_acquire)];
+// Hops of one SIGBUS delivery through handlers of this addon, counted in the tail of its siginfo.
+//
+// Two copies of this addon in one process (two versions of the package, or both builds) each
+// install their handler over the other's when they find it replaced, and chain to it: A chains to
+// B and B to A. A SIGBUS that neither caused would go round that cycle until the stack
+// overflowed. So every copy counts the hops of a delivery in the last 16 bytes of the siginfo,
+// which the kernel leaves zero for SIGBUS (its fault and kill layouts end well before them), and
+// past kMaxHops chains to the action it found before its first install (g_first) instead of the
+// newest one: those first actions follow the order in which the copies were first installed, so
+// they lead out of any cycle, to the action that was there before any copy.
+struct HopMark {
+  uint64_t magic;
+  uint64_t hops;
+};
+static_assert(sizeof(siginfo_t) == 128, "siginfo_t is 128 bytes on Linux");
+constexpr size_t kHopMarkOffset = sizeof(siginfo_t) - sizeof(HopMark);
+constexpr uint64_t kHopMagic = 0x6b766d2d676d656dull;  // "kvm-gmem"
+constexpr uint64_t kMaxHops = 16;
+
+uint64_t CountHop(siginfo_t* si) {
+  HopMark m;
+  char* at = reinterpret_cast<char*>(si) + kHopMarkOffset;
+  memcpy(&m, at, sizeof m);  // memcpy is async-signal-safe (POSIX.1-2008 TC2)
+  if (m.magic != kHopMagic) m = HopMark{kHopMagic, 0};
+  m.hops++;
+  memcpy(at, &m, sizeof m);
+  return m.hops;
+}
+
+// Does to a SIGBUS what the action `act` would have done, had it been installed.
+void Perform(const struct sigaction& act, int sig, siginfo_t* si, void* uc) {
   // sa_handler and sa_sigaction share storage; SIG_DFL and SIG_IGN are recognised either way.
-  void (*plain)(int) = prev.sa_handler;
+  void (*plain)(int) = act.sa_handler;
   if (plain == SIG_IGN && si->si_code <= 0) return;  // a kill()ed SIGBUS that was ignored: still ignored
   if (plain == SIG_DFL || plain == SIG_IGN) {
     // The default action. For a fault, returning repeats the access, which faults again under
@@ -83,10 +116,21 @@ void Chain(int sig, siginfo_t* si, void* uc) {
     if (si->si_code <= 0) raise(SIGBUS);
     return;
   }
-  if (prev.sa_flags & SA_SIGINFO) {
-    prev.sa_sigaction(sig, si, uc);
+  if (act.sa_flags & SA_SIGINFO) {
+    act.sa_sigaction(sig, si, uc);
   } else {
     plain(sig);
+  }
+}
+
+// What to do with a SIGBUS that no guarded access of ours caused: what would have happened
+// without us. That is the newest action we replaced, unless this delivery has been round a cycle
+// of handlers (see CountHop).
+void Chain(int sig, siginfo_t* si, void* uc) {
+  if (CountHop(si) > kMaxHops && g_first_set.load(std::memory_order_acquire)) {
+    Perform(g_first, sig, si, uc);
+  } else {
+    Perform(g_prev[g_prev_index.load(std::memory_order_acquire)], sig, si, uc);
   }
 }
 
@@ -108,7 +152,7 @@ void OnSigbus(int sig, siginfo_t* si, void* uc) {
       siglongjmp(*jb, 1);  // restores the signal mask saved by sigsetjmp (SIGBUS unblocked)
     }
   }
-  Chain(sig, si, uc);
+  if (si != nullptr) Chain(sig, si, uc);  // always set under SA_SIGINFO
   errno = saved_errno;
 }
 
@@ -128,6 +172,10 @@ void EnsureHandler(Napi::Env env) {
     if (sigaction(SIGBUS, nullptr, &cur) != 0) {
       err = errno;
     } else if (!OursInstalled(cur)) {
+      if (!g_first_set.load(std::memory_order_relaxed)) {
+        g_first = cur;
+        g_first_set.store(true, std::memory_order_release);
+      }
       const int next = 1 - g_prev_index.load(std::memory_order_relaxed);
       g_prev[next] = cur;
       g_prev_index.store(next, std::memory_order_release);

@@ -498,6 +498,51 @@ describe('the SIGBUS handler and the rest of the process', () => {
   });
 });
 
+describe('two copies of the addon in one process', () => {
+  // Two copies (two versions of the package, or both builds) each install their handler over the
+  // other's and chain to it: A chains to B, B to A. A SIGBUS that neither caused went round that
+  // cycle until the stack overflowed (SIGSEGV), even with a listener that should have handled it.
+  function twoCopies(listen: boolean) {
+    const native = distModule('native', 'MapSharedFlag');
+    const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-copy-'));
+    try {
+      const copy = join(dir, 'kvm_gmem.node'); // another file: dlopen() loads it a second time
+      return runChild(`
+        import { native as a, addonPath } from ${native};
+        import { copyFileSync } from 'node:fs';
+        import { createRequire } from 'node:module';
+        copyFileSync(addonPath, ${JSON.stringify(copy)});
+        const b = createRequire(import.meta.url)(${JSON.stringify(copy)});
+        let heard = 0;
+        if (${listen}) process.on('SIGBUS', () => { heard++; });
+        const fd = a.memfdCreate('kvm-gmem-empty');
+        const ma = a.mapShared(fd, 0, 4096, 1);
+        const mb = b.mapShared(fd, 0, 4096, 1);
+        const faults = [];
+        for (const [n, m] of [[a, ma], [b, mb], [a, ma], [b, mb], [a, ma]]) faults.push(n.guardedRead(m.buffer, 0, new Uint8Array(1))?.sigCode);
+        console.log('faults', faults.join(','));
+        process.kill(process.pid, 'SIGBUS');
+        setTimeout(() => console.log('heard', heard), 200);
+      `);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('each catches its own faults, and a SIGBUS neither caused reaches the listener', () => {
+    const r = twoCopies(true);
+    expect(r.stderr).toBe('');
+    expect(r.signal).toBe(null);
+    expect(r.stdout.trim().split('\n')).toEqual(['faults 2,2,2,2,2', 'heard 1']);
+  });
+
+  it('without a listener, a SIGBUS neither caused kills the process with SIGBUS', () => {
+    const r = twoCopies(false);
+    expect(r.stdout.trim()).toBe('faults 2,2,2,2,2');
+    expect(r.signal).toBe('SIGBUS');
+  });
+});
+
 describe('gmem.map alignment', () => {
   it('places the mapping at a multiple of align, and refuses bad alignments', (ctx) => {
     using vm = gmemVm(ctx, SHARED);
