@@ -9,6 +9,7 @@
         "native/system.cc",
         "native/vm.cc",
         "native/guest_memfd.cc",
+        "native/fdpass.cc",
         "native/mapping.cc",
         "native/guarded.cc",
         "native/mm.cc",

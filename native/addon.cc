@@ -12,6 +12,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kg::InitMm(env, exports);
   kg::InitVcpu(env, exports);
   kg::InitVcpuRunner(env, exports);
+  kg::InitFdPass(env, exports);
   return exports;
 }
 

@@ -14,4 +14,5 @@ void InitGuarded(Napi::Env env, Napi::Object exports);     // guarded.cc: SIGBUS
 void InitMm(Napi::Env env, Napi::Object exports);          // mm.cc: madvise, NUMA policy, mmap probe
 void InitVcpu(Napi::Env env, Napi::Object exports);        // vcpu.cc: the vCPU fd, registers
 void InitVcpuRunner(Napi::Env env, Napi::Object exports);  // vcpu_runner.cc: KVM_RUN, threads, kick
+void InitFdPass(Napi::Env env, Napi::Object exports);      // fdpass.cc: SCM_RIGHTS over Unix sockets
 }  // namespace kg
