@@ -11,24 +11,12 @@ import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
 import { GuestMemoryFaultError } from '../lib/errors.js';
 import { native } from '../lib/native.js';
-import { countFds, needCap, openKvm, thrown } from './kvm-host.js';
+import { countFds, needCap, openKvm, thrown, gmemVm } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
 const MiB = 1 << 20;
 const root = fileURLToPath(new URL('..', import.meta.url));
-
-/** A VM whose guest_memfds accept `flags`, or a skip (a failure with KVM_GMEM_REQUIRE_KVM=1). */
-function gmemVm(ctx: TestContext, flags: bigint): Vm {
-  using kvm = openKvm(ctx);
-  needCap(ctx, kvm, Cap.GUEST_MEMFD, 'GUEST_MEMFD');
-  const vm = kvm.createVm();
-  if ((BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS)) & flags) !== flags) {
-    vm.close();
-    needCap(ctx, { checkExtension: () => 0 }, Cap.GUEST_MEMFD_FLAGS, `GUEST_MEMFD_FLAGS with 0x${flags.toString(16)}`);
-  }
-  return vm;
-}
 
 /** What `f` threw, checked to be a GuestMemoryFaultError. */
 function fault(f: () => unknown): GuestMemoryFaultError {

@@ -4,7 +4,7 @@
  */
 import { accessSync, constants, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import type { TestContext } from 'vitest';
-import { Kvm, KVM_DEVICE } from '../lib/index.js';
+import { Cap, Kvm, KVM_DEVICE, type Vm } from '../lib/index.js';
 
 /** True when KVM_GMEM_REQUIRE_KVM=1: a missing device or capability fails instead of skipping. */
 export const REQUIRE_KVM = process.env.KVM_GMEM_REQUIRE_KVM === '1';
@@ -38,6 +38,18 @@ export function needCap(ctx: TestContext, on: { checkExtension(cap: number): num
   const v = on.checkExtension(cap);
   skipOrFail(ctx, v === 0 ? `the host does not offer KVM_CAP_${name}` : undefined);
   return v;
+}
+
+/** A default VM whose guest_memfds accept `flags`, or a skip (a failure with KVM_GMEM_REQUIRE_KVM=1). */
+export function gmemVm(ctx: TestContext, flags: bigint): Vm {
+  using kvm = openKvm(ctx);
+  needCap(ctx, kvm, Cap.GUEST_MEMFD, 'GUEST_MEMFD');
+  const vm = kvm.createVm();
+  if ((BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS)) & flags) !== flags) {
+    vm.close();
+    needCap(ctx, { checkExtension: () => 0 }, Cap.GUEST_MEMFD_FLAGS, `GUEST_MEMFD_FLAGS with 0x${flags.toString(16)}`);
+  }
+  return vm;
 }
 
 /** Whether fd is close-on-exec, read from /proc/self/fdinfo (flags are octal; O_CLOEXEC = 02000000). */

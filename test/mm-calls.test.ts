@@ -8,7 +8,7 @@ import { Cap, GuestMemfdFlag, KvmError, KvmStateError, Mapping, PAGE_SIZE, type 
 import { Madvise, MemPolicy } from '../lib/constants.js';
 import { numaNodes, parseNodeList } from '../lib/info.js';
 import { native } from '../lib/native.js';
-import { needCap, openKvm, thrown } from './kvm-host.js';
+import { needCap, openKvm, thrown, gmemVm } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -19,18 +19,6 @@ const MAP_PRIVATE = 0x02;
 const EINVAL = 22;
 const ENODEV = 19;
 const ENOENT = 2;
-
-/** A VM whose guest_memfds accept `flags`, or a skip (a failure with KVM_GMEM_REQUIRE_KVM=1). */
-function gmemVm(ctx: TestContext, flags: bigint): Vm {
-  using kvm = openKvm(ctx);
-  needCap(ctx, kvm, Cap.GUEST_MEMFD, 'GUEST_MEMFD');
-  const vm = kvm.createVm();
-  if ((BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS)) & flags) !== flags) {
-    vm.close();
-    needCap(ctx, { checkExtension: () => 0 }, Cap.GUEST_MEMFD_FLAGS, `GUEST_MEMFD_FLAGS with 0x${flags.toString(16)}`);
-  }
-  return vm;
-}
 
 function expectKvmError(f: () => unknown, code: string, syscall: string): KvmError {
   const e = thrown(f);
