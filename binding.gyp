@@ -34,7 +34,8 @@
         "native/guest/rendezvous.S",
         "native/guest/devices.S",
         "native/guest/fault.S",
-        "native/guest/halt.S"
+        "native/guest/halt.S",
+        "native/guest/upgrade.S"
       ],
       "rules": [
         {

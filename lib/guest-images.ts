@@ -62,6 +62,19 @@ import { addonDir } from './native.js';
  * - `'fault'`: no arguments. `ud2`: with no IDT the #UD escalates to a triple fault, which the
  *   host sees as KVM_EXIT_SHUTDOWN.
  * - `'halt'`: no arguments. `hlt`, and `hlt` again if resumed.
+ * - `'upgrade'`: the live-upgrade experiment's guest (lib/upgrade/). RDI = data base (4 KiB
+ *   aligned), RSI = data length (a multiple of 4096), RDX = seed, RCX = address of a u64
+ *   counter, R8 = period, R9 = fill. The pattern: every u64 of the page at guest address P holds
+ *   P XOR seed. If R9 != 0 it fills the region with it, then {@link UcallCmd.SYNC} (2, pages,
+ *   base, length). Then counts forever: each step increments the counter in memory and a copy in
+ *   RBP and compares them (an {@link UcallCmd.ABORT} "upgrade: counter lost" if they differ);
+ *   every R8 steps a SYNC (1, counter, period). Before each SYNC it zeroes args[4] and args[5];
+ *   the host's reply there: args[5] = 1 checks every args[4]-th page of the region against the
+ *   pattern (`repe scasq`; ABORT "upgrade: pattern mismatch" with the address, value and
+ *   expected value of the first bad u64), then SYNC (3, pages checked, stride, base); 2 is
+ *   {@link UcallCmd.DONE} and hlt forever; anything else goes on counting. Its whole state is in
+ *   its registers and its memory, so it resumes in another VM from KVM_GET_REGS/KVM_GET_SREGS
+ *   and a copy of its memory.
  */
 export type GuestImageName =
   | 'hello'
@@ -71,7 +84,8 @@ export type GuestImageName =
   | 'rendezvous'
   | 'devices'
   | 'fault'
-  | 'halt';
+  | 'halt'
+  | 'upgrade';
 
 /** Every {@link GuestImageName}, in the order above. */
 export const guestImageNames: readonly GuestImageName[] = Object.freeze([
@@ -83,6 +97,7 @@ export const guestImageNames: readonly GuestImageName[] = Object.freeze([
   'devices',
   'fault',
   'halt',
+  'upgrade',
 ] as const);
 
 const cache = new Map<GuestImageName, Uint8Array>();

@@ -216,6 +216,7 @@ describe('guest images, disassembled', () => {
     devices: [/\tin +\(%dx\),%eax/, /\tmov +\(%rdi\),%rax/, /\tmovb +\$0x5a,\(%rdi\)/, /\tmovl +\$0x12345678,0x8\(%rdi\)/, /\thlt/],
     fault: [/^ +0:\t0f 0b +\tud2/m],
     halt: [/^ +0:\tf4 +\thlt/m],
+    upgrade: [/\trep stos %rax,%es:\(%rdi\)/, /\trepz scas %es:\(%rdi\),%rax/, /\tincq +\(%r15\)/, /\tout +%eax,\(%dx\)/, /\thlt/],
   };
 
   it('port_loop.bin has its out instruction and its hlt', (ctx) => {
