@@ -66,7 +66,16 @@ export class KvmError extends Error {
 }
 
 /** Codes carried by {@link KvmStateError}. */
-export type KvmStateCode = 'ERR_KVM_CLOSED' | 'ERR_KVM_PRIVATE_MEMORY' | 'ERR_KVM_PAST_EOF' | 'ERR_KVM_VCPU_RUNNING';
+export type KvmStateCode =
+  | 'ERR_KVM_CLOSED'
+  | 'ERR_KVM_PRIVATE_MEMORY'
+  | 'ERR_KVM_PAST_EOF'
+  | 'ERR_KVM_VCPU_RUNNING'
+  | 'ERR_KVM_PEER_CLOSED'
+  | 'ERR_KVM_TIMEOUT'
+  | 'ERR_KVM_CONTROL_TRUNCATED'
+  | 'ERR_KVM_PAYLOAD_TRUNCATED'
+  | 'ERR_KVM_BAD_MESSAGE';
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
@@ -75,11 +84,19 @@ export class KvmStateError extends Error {
    * the kernel keeps private to the guest; 'ERR_KVM_PAST_EOF' for an unguarded view of a mapping
    * that extends past the end of its file (`Mapping.bytes` of a `map(..., { beyondEnd: true })`
    * mapping); 'ERR_KVM_VCPU_RUNNING' for a call on a vCPU whose runAsync() has not settled yet.
+   *
+   * From an FdChannel / FdListener: 'ERR_KVM_PEER_CLOSED' when the other end of the socket is
+   * gone (end of file, or ECONNRESET, kept as `cause`); 'ERR_KVM_TIMEOUT' when a receive, accept,
+   * connect or send did not complete in its `timeoutMs`; 'ERR_KVM_CONTROL_TRUNCATED' when a
+   * message carried more fds than the receiver allowed (`maxFds`; the kernel's MSG_CTRUNC);
+   * 'ERR_KVM_PAYLOAD_TRUNCATED' when its payload was longer than MAX_PAYLOAD (MSG_TRUNC);
+   * 'ERR_KVM_BAD_MESSAGE' when its payload is not UTF-8 JSON. In the last three cases every fd
+   * the message carried has been closed.
    */
   readonly code: KvmStateCode;
-  /** Builds the error. */
-  constructor(code: KvmStateCode, message: string) {
-    super(message);
+  /** Builds the error; `options.cause` is kept as `cause`, as for any Error. */
+  constructor(code: KvmStateCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
     this.name = 'KvmStateError';
     this.code = code;
   }

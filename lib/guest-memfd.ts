@@ -3,10 +3,13 @@
  * allocates, punches and (with GuestMemfdFlag.MMAP) maps.
  * @module
  */
+import { readlinkSync } from 'node:fs';
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from './constants.js';
+import { KvmStateError } from './errors.js';
+import type { ReceivedFd } from './fd-channel.js';
 import { Mapping, checkLength } from './mapping.js';
 import { MapSharedFlag, native } from './native.js';
-import { checkU64, describe, off, options } from './numbers.js';
+import { checkU64, describe, fdNumber, off, options, u64 } from './numbers.js';
 import { FdResource } from './resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
@@ -43,6 +46,25 @@ export interface MapOptions {
   align?: number | bigint;
 }
 
+/** What `GuestMemfd.adopt()` is told about the file: what its creator gave KVM_CREATE_GUEST_MEMFD. */
+export interface AdoptOptions {
+  /** The size in bytes; must equal the file's size (fstat). */
+  size: number | bigint;
+  /**
+   * The GuestMemfdFlag bits it was created with. The kernel does not report them: adopt()
+   * checks the MMAP bit (an mmap probe, mapped and unmapped at once, nothing touched), but
+   * INIT_SHARED can only be taken on trust, and it decides whether `Mapping.bytes` is allowed.
+   * Claiming INIT_SHARED for a file created without it makes a host access through `bytes`
+   * raise SIGBUS (the guarded read/write/fill report it instead).
+   */
+  flags: number | bigint;
+}
+
+/** mmap(2) constants for the MMAP probe. */
+const PROT_READ_WRITE = 3;
+const MAP_SHARED = 1;
+const ENODEV = 19;
+
 /** The largest `align` map() accepts. */
 const MAX_ALIGN = 1n << 30n;
 
@@ -68,6 +90,74 @@ export class GuestMemfd extends FdResource {
     super(fd, 'GuestMemfd', { link: GUEST_MEMFD_LINK, ino: native.inodeOf(fd) });
     this.size = size;
     this.flags = flags;
+  }
+
+  /**
+   * Adopts a guest_memfd fd that came from elsewhere: another process (through an FdChannel),
+   * a parent, a C program. The result maps, allocates and punches like one created by
+   * `vm.createGuestMemfd()`, and owns the fd: close() closes it.
+   *
+   * Checks before taking it: fstat(2) works (the fd is open), readlink(/proc/self/fd/N) is
+   * `anon_inode:[kvm-gmem]`, st_size equals `opts.size`, and an mmap probe (MAP_SHARED, one
+   * page, unmapped at once) agrees with the MMAP bit of `opts.flags`. Then it sets FD_CLOEXEC
+   * (fcntl). `fd` may be a {@link ReceivedFd}: it is taken from its message only once every check
+   * passed. On any failure the fd stays the caller's (or the message's).
+   *
+   * The flags cannot be read back from the kernel: INIT_SHARED is taken on trust (see
+   * {@link AdoptOptions.flags}). Binding the adopted file to a VM of this process fails
+   * (EINVAL): a guest_memfd belongs to the VM it was created for, for life.
+   * @throws TypeError (code 'ERR_KVM_NOT_GUEST_MEMFD') for an fd that is not a guest_memfd;
+   * RangeError (code 'ERR_KVM_SIZE_MISMATCH') when the size differs, (code
+   * 'ERR_KVM_FLAGS_MISMATCH') when the MMAP bit is wrong; KvmError (syscall 'fstat') EBADF for a
+   * closed fd; KvmStateError ERR_KVM_CLOSED for a ReceivedFd already taken or closed;
+   * TypeError/RangeError for bad numbers
+   */
+  static adopt(fd: number | ReceivedFd, opts: AdoptOptions): GuestMemfd {
+    const received = typeof fd === 'object' && fd !== null ? fd : undefined;
+    if (received && received.closed) {
+      throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${received.fd} was already taken or closed`);
+    }
+    const n = received ? fdNumber(received.fd, 'fd.fd') : fdNumber(fd, 'fd');
+    const o = options(opts, 'options');
+    const size = u64(o.size, 'options.size');
+    const flags = u64(o.flags, 'options.flags');
+    const st = native.fstat(n); // EBADF for a closed fd
+    let link = '';
+    try {
+      link = readlinkSync(`/proc/self/fd/${n}`);
+    } catch {
+      // Not under /proc (unusual mounts): the link check below refuses it.
+    }
+    if (link !== GUEST_MEMFD_LINK) {
+      throw Object.assign(
+        new TypeError(`fd ${n} is not a guest_memfd: /proc/self/fd/${n} is '${link}', not '${GUEST_MEMFD_LINK}'`),
+        { code: 'ERR_KVM_NOT_GUEST_MEMFD' },
+      );
+    }
+    if (st.size !== size) {
+      throw Object.assign(
+        new RangeError(`guest_memfd fd ${n} has ${st.size} bytes (fstat), not the ${size} claimed`),
+        { code: 'ERR_KVM_SIZE_MISMATCH' },
+      );
+    }
+    if (size > 0n) {
+      const probe = native.mmapProbe(n, 0, PAGE_SIZE, PROT_READ_WRITE, MAP_SHARED);
+      const mappable = probe === 0 ? true : probe === ENODEV ? false : undefined;
+      const claimed = (flags & GuestMemfdFlag.MMAP) !== 0n;
+      if (mappable !== undefined && mappable !== claimed) {
+        throw Object.assign(
+          new RangeError(
+            `guest_memfd fd ${n} ${mappable ? 'can' : 'cannot'} be mapped, but the flags claimed (0x${flags.toString(16)}) say ` +
+              `it was created ${claimed ? 'with' : 'without'} GuestMemfdFlag.MMAP`,
+          ),
+          { code: 'ERR_KVM_FLAGS_MISMATCH' },
+        );
+      }
+    }
+    native.setCloexec(n);
+    const g = new GuestMemfd(n, size, flags);
+    received?.take();
+    return g;
   }
 
   /**

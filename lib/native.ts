@@ -75,6 +75,33 @@ export interface NativeVcpuRunner {
   close(): void;
 }
 
+/** What recvMsg returns for a message (native/fdpass.cc). */
+export interface NativeMessage {
+  /** The payload bytes received (at most maxBytes). */
+  bytes: Uint8Array;
+  /** The fds received, in order, close-on-exec; empty when `closed` > 0. */
+  fds: number[];
+  /** msg_flags: MSG_TRUNC (0x20), MSG_CTRUNC (0x8). */
+  flags: number;
+  /** How many received fds the addon closed (truncation, or more than maxFds). */
+  closed: number;
+}
+
+/** getsockopt SO_DOMAIN / SO_TYPE / SO_ACCEPTCONN. */
+export interface NativeSocketType {
+  domain: number;
+  type: number;
+  listening: boolean;
+}
+
+/** Waits for an fd (its own dup of it) to become readable on a thread of its own (native/fdpass.cc). */
+export interface NativeFdWatch {
+  /** Resolves 1 readable (or hung up), 0 timeout, 2 closed, or -errno; timeoutMs -1 = no limit. One at a time. */
+  wait(timeoutMs: number): Promise<number>;
+  /** Stops the thread (a wait in flight resolves 2) and closes the dup. Idempotent. */
+  close(): void;
+}
+
 /** Byte offsets and sizes of the uapi structs, from native/uapi.h. */
 export type NativeLayout = Record<string, Record<string, number>>;
 
@@ -133,7 +160,22 @@ export interface NativeAddon {
   getFpu(fd: number, bytes: Uint8Array): void;
   setFpu(fd: number, bytes: Uint8Array): void;
   uapiLayout(): NativeLayout;
+  /** socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC). */
+  socketPair(): [number, number];
+  /** socket + bind + listen: SOCK_SEQPACKET, CLOEXEC, NONBLOCK. */
+  unixListen(path: string, backlog: number): number;
+  /** socket + connect: SOCK_SEQPACKET, CLOEXEC (EAGAIN when the backlog is full). */
+  unixConnect(path: string): number;
+  /** accept4(SOCK_CLOEXEC) on a non-blocking listener: the fd, or -1 when none is waiting. */
+  unixAccept(fd: number): number;
+  /** getsockopt SO_DOMAIN / SO_TYPE / SO_ACCEPTCONN. */
+  socketType(fd: number): NativeSocketType;
+  /** sendmsg with SCM_RIGHTS; waits for room up to timeoutMs (-1 = no limit): bytes sent, or -1 on timeout. */
+  sendMsg(fd: number, bytes: Uint8Array, fds: readonly number[], timeoutMs: number): number;
+  /** recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC): undefined when nothing is waiting. */
+  recvMsg(fd: number, maxBytes: number, maxFds: number): NativeMessage | undefined;
   VcpuRunner: new (vcpuFd: number, mmapSize: number) => NativeVcpuRunner;
+  FdWatch: new (fd: number) => NativeFdWatch;
 }
 
 /** The addon file this process loads: $KVM_GMEM_ADDON, else the node-gyp build. */

@@ -17,6 +17,7 @@ const numeric: Record<string, number> = {
   close: 1, setCloexec: 1, getApiVersion: 1, checkExtension: 2, createVm: 2, getVcpuMmapSize: 1,
   createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, inodeOf: 1, fallocate: 4,
   mapShared: 3, mapAnonymous: 1, createVcpu: 2, mmapProbe: 5,
+  unixAccept: 1, socketType: 1, recvMsg: 3,
 };
 
 // Functions that act on a live mapping (their first argument): valid arguments for each, given
@@ -57,7 +58,7 @@ describe('native addon argument checks', () => {
   it('covers every exported function', () => {
     const tested = new Set([
       ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory',
-      'uapiLayout', 'VcpuRunner',
+      'uapiLayout', 'VcpuRunner', 'socketPair', 'unixListen', 'unixConnect', 'sendMsg', 'FdWatch',
     ]);
     expect(Object.keys(native).filter((k) => !tested.has(k))).toEqual([]);
   });
@@ -242,6 +243,87 @@ describe('native addon argument checks', () => {
     expect(() => new R()).toThrow(TypeError);
     expect(() => (R as unknown as () => unknown)()).toThrow(TypeError);
     expect(native.uapiLayout().kvm_regs!.size).toBe(144);
+  });
+
+  it('fd passing: socket calls take paths, arrays of fds and bounded sizes', () => {
+    // Paths: strings without NUL bytes, 1..107 bytes (sun_path).
+    for (const v of [...hostile.filter((h) => typeof h !== 'string'), '', 'a'.repeat(108), '/tmp/x\0y']) {
+      survives(() => native.unixListen(v as string, 1));
+      expect(() => native.unixListen(v as string, 1), `unixListen path ${String(v)}`).toThrow();
+      expect(() => native.unixConnect(v as string), `unixConnect path ${String(v)}`).toThrow();
+    }
+    for (const v of [...hostile, 0, -5]) expect(() => native.unixListen('/nonexistent-dir/s', v as number)).toThrow();
+    expect(() => native.unixConnect('/nonexistent-dir/s')).toThrow(KvmError); // ENOENT from the kernel
+    // unixAccept/socketType/recvMsg on a socket pair: real values, and bounds.
+    const [a, b] = native.socketPair();
+    try {
+      expect(native.socketType(a)).toEqual({ domain: 1, type: 5, listening: false });
+      expect(native.recvMsg(a, 16, 4)).toBeUndefined(); // nothing waiting: EAGAIN is an answer
+      expect(() => native.recvMsg(a, 0, 4)).toThrow(RangeError);
+      expect(() => native.recvMsg(a, (16 << 20) + 1, 4)).toThrow(RangeError);
+      expect(() => native.recvMsg(a, 16, 254)).toThrow(RangeError);
+      expect(() => native.unixAccept(a)).toThrow(KvmError); // EINVAL: not listening
+      // sendMsg(fd, bytes, fds, timeoutMs): each argument checked.
+      const good: unknown[] = [a, new Uint8Array(4), [], 0];
+      for (let pos = 0; pos < 4; pos++) {
+        for (const v of hostile) {
+          if (pos === 1 && v instanceof Uint8Array) continue; // a valid payload
+          if (pos === 2 && Array.isArray(v)) continue; // [] and [1] are valid fd lists
+          if (pos === 3 && v === -1) continue; // no time limit: valid
+          const args = good.map((g, i) => (i === pos ? v : g));
+          survives(() => native.sendMsg(...(args as Parameters<typeof native.sendMsg>)));
+          expect(() => native.sendMsg(...(args as Parameters<typeof native.sendMsg>)), `sendMsg arg ${pos} = ${String(v)}`).toThrow();
+        }
+      }
+      for (let n = 0; n < 4; n++) expect(() => (native.sendMsg as (...x: unknown[]) => unknown)(...good.slice(0, n))).toThrow(TypeError);
+      for (const el of hostile) {
+        if (typeof el === 'number' && Number.isInteger(el) && el >= 0 && el < 2 ** 31) continue;
+        expect(() => native.sendMsg(a, new Uint8Array(1), [el as number], 0), `fds element ${String(el)}`).toThrow();
+      }
+      expect(() => native.sendMsg(a, new Uint8Array(1), new Array(254).fill(0), 0)).toThrow(RangeError); // > SCM_MAX_FD
+      expect(() => native.sendMsg(a, new Uint8Array((16 << 20) + 1), [], 0)).toThrow(RangeError);
+      expect(() => native.sendMsg(a, new Uint8Array(1), [], -2)).toThrow(RangeError);
+      expect(() => native.sendMsg(a, new Uint8Array(1), [0x7ffffff0], 0)).toThrow(KvmError); // EBADF
+      const detached = new Uint8Array(4);
+      structuredClone(detached.buffer, { transfer: [detached.buffer] });
+      expect(() => native.sendMsg(a, detached, [], 0)).toThrow(TypeError);
+      expect(native.recvMsg(b, 16, 4)).toBeUndefined(); // nothing of the refused calls arrived
+      expect(native.sendMsg(a, new Uint8Array([1, 2]), [], 0)).toBe(2);
+      expect(native.recvMsg(b, 16, 4)).toMatchObject({ fds: [], flags: 0, closed: 0 });
+    } finally {
+      native.close(a);
+      native.close(b);
+    }
+  });
+
+  it('FdWatch refuses hostile arguments, must be constructed with new, and one wait at a time', async () => {
+    const W = native.FdWatch as unknown as new (...a: unknown[]) => { wait(t: unknown): Promise<number>; close(): void };
+    for (const v of hostile) {
+      survives(() => new W(v));
+      expect(() => new W(v)).toThrow();
+    }
+    expect(() => new W(0x7ffffff0)).toThrow(KvmError); // EBADF from the dup
+    expect(() => new W()).toThrow(TypeError);
+    expect(() => (W as unknown as () => unknown)()).toThrow(TypeError);
+    const [a, b] = native.socketPair();
+    const w = new W(a);
+    try {
+      for (const v of [...hostile.filter((h) => h !== -1), -2]) expect(() => w.wait(v), `wait(${String(v)})`).toThrow();
+      await expect(w.wait(0)).resolves.toBe(0); // timeout
+      const p = w.wait(-1);
+      expect(() => w.wait(-1)).toThrow(/already in flight/);
+      native.sendMsg(b, new Uint8Array([1]), [], 0);
+      await expect(p).resolves.toBe(1); // readable
+      const q = w.wait(-1);
+      native.recvMsg(a, 16, 0);
+      w.close();
+      await expect(q).resolves.toBe(2); // closed while waiting
+      expect(() => w.wait(0)).toThrow(/closed/);
+      w.close();
+    } finally {
+      native.close(a);
+      native.close(b);
+    }
   });
 
   it('setErrorFactory requires a function', () => {

@@ -1,0 +1,656 @@
+/**
+ * FdChannel: passing file descriptors (guest_memfd, VM, vCPU, any fd) between processes over a
+ * Unix domain socket, with a JSON payload beside them, the way a VMM hands its guest memory to
+ * its own upgraded successor.
+ *
+ * The socket is AF_UNIX SOCK_SEQPACKET: message boundaries are kept, so one `send()` is one
+ * `receive()`, and the fds travel in the same sendmsg(2) as the payload (SCM_RIGHTS). Node cannot
+ * send arbitrary fds itself, so the system calls are the addon's (native/fdpass.cc).
+ *
+ * A message on the wire is exactly the UTF-8 JSON text of the payload (at most
+ * {@link MAX_PAYLOAD} bytes) plus at most {@link MAX_FDS} fds in one SCM_RIGHTS control message;
+ * a C program can speak it too. An empty message is never sent: on a SEQPACKET socket a read of
+ * 0 bytes is what the peer's close looks like.
+ * @module
+ */
+import { lstatSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
+import { getSystemErrorMap } from 'node:util';
+import { KvmError, KvmStateError } from './errors.js';
+import type { GuestMemfd } from './guest-memfd.js';
+import type { Kvm } from './kvm.js';
+import { native, type NativeFdWatch, type NativeMessage } from './native.js';
+import { describe, fdNumber, options } from './numbers.js';
+import { FdResource } from './resource.js';
+import type { Vcpu } from './vcpu.js';
+import type { Vm } from './vm.js';
+
+/** The most fds one message may carry, on send and (by default) on receive. */
+export const MAX_FDS = 64;
+
+/** The largest payload, in bytes of UTF-8 JSON text (64 KiB). */
+export const MAX_PAYLOAD = 64 * 1024;
+
+/** How long `send()` waits, by default, for room in the peer's receive queue (milliseconds). */
+export const DEFAULT_SEND_TIMEOUT_MS = 10_000;
+
+/** The kernel's own limit on fds in one SCM_RIGHTS message (SCM_MAX_FD); `maxFds` may go up to it. */
+const SCM_MAX_FD = 253;
+const AF_UNIX = 1;
+const SOCK_SEQPACKET = 5;
+const MSG_CTRUNC = 0x8;
+const MSG_TRUNC = 0x20;
+/** The longest socket path (sun_path is 108 bytes with its NUL). */
+const MAX_PATH_BYTES = 107;
+
+/** What a received fd is, from what /proc/self/fd/N links to. */
+export type FdKind = 'guest_memfd' | 'vm' | 'vcpu' | 'kvm' | 'other';
+
+/** Something `send()` can pass: a library object (its fd is sent, the object keeps it) or a raw fd. */
+export type SendItem = GuestMemfd | Vm | Vcpu | Kvm | FdChannel | number;
+
+/** Options of `FdChannel.send()`. */
+export interface SendOptions {
+  /**
+   * How long to wait for room when the peer's receive queue is full, in milliseconds (default
+   * {@link DEFAULT_SEND_TIMEOUT_MS}; `Infinity` for no limit). send() is synchronous: it blocks
+   * the calling thread while it waits.
+   */
+  timeoutMs?: number;
+}
+
+/** Options of `FdChannel.receive()`. */
+export interface ReceiveOptions {
+  /** Give up after this many milliseconds (KvmStateError ERR_KVM_TIMEOUT). Default: no limit. */
+  timeoutMs?: number;
+  /**
+   * The most fds to accept in the message (default {@link MAX_FDS}, at most 253). A message
+   * with more is refused with ERR_KVM_CONTROL_TRUNCATED and every fd it carried is closed.
+   */
+  maxFds?: number;
+}
+
+/** Options of `FdChannel.connect()`. */
+export interface ConnectOptions {
+  /**
+   * Give up after this many milliseconds (KvmStateError ERR_KVM_TIMEOUT). Default: no limit.
+   * Waiting happens while the listener's backlog is full (EAGAIN) and, with `waitForListener`,
+   * while nobody listens on the path yet.
+   */
+  timeoutMs?: number;
+  /**
+   * Retry (with a short back-off, until `timeoutMs`) when the path does not exist yet (ENOENT)
+   * or nobody listens on it (ECONNREFUSED), instead of failing at once. Default false.
+   */
+  waitForListener?: boolean;
+}
+
+/** Options of `FdChannel.listen()`. */
+export interface ListenOptions {
+  /** listen(2)'s backlog: connections queued before accept(). Default 16. */
+  backlog?: number;
+}
+
+/** Options of `FdListener.accept()`. */
+export interface AcceptOptions {
+  /** Give up after this many milliseconds (KvmStateError ERR_KVM_TIMEOUT). Default: no limit. */
+  timeoutMs?: number;
+}
+
+/**
+ * One fd of a received message. It arrives close-on-exec (MSG_CMSG_CLOEXEC). The message owns
+ * it until `take()`: disposing the message closes every fd not taken.
+ */
+export interface ReceivedFd {
+  /** The fd number in this process (FD_CLOEXEC set). */
+  readonly fd: number;
+  /**
+   * What it is, from readlink(/proc/self/fd/N): 'guest_memfd' (anon_inode:[kvm-gmem]), 'vm'
+   * (anon_inode:kvm-vm), 'vcpu' (anon_inode:kvm-vcpu:N), 'kvm' (/dev/kvm), else 'other'.
+   */
+  readonly kind: FdKind;
+  /** What /proc/self/fd/N linked to when the message arrived. */
+  readonly link: string;
+  /** Whether the fd has left the message: taken or closed. */
+  readonly closed: boolean;
+  /**
+   * Hands the fd to the caller, who must close it (or give it to an object that will, e.g.
+   * `GuestMemfd.adopt()`, which also takes a ReceivedFd directly).
+   * @throws KvmStateError ERR_KVM_CLOSED if it was already taken or closed
+   */
+  take(): number;
+  /**
+   * Closes the fd (close(2)) unless it was taken. Idempotent.
+   * @throws KvmError if close(2) fails (EBADF if it was closed behind the library's back)
+   */
+  close(): void;
+}
+
+/**
+ * A received message: the payload and the fds, in the order they were sent. Dispose it (or
+ * close the fds) when done: the fds not taken are closed then. An undisposed message keeps its
+ * fds open until the process exits.
+ */
+export interface ReceivedMessage extends Disposable {
+  /** JSON.parse of the payload. */
+  readonly payload: unknown;
+  /** The fds, in the order sent. */
+  readonly fds: readonly ReceivedFd[];
+  /** Closes every fd that was not taken; never throws. */
+  [Symbol.dispose](): void;
+}
+
+/** What kind of fd a /proc/self/fd link names. */
+export function fdKind(link: string): FdKind {
+  if (link === 'anon_inode:[kvm-gmem]') return 'guest_memfd';
+  if (link === 'anon_inode:kvm-vm') return 'vm';
+  if (/^anon_inode:kvm-vcpu:\d+$/.test(link)) return 'vcpu';
+  if (link === '/dev/kvm') return 'kvm';
+  return 'other';
+}
+
+/**
+ * One end of a connected AF_UNIX SOCK_SEQPACKET socket that carries messages (a JSON payload
+ * and up to {@link MAX_FDS} fds each) to the process at the other end.
+ *
+ * Make one with `FdChannel.pair()` (both ends here: give one to a child), `FdChannel.connect()`
+ * to a path an `FdListener` listens on, `FdListener.accept()`, or `FdChannel.fromFd()` for an
+ * inherited socket. The socket fd is FD_CLOEXEC.
+ *
+ * Sending a Vm or Vcpu fd works, but KVM ties a VM to the address space that created it: in the
+ * receiving process every VM or vCPU ioctl on it fails with EIO. A guest_memfd, on the other hand,
+ * can be mapped, allocated and punched there (`GuestMemfd.adopt()`), with its data intact.
+ */
+export class FdChannel extends FdResource {
+  #watch: NativeFdWatch | undefined;
+  #tail: Promise<void> = Promise.resolve();
+
+  private constructor(fd: number) {
+    super(fd, 'FdChannel');
+  }
+
+  /**
+   * Two connected ends in this process: socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC).
+   * Pass one end's fd to a child (e.g. as an extra stdio entry of child_process.spawn), close
+   * it here, and the child calls `FdChannel.fromFd()`.
+   * @throws KvmError (syscall 'socketpair'): EMFILE, ENFILE
+   */
+  static pair(): [FdChannel, FdChannel] {
+    const [a, b] = native.socketPair();
+    return [new FdChannel(a), new FdChannel(b)];
+  }
+
+  /**
+   * Listens on a socket path: socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK),
+   * bind(2), listen(2). If the path is taken (EADDRINUSE) by a socket file that nobody listens
+   * on any more (connect(2) says ECONNREFUSED), that stale file is unlinked and bind retried;
+   * anything else at the path (a live listener, a regular file) is left alone and the
+   * EADDRINUSE thrown.
+   * @throws KvmError (syscall 'bind' / 'listen'): EADDRINUSE, EACCES, ENOENT (no such
+   * directory); TypeError/RangeError for a bad path (empty, NUL byte, over 107 bytes) or backlog
+   */
+  static listen(path: string, opts: ListenOptions = {}): FdListener {
+    checkPath(path);
+    const o = options(opts, 'options');
+    const backlog = o.backlog ?? 16;
+    if (typeof backlog !== 'number') throw new TypeError(`The "options.backlog" option must be an integer; received ${describe(backlog)}`);
+    if (!Number.isInteger(backlog) || backlog < 1 || backlog > 0x7fffffff) {
+      throw new RangeError(`The "options.backlog" option must be an integer >= 1; received ${backlog}`);
+    }
+    let fd: number;
+    try {
+      fd = native.unixListen(path, backlog);
+    } catch (e) {
+      if (!(e instanceof KvmError) || e.code !== 'EADDRINUSE') throw e;
+      const why = staleSocket(path);
+      if (why !== undefined) throw e.withHint(why);
+      try {
+        unlinkSync(path);
+      } catch {
+        // Someone else removed it first: bind again all the same.
+      }
+      fd = native.unixListen(path, backlog);
+    }
+    try {
+      return new FdListener(LISTENER_TOKEN, fd, path, statSync(path, { bigint: true }).ino);
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+  }
+
+  /**
+   * Connects to a listener's path: socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC) + connect(2).
+   * Retries while the listener's backlog is full (EAGAIN) and, with `waitForListener`, while
+   * the path is missing or nobody listens, until `timeoutMs`.
+   * @throws KvmError (syscall 'connect'): ENOENT (no such path), ECONNREFUSED (nobody listens),
+   * EPROTOTYPE (a socket of another type), EACCES; KvmStateError ERR_KVM_TIMEOUT;
+   * TypeError/RangeError for a bad path or option
+   */
+  static async connect(path: string, opts: ConnectOptions = {}): Promise<FdChannel> {
+    checkPath(path);
+    const o = options(opts, 'options');
+    const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
+    const wait = o.waitForListener ?? false;
+    if (typeof wait !== 'boolean') {
+      throw new TypeError(`The "options.waitForListener" option must be a boolean; received ${describe(wait)}`);
+    }
+    for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
+      try {
+        return new FdChannel(native.unixConnect(path));
+      } catch (e) {
+        const again = e instanceof KvmError && (e.code === 'EAGAIN' || (wait && (e.code === 'ENOENT' || e.code === 'ECONNREFUSED')));
+        if (!again) throw e;
+        const left = deadline - performance.now();
+        if (left <= 0) {
+          throw new KvmStateError('ERR_KVM_TIMEOUT', `FdChannel.connect('${path}') timed out: ${(e as Error).message}`, { cause: e });
+        }
+        await new Promise((r) => setTimeout(r, Math.min(delay, left)));
+      }
+    }
+  }
+
+  /**
+   * Adopts an inherited socket fd: checks that it is an AF_UNIX SOCK_SEQPACKET socket that is
+   * not listening (getsockopt SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN), sets FD_CLOEXEC (fcntl), and
+   * owns it from then on (close() closes it). On failure the fd is left to the caller.
+   * @throws TypeError (code 'ERR_KVM_NOT_SEQPACKET') for another kind of fd; KvmError EBADF for
+   * a closed one; TypeError/RangeError for a bad number
+   */
+  static fromFd(fd: number): FdChannel {
+    const n = fdNumber(fd, 'fd');
+    let t;
+    try {
+      t = native.socketType(n);
+    } catch (e) {
+      if (e instanceof KvmError && e.code === 'ENOTSOCK') {
+        throw coded(new TypeError(`fd ${n} is not a socket (${linkOf(n)}); FdChannel.fromFd needs an AF_UNIX SOCK_SEQPACKET socket`), 'ERR_KVM_NOT_SEQPACKET');
+      }
+      throw e;
+    }
+    if (t.domain !== AF_UNIX || t.type !== SOCK_SEQPACKET || t.listening) {
+      const what = t.listening ? 'a listening socket' : `a socket of domain ${t.domain}, type ${t.type}`;
+      throw coded(new TypeError(`fd ${n} is ${what}; FdChannel.fromFd needs a connected AF_UNIX SOCK_SEQPACKET socket (domain 1, type 5)`), 'ERR_KVM_NOT_SEQPACKET');
+    }
+    native.setCloexec(n);
+    return new FdChannel(n);
+  }
+
+  /**
+   * Sends one message: the JSON text of `payload` and the fds of `items`, in that order, in one
+   * sendmsg(2) with SCM_RIGHTS (MSG_NOSIGNAL). The items stay open here: the receiver gets new
+   * fds for the same open files. Waits (blocking) up to `opts.timeoutMs` for room when the
+   * peer's queue is full.
+   *
+   * `payload` must survive JSON.stringify (a bigint does not: send it as a string or number);
+   * `undefined` is sent as null.
+   * @throws KvmError (syscall 'sendmsg'): EPIPE when the peer is gone, EBADF when an fd in
+   * `items` is closed, ETOOMANYREFS when too many fds are in flight; KvmStateError ERR_KVM_TIMEOUT
+   * when there was no room in time, ERR_KVM_CLOSED after close() or for a closed item;
+   * RangeError for more than MAX_FDS items or a payload over MAX_PAYLOAD bytes; TypeError for an
+   * item that is not a library object or fd, or a payload JSON cannot encode
+   */
+  send(payload: unknown, items: readonly SendItem[] = [], opts: SendOptions = {}): void {
+    if (!Array.isArray(items)) throw new TypeError(`The "items" argument must be an array; received ${describe(items)}`);
+    if (items.length > MAX_FDS) {
+      throw new RangeError(`The "items" argument must hold at most ${MAX_FDS} fds (MAX_FDS); received ${items.length}`);
+    }
+    const o = options(opts, 'options');
+    const timeout = timeoutArg(o.timeoutMs ?? DEFAULT_SEND_TIMEOUT_MS, 'options.timeoutMs');
+    const fds = items.map((item, i) => {
+      if (item instanceof FdResource) return item.fd; // ERR_KVM_CLOSED for a closed object
+      if (typeof item === 'number') return fdNumber(item, `items[${i}]`);
+      throw new TypeError(`The "items[${i}]" element must be a GuestMemfd, Vm, Vcpu, Kvm, FdChannel or an fd number; received ${describe(item)}`);
+    });
+    const bytes = encodePayload(payload);
+    const fd = this.open();
+    const sent = native.sendMsg(fd, bytes, fds, timeout);
+    if (sent < 0) {
+      throw new KvmStateError('ERR_KVM_TIMEOUT', `FdChannel.send timed out after ${timeout} ms: the peer's receive queue stayed full`);
+    }
+  }
+
+  /**
+   * Receives one message: waits until one arrives (on a native thread of this channel's own, not
+   * the libuv pool; the event loop goes on), then recvmsg(2) with MSG_CMSG_CLOEXEC, so every fd
+   * arrives close-on-exec. Receives are served one at a time, in call order.
+   *
+   * Nothing leaks on any error path: when a message is refused, every fd it carried has been
+   * closed already.
+   * @throws (rejects with) KvmStateError ERR_KVM_PEER_CLOSED when the other end is gone (end of
+   * file, or ECONNRESET as `cause`), ERR_KVM_TIMEOUT after `timeoutMs`, ERR_KVM_CONTROL_TRUNCATED
+   * for a message with more fds than `maxFds` (MSG_CTRUNC), ERR_KVM_PAYLOAD_TRUNCATED for a
+   * payload over MAX_PAYLOAD bytes (MSG_TRUNC), ERR_KVM_BAD_MESSAGE for a payload that is not
+   * UTF-8 JSON, ERR_KVM_CLOSED when this channel is closed (also while waiting); KvmError
+   * (syscall 'recvmsg' or 'poll') for other failures; TypeError/RangeError for bad options
+   */
+  async receive(opts: ReceiveOptions = {}): Promise<ReceivedMessage> {
+    const o = options(opts, 'options');
+    const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
+    const maxFds = o.maxFds ?? MAX_FDS;
+    if (typeof maxFds !== 'number') throw new TypeError(`The "options.maxFds" option must be an integer; received ${describe(maxFds)}`);
+    if (!Number.isInteger(maxFds) || maxFds < 0 || maxFds > SCM_MAX_FD) {
+      throw new RangeError(`The "options.maxFds" option must be an integer in [0, ${SCM_MAX_FD}]; received ${maxFds}`);
+    }
+    this.open();
+    const before = this.#tail;
+    let done!: () => void;
+    this.#tail = new Promise<void>((r) => (done = r));
+    try {
+      await before;
+      return await this.#receiveOne(deadline, maxFds);
+    } finally {
+      done();
+    }
+  }
+
+  async #receiveOne(deadline: number, maxFds: number): Promise<ReceivedMessage> {
+    for (;;) {
+      const fd = this.open();
+      let m: NativeMessage | undefined;
+      try {
+        m = native.recvMsg(fd, MAX_PAYLOAD, maxFds);
+      } catch (e) {
+        if (e instanceof KvmError && e.code === 'ECONNRESET') {
+          throw new KvmStateError('ERR_KVM_PEER_CLOSED', 'FdChannel.receive: the peer closed the connection (ECONNRESET)', { cause: e });
+        }
+        throw e;
+      }
+      if (m !== undefined) return toMessage(m, maxFds);
+      const code = await this.#wait(deadline, 'FdChannel.receive');
+      if (code === WAIT_CLOSED || this.closed) {
+        throw new KvmStateError('ERR_KVM_CLOSED', 'FdChannel was closed while receive() was waiting');
+      }
+      if (code < 0) throw sysError(-code, 'poll', `fd ${fd}, POLLIN`);
+    }
+  }
+
+  /** Waits for the socket to be readable; throws ERR_KVM_TIMEOUT past the deadline. */
+  #wait(deadline: number, what: string): Promise<number> {
+    this.#watch ??= new native.FdWatch(this.open());
+    return waitOn(this.#watch, deadline, what);
+  }
+
+  /**
+   * Closes the socket (close(2)); a receive() waiting on it rejects with ERR_KVM_CLOSED. The
+   * peer sees end of file. Idempotent.
+   * @throws KvmError only if close(2) fails
+   */
+  override close(): void {
+    if (this.closed) return;
+    const w = this.#watch;
+    this.#watch = undefined;
+    try {
+      w?.close();
+    } finally {
+      super.close();
+    }
+  }
+}
+
+/** @internal */
+const LISTENER_TOKEN: unique symbol = Symbol('kvm-gmem FdListener');
+
+/**
+ * A listening AF_UNIX SOCK_SEQPACKET socket bound to a path (`FdChannel.listen()`); each
+ * `accept()` gives the FdChannel of one connection. close() also removes the socket file.
+ */
+export class FdListener extends FdResource {
+  /** The socket path. */
+  readonly path: string;
+  readonly #ino: bigint;
+  #watch: NativeFdWatch | undefined;
+  #tail: Promise<void> = Promise.resolve();
+
+  /** @internal Use FdChannel.listen(). */
+  constructor(token: symbol, fd: number, path: string, ino: bigint) {
+    if (token !== LISTENER_TOKEN) throw new TypeError('An FdListener is created by FdChannel.listen(path)');
+    super(fd, 'FdListener');
+    this.path = path;
+    this.#ino = ino;
+  }
+
+  /**
+   * Accepts the next connection: waits (on a native thread, not the event loop) until one is
+   * queued, then accept4(2) with SOCK_CLOEXEC. Accepts are served one at a time, in call order.
+   * @throws (rejects with) KvmStateError ERR_KVM_TIMEOUT after `timeoutMs`, ERR_KVM_CLOSED when
+   * the listener is closed (also while waiting); KvmError (syscall 'accept4'): EMFILE, ENFILE
+   */
+  async accept(opts: AcceptOptions = {}): Promise<FdChannel> {
+    const o = options(opts, 'options');
+    const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
+    this.open();
+    const before = this.#tail;
+    let done!: () => void;
+    this.#tail = new Promise<void>((r) => (done = r));
+    try {
+      await before;
+      for (;;) {
+        const fd = this.open();
+        const c = native.unixAccept(fd);
+        if (c >= 0) {
+          try {
+            return FdChannel.fromFd(c);
+          } catch (e) {
+            native.close(c);
+            throw e;
+          }
+        }
+        this.#watch ??= new native.FdWatch(fd);
+        const code = await waitOn(this.#watch, deadline, `FdListener.accept on '${this.path}'`);
+        if (code === WAIT_CLOSED || this.closed) {
+          throw new KvmStateError('ERR_KVM_CLOSED', 'FdListener was closed while accept() was waiting');
+        }
+        if (code < 0) throw sysError(-code, 'poll', `fd ${fd}, POLLIN`);
+      }
+    } finally {
+      done();
+    }
+  }
+
+  /**
+   * Stops listening: removes the socket file (unlink(2), only if the path still names the file
+   * this listener bound) and closes the socket (close(2)). An accept() waiting rejects with
+   * ERR_KVM_CLOSED. Idempotent.
+   * @throws KvmError only if close(2) fails
+   */
+  override close(): void {
+    if (this.closed) return;
+    const w = this.#watch;
+    this.#watch = undefined;
+    try {
+      w?.close();
+      try {
+        if (statSync(this.path, { bigint: true }).ino === this.#ino) unlinkSync(this.path);
+      } catch {
+        // Already gone.
+      }
+    } finally {
+      super.close();
+    }
+  }
+}
+
+const WAIT_CLOSED = 2;
+const WAIT_TIMEOUT = 0;
+
+async function waitOn(watch: NativeFdWatch, deadline: number, what: string): Promise<number> {
+  const left = deadline - performance.now();
+  if (left <= 0) throw new KvmStateError('ERR_KVM_TIMEOUT', `${what} timed out`);
+  const code = await watch.wait(left === Infinity ? -1 : Math.min(Math.ceil(left), 0x7fffffff));
+  if (code === WAIT_TIMEOUT && performance.now() >= deadline) throw new KvmStateError('ERR_KVM_TIMEOUT', `${what} timed out`);
+  return code;
+}
+
+class Received implements ReceivedFd {
+  readonly fd: number;
+  readonly kind: FdKind;
+  readonly link: string;
+  #held = true;
+
+  constructor(fd: number) {
+    this.fd = fd;
+    this.link = linkOf(fd);
+    this.kind = fdKind(this.link);
+  }
+
+  get closed(): boolean {
+    return !this.#held;
+  }
+
+  take(): number {
+    if (!this.#held) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${this.fd} was already taken or closed`);
+    this.#held = false;
+    return this.fd;
+  }
+
+  close(): void {
+    if (!this.#held) return;
+    this.#held = false;
+    native.close(this.fd);
+  }
+}
+
+class Message implements ReceivedMessage {
+  readonly payload: unknown;
+  readonly fds: readonly ReceivedFd[];
+
+  constructor(payload: unknown, fds: ReceivedFd[]) {
+    this.payload = payload;
+    this.fds = fds;
+  }
+
+  [Symbol.dispose](): void {
+    for (const f of this.fds) {
+      try {
+        f.close();
+      } catch {
+        // dispose never throws; the fd is forgotten either way.
+      }
+    }
+  }
+}
+
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/** Turns what recvMsg returned into a message, or throws (after closing its fds). */
+function toMessage(m: NativeMessage, maxFds: number): ReceivedMessage {
+  const closeAll = () => {
+    for (const fd of m.fds) {
+      try {
+        native.close(fd);
+      } catch {
+        // gone already
+      }
+    }
+  };
+  if ((m.flags & MSG_CTRUNC) !== 0 || (m.closed > 0 && (m.flags & MSG_TRUNC) === 0)) {
+    const how = (m.flags & MSG_CTRUNC) !== 0 ? 'the control data was truncated (MSG_CTRUNC)' : `${m.closed} arrived`;
+    throw new KvmStateError(
+      'ERR_KVM_CONTROL_TRUNCATED',
+      `FdChannel.receive: the message carried more fds than maxFds (${maxFds}): ${how}; ` +
+        `the ${m.closed} fds received were closed`,
+    );
+  }
+  if ((m.flags & MSG_TRUNC) !== 0) {
+    throw new KvmStateError(
+      'ERR_KVM_PAYLOAD_TRUNCATED',
+      `FdChannel.receive: the payload was longer than MAX_PAYLOAD (${MAX_PAYLOAD} bytes) and was truncated (MSG_TRUNC); ` +
+        `the ${m.closed} fds it carried were closed`,
+    );
+  }
+  if (m.bytes.length === 0) {
+    if (m.fds.length === 0) throw new KvmStateError('ERR_KVM_PEER_CLOSED', 'FdChannel.receive: the peer closed the connection');
+    closeAll();
+    throw new KvmStateError('ERR_KVM_BAD_MESSAGE', `FdChannel.receive: an empty message with ${m.fds.length} fds (they were closed)`);
+  }
+  let payload: unknown;
+  try {
+    payload = JSON.parse(decoder.decode(m.bytes));
+  } catch (e) {
+    closeAll();
+    throw new KvmStateError(
+      'ERR_KVM_BAD_MESSAGE',
+      `FdChannel.receive: the payload (${m.bytes.length} bytes) is not UTF-8 JSON; the ${m.fds.length} fds it carried were closed`,
+      { cause: e },
+    );
+  }
+  return new Message(payload, m.fds.map((fd) => new Received(fd)));
+}
+
+const encoder = new TextEncoder();
+
+function encodePayload(payload: unknown): Uint8Array {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(payload === undefined ? null : payload);
+  } catch (e) {
+    throw new TypeError(`The "payload" argument cannot be encoded as JSON: ${(e as Error).message}`, { cause: e });
+  }
+  if (text === undefined) throw new TypeError(`The "payload" argument cannot be encoded as JSON; received ${describe(payload)}`);
+  const bytes = encoder.encode(text);
+  if (bytes.length > MAX_PAYLOAD) {
+    throw new RangeError(`The "payload" argument must encode to at most ${MAX_PAYLOAD} bytes of JSON (MAX_PAYLOAD); it takes ${bytes.length}`);
+  }
+  return bytes;
+}
+
+function checkPath(path: unknown): asserts path is string {
+  if (typeof path !== 'string') throw new TypeError(`The "path" argument must be a string; received ${describe(path)}`);
+  if (path.length === 0 || path.includes('\0')) throw new TypeError('The "path" argument must be a non-empty string without NUL bytes');
+  const n = Buffer.byteLength(path);
+  if (n > MAX_PATH_BYTES) {
+    throw new RangeError(`The "path" argument must be at most ${MAX_PATH_BYTES} bytes (a Unix socket path); received ${n}`);
+  }
+}
+
+/** A timeout option as an absolute deadline on performance.now(); undefined means none. */
+function deadlineOf(value: unknown, name: string): number {
+  if (value === undefined) return Infinity;
+  const t = timeoutArg(value, name);
+  return t < 0 ? Infinity : performance.now() + t;
+}
+
+/** A timeout in milliseconds for native code: -1 for Infinity, else an integer in [0, 2^31). */
+function timeoutArg(value: unknown, name: string): number {
+  if (typeof value !== 'number') throw new TypeError(`The "${name}" option must be a number of milliseconds; received ${describe(value)}`);
+  if (value === Infinity) return -1;
+  if (!(value >= 0) || !Number.isFinite(value)) {
+    throw new RangeError(`The "${name}" option must be >= 0 (or Infinity); received ${value}`);
+  }
+  return Math.min(Math.ceil(value), 0x7fffffff);
+}
+
+/** Why an EADDRINUSE path must be left alone, or undefined if it is a stale socket file. */
+function staleSocket(path: string): string | undefined {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return undefined; // gone meanwhile: bind again
+  }
+  if (!st.isSocket()) return `'${path}' exists and is not a socket; it was left alone`;
+  try {
+    native.close(native.unixConnect(path));
+    return `a process is listening on '${path}'`;
+  } catch (e) {
+    if (e instanceof KvmError && e.code === 'ECONNREFUSED') return undefined;
+    return `'${path}' is a socket in use (connect: ${e instanceof KvmError ? e.code : String(e)})`;
+  }
+}
+
+function linkOf(fd: number): string {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return '';
+  }
+}
+
+function coded<E extends Error>(e: E, code: string): E & { code: string } {
+  return Object.assign(e, { code });
+}
+
+function sysError(errno: number, syscall: string, detail: string): KvmError {
+  const description = getSystemErrorMap().get(-errno)?.[1] ?? `errno ${errno}`;
+  return new KvmError({ errno, syscall, detail, description });
+}
