@@ -15,8 +15,12 @@ export { Kvm, KVM_DEVICE } from './kvm.js';
 export { Vm, VM_LINK } from './vm.js';
 export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './vm.js';
 export { GuestMemfd, GUEST_MEMFD_LINK } from './guest-memfd.js';
+export { FdChannel, FdListener, fdKind, MAX_FDS, MAX_PAYLOAD } from './fd-channel.js';
+export type {
+  FdKind, SendItem, SendOptions, ReceiveOptions, ConnectOptions, ListenOptions, AcceptOptions, ReceivedFd, ReceivedMessage,
+} from './fd-channel.js';
 export type { GuestMemfdStat } from './guest-memfd.js';
-export type { MapOptions } from './guest-memfd.js';
+export type { MapOptions, AdoptOptions } from './guest-memfd.js';
 export { Mapping, MAX_MAPPING_LENGTH } from './mapping.js';
 export type { MemoryPolicy, MbindOptions } from './mapping.js';
 export { KvmError, KvmStateError, GuestMemoryFaultError, sigbusCodeName } from './errors.js';
