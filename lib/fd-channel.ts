@@ -20,7 +20,7 @@ import type { GuestMemfd } from './guest-memfd.js';
 import type { Kvm } from './kvm.js';
 import { native, type NativeFdWatch, type NativeMessage } from './native.js';
 import { describe, fdNumber, options } from './numbers.js';
-import { FdResource } from './resource.js';
+import { FdResource, type FdIdentity } from './resource.js';
 import type { Vcpu } from './vcpu.js';
 import type { Vm } from './vm.js';
 
@@ -154,7 +154,9 @@ export function fdKind(link: string): FdKind {
  *
  * Make one with `FdChannel.pair()` (both ends here: give one to a child), `FdChannel.connect()`
  * to a path an `FdListener` listens on, `FdListener.accept()`, or `FdChannel.fromFd()` for an
- * inherited socket. The socket fd is FD_CLOEXEC.
+ * inherited socket. The socket fd is FD_CLOEXEC. Close it (or `using`); one dropped without
+ * close() is closed when collected (a safety net: sockets have an inode each, so the number is
+ * checked to still be this socket first).
  *
  * Sending a Vm or Vcpu fd works, but KVM ties a VM to the address space that created it: in the
  * receiving process every VM or vCPU ioctl on it fails with EIO. A guest_memfd, on the other hand,
@@ -165,7 +167,7 @@ export class FdChannel extends FdResource {
   #tail: Promise<void> = Promise.resolve();
 
   private constructor(fd: number) {
-    super(fd, 'FdChannel');
+    super(fd, 'FdChannel', socketIdentity(fd));
   }
 
   /**
@@ -176,7 +178,16 @@ export class FdChannel extends FdResource {
    */
   static pair(): [FdChannel, FdChannel] {
     const [a, b] = native.socketPair();
-    return [new FdChannel(a), new FdChannel(b)];
+    let first: FdChannel | undefined;
+    try {
+      first = new FdChannel(a);
+      return [first, new FdChannel(b)];
+    } catch (e) {
+      if (first) first.close();
+      else native.close(a);
+      native.close(b);
+      throw e;
+    }
   }
 
   /**
@@ -404,7 +415,7 @@ export class FdListener extends FdResource {
   /** @internal Use FdChannel.listen(). */
   constructor(token: symbol, fd: number, path: string, ino: bigint) {
     if (token !== LISTENER_TOKEN) throw new TypeError('An FdListener is created by FdChannel.listen(path)');
-    super(fd, 'FdListener');
+    super(fd, 'FdListener', socketIdentity(fd));
     this.path = path;
     this.#ino = ino;
   }
@@ -636,6 +647,11 @@ function staleSocket(path: string): string | undefined {
     if (e instanceof KvmError && e.code === 'ECONNREFUSED') return undefined;
     return `'${path}' is a socket in use (connect: ${e instanceof KvmError ? e.code : String(e)})`;
   }
+}
+
+/** A socket's identity for the leak safety net: its link names its own inode (socket:[N]). */
+function socketIdentity(fd: number): FdIdentity {
+  return { link: linkOf(fd), ino: native.inodeOf(fd) };
 }
 
 function linkOf(fd: number): string {

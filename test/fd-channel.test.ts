@@ -543,6 +543,26 @@ describe('FdChannel errors, limits and hygiene', () => {
     expect(openFds()).toEqual(before);
   });
 
+  it('channels dropped without close() are closed when collected (safety net), and an idle one does not hold the process', () => {
+    const script = `
+      import { FdChannel } from ${JSON.stringify(root + 'dist/fd-channel.js')};
+      import { readdirSync, readlinkSync } from 'node:fs';
+      const sockets = () => readdirSync('/proc/self/fd').filter((n) => { try { return readlinkSync('/proc/self/fd/' + n).startsWith('socket:'); } catch { return false; } }).length;
+      const base = sockets();
+      (() => { for (let i = 0; i < 20; i++) { const [a, b] = FdChannel.pair(); a.send(i); } })();
+      const [a, b] = FdChannel.pair();
+      await b.receive({ timeoutMs: 10 }).catch(() => {}); // its wait thread is started, then idle
+      const made = sockets();
+      for (let i = 0; i < 20 && sockets() > base + 3; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 20)); }
+      console.log(JSON.stringify({ made: made - base, left: sockets() - base }));
+    `;
+    const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0); // exits by itself: b's idle wait thread does not keep it alive
+    // 42 sockets and the dup b's watch holds; after collection only a, b and that dup remain.
+    expect(JSON.parse(r.stdout)).toEqual({ made: 43, left: 3 });
+  });
+
   it('fdKind names the kernel objects by their /proc/self/fd link', () => {
     expect(fdKind('anon_inode:[kvm-gmem]')).toBe('guest_memfd');
     expect(fdKind('anon_inode:kvm-vm')).toBe('vm');

@@ -314,8 +314,8 @@ describe('native addon argument checks', () => {
       expect(() => w.wait(-1)).toThrow(/already in flight/);
       native.sendMsg(b, new Uint8Array([1]), [], 0);
       await expect(p).resolves.toBe(1); // readable
+      native.recvMsg(a, 16, 0); // nothing left to read
       const q = w.wait(-1);
-      native.recvMsg(a, 16, 0);
       w.close();
       await expect(q).resolves.toBe(2); // closed while waiting
       expect(() => w.wait(0)).toThrow(/closed/);
