@@ -323,8 +323,12 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   if (msg.msg_controllen > 0) {
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) continue;
-      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
       const unsigned char* p = CMSG_DATA(c);
+      // Never read past the buffer, whatever cmsg_len says.
+      const unsigned char* end = reinterpret_cast<const unsigned char*>(msg.msg_control) + msg.msg_controllen;
+      size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      if (p > end) k = 0;
+      else if (k > static_cast<size_t>(end - p) / sizeof(int)) k = static_cast<size_t>(end - p) / sizeof(int);
       for (size_t j = 0; j < k; j++) {
         int v;
         memcpy(&v, p + j * sizeof(int), sizeof v);
