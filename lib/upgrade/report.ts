@@ -1,0 +1,256 @@
+/**
+ * The live-upgrade experiment's output: a text table with what the kernel answered, JSON, and an
+ * SVG chart of the blackout against memory size (stacked handover / copy / restore), written by
+ * hand (no dependencies).
+ * @module
+ */
+import { EXPECTED_PROBES, type ExperimentReport, type SizeSummary } from './experiment.js';
+import type { Probes } from './common.js';
+
+/** Milliseconds with a precision that suits their size. */
+export function formatMs(ms: number): string {
+  if (!Number.isFinite(ms)) return '-';
+  if (ms < 10) return `${ms.toFixed(2)} ms`;
+  if (ms < 100) return `${ms.toFixed(1)} ms`;
+  return `${ms.toFixed(0)} ms`;
+}
+
+/** A min-max range of milliseconds ('-' when there is none). */
+export function formatRange([lo, hi]: [number, number]): string {
+  if (!Number.isFinite(lo) || !Number.isFinite(hi)) return '-';
+  const f = (x: number) => (x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : x.toFixed(0));
+  return `${f(lo)}-${f(hi)}`;
+}
+
+/** Bytes as MiB or GiB. */
+export function formatBytes(n: number): string {
+  if (n >= 2 ** 30 && n % 2 ** 30 === 0) return `${n / 2 ** 30} GiB`;
+  return `${Math.round(n / 2 ** 20)} MiB`;
+}
+
+/** The columns of the table, in order. */
+export const TABLE_COLUMNS = [
+  'memory', 'pattern by', 'handover', '(pause)', 'copy', 'restore', 'blackout', 'range', 'copied', 'copy rate',
+  'guest check', 'result',
+] as const;
+
+function row(s: SizeSummary, pagesTotal: number): string[] {
+  return [
+    formatBytes(s.bytes),
+    s.filledBy,
+    formatMs(s.handoverMs),
+    formatMs(s.pauseMs),
+    formatMs(s.copyMs),
+    formatMs(s.restoreMs),
+    formatMs(s.blackoutMs),
+    formatRange(s.blackoutRange),
+    formatBytes(s.bytes),
+    Number.isFinite(s.copyGiBps) ? `${s.copyGiBps.toFixed(2)} GiB/s` : '-',
+    s.guestCheckStride === 1 ? `all ${pagesTotal} pages` : `1 in ${s.guestCheckStride} pages`,
+    s.ok ? 'ok' : 'FAILED',
+  ];
+}
+
+/** Lays out rows under a header: numbers right-aligned, text left-aligned. */
+export function formatColumns(header: readonly string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const right = header.map((_, i) => rows.every((r) => /^[\d.-]/.test(r[i]!)));
+  const line = (cells: readonly string[]) =>
+    cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+const PROBE_LINES: [keyof Probes, string, string][] = [
+  ['mapReceived', 'mmap of the received guest_memfd', ''],
+  ['receivedMemory', 'its memory (host check of every page)', ''],
+  ['vmCheckExtension', 'KVM_CHECK_EXTENSION on the received VM fd', 'the VM belongs to the old process\'s mm'],
+  ['vmCreateGuestMemfd', 'KVM_CREATE_GUEST_MEMFD on the received VM fd', ''],
+  ['vcpuGetRegs', 'KVM_GET_REGS on the received vCPU fd', ''],
+  ['bindReceivedToNewVm', 'binding the received guest_memfd into a new VM', 'bound to its own VM for life: option (a) of seeds/000'],
+  ['bindOwnToNewVm', 'control: the new VM binding its own guest_memfd', ''],
+  ['copyCompare', 'the copy vs the received memory (every byte)', ''],
+];
+
+/** The text report: header, table, what the kernel answered, the rebinding verdict, failures. */
+export function formatReport(rep: ExperimentReport, chartPath?: string): string {
+  const h = rep.host;
+  const out: string[] = [];
+  const runs = rep.options.runs;
+  out.push(
+    `kvm-gmem upgrade-experiment: kernel ${h.kernel} (${h.arch}), paging ${h.paging}, ${h.cpus} CPUs, ${h.memoryGiB} GiB; ` +
+      `${runs} run${runs > 1 ? 's' : ''} per size${runs > 1 ? ' (each row: the run with the median blackout; range: all runs)' : ''}`,
+    '',
+  );
+  const pagesOf = (s: SizeSummary) => rep.runs.find((r) => r.sizeMiB === s.sizeMiB)?.guestVerify.pagesTotal ?? 0;
+  out.push(formatColumns(TABLE_COLUMNS, rep.sizes.map((s) => row(s, pagesOf(s)))));
+  out.push(
+    '',
+    'blackout = handover + copy + restore, from the old VMM\'s kick to the new VMM\'s first KVM_RUN (CLOCK_MONOTONIC in both processes):',
+    '  handover  kick the vCPU, KVM_GET_REGS/SREGS/FPU, send the guest_memfd, VM and vCPU fds and the state (SCM_RIGHTS), receive;',
+    '            (pause) is the kick and the register reads',
+    '  copy      map the received guest_memfd, fault it in (MADV_POPULATE_READ), copy every byte into the new VM\'s guest_memfd',
+    '  restore   bind the new guest_memfd, KVM_CREATE_VCPU, KVM_SET_SREGS/REGS/FPU, up to KVM_RUN',
+    'Before the pause the new VMM has created its VM and its guest_memfd (fallocate, MADV_POPULATE_WRITE): not in the blackout.',
+    `pattern by: who wrote the data region before the handover (the guest itself up to ${rep.options.guestFillMaxMiB} MiB, else the old VMM).`,
+    `guest check: after the resume the guest checks its data region (every page up to ${rep.options.guestCheckMiB} MiB, else a stride sample);`,
+    '  the new VMM also compares every byte of the copy and checks every page of the received memory host-side.',
+  );
+
+  const p = rep.probes;
+  if (p) {
+    out.push('', `What the kernel let the new VMM do with the received fds (${p.receivedKinds.join(', ')})${rep.probesAgree ? '' : ' (first run; runs differed, see --json)'}:`);
+    const label = Math.max(...PROBE_LINES.map(([, l]) => l.length));
+    for (const [k, l, why] of PROBE_LINES) {
+      const got = String(p[k]);
+      const want = EXPECTED_PROBES[k];
+      const note = want === undefined ? '' : got === want ? (why ? `  (expected: ${why})` : '') : `  (UNEXPECTED: expected ${want})`;
+      out.push(`  ${l.padEnd(label)}  ${got}${note}`);
+    }
+  }
+  const rb = rep.rebind;
+  if (rb) {
+    const unknown = [...rb.unknown.system.map(([c, v]) => `${c}=${v} on /dev/kvm`), ...rb.unknown.vm.map(([c, v]) => `${c}=${v} on a VM`)];
+    out.push(
+      '',
+      `A way to rebind: ${rb.anyWay ? 'MAYBE, see below' : 'none on this kernel'}.`,
+      `  KVM_CAP_GUEST_MEMFD_FLAGS = 0x${rb.gmemFlags.system.toString(16)} (/dev/kvm), 0x${rb.gmemFlags.vm.toString(16)} (a new VM); bits beyond MMAP|INIT_SHARED: ${rb.gmemFlags.unknownBits}`,
+      `  KVM_CHECK_EXTENSION of 0..${rb.capLimit - 1}: ${rb.nonzero.system.length} non-zero on /dev/kvm, ${rb.nonzero.vm.length} on a new VM; ` +
+        `above ${rb.lastKnownCap} (the last in the 6.18 uapi): ${unknown.length ? unknown.join(', ') : 'none'}`,
+      `  ${rb.uapi}`,
+    );
+  }
+
+  const done = rep.sizes.filter((s) => Number.isFinite(s.blackoutMs));
+  const big = done[done.length - 1];
+  if (big) {
+    const share = (100 * big.copyMs) / big.blackoutMs;
+    out.push(
+      '',
+      `A kernel that let the new VM bind the received guest_memfd (options (b)/(c) of seeds/000) would skip the copy: ` +
+        `${formatMs(big.copyMs)} of the ${formatMs(big.blackoutMs)} blackout at ${formatBytes(big.bytes)} (${share.toFixed(0)}%), ` +
+        `and the second ${formatBytes(big.bytes)} of memory the copy needs while both exist.`,
+    );
+  }
+
+  const failed = rep.runs.filter((r) => r.failures.length > 0);
+  if (failed.length) {
+    out.push('', 'FAILED runs:');
+    for (const r of failed) out.push(`  ${r.sizeMiB} MiB run ${r.run}: ${r.failures.join('; ')}`);
+  }
+  const odd = rep.runs.filter((r) => r.unexpectedProbes.length > 0);
+  for (const r of odd) out.push(`  note: ${r.sizeMiB} MiB run ${r.run}: unexpected answers: ${r.unexpectedProbes.join('; ')}`);
+  if (chartPath) out.push('', `chart: ${chartPath}`);
+  return out.join('\n') + '\n';
+}
+
+/** The report as JSON text. */
+export function reportJson(rep: ExperimentReport): string {
+  return JSON.stringify(rep, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n';
+}
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+}
+
+/** A "nice" upper bound and step for an axis from 0 to `max`. */
+export function niceScale(max: number, ticks = 5): { top: number; step: number } {
+  if (!(max > 0)) return { top: 1, step: 0.2 };
+  const raw = max / ticks;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw)!;
+  return { top: Math.ceil(max / step - 1e-9) * step, step };
+}
+
+const SEGMENTS = [
+  { key: 'handoverMs', label: 'handover (pause, send and receive fds + state)', color: '#4e79a7' },
+  { key: 'copyMs', label: 'copy (what a rebinding kernel would save)', color: '#e15759' },
+  { key: 'restoreMs', label: 'restore (bind, vCPU, registers)', color: '#59a14f' },
+] as const;
+
+/**
+ * The chart: one stacked bar per memory size (handover, copy, restore), the blackout's total
+ * above it, a linear millisecond axis. Plain SVG 1.1.
+ */
+export function renderSvg(rep: ExperimentReport): string {
+  const W = 820;
+  const H = 480;
+  const m = { left: 70, right: 20, top: 80, bottom: 66 };
+  const pw = W - m.left - m.right;
+  const ph = H - m.top - m.bottom;
+  const sizes = rep.sizes;
+  const total = (s: SizeSummary) => SEGMENTS.reduce((a, g) => a + (Number.isFinite(s[g.key]) ? s[g.key] : 0), 0);
+  const { top, step } = niceScale(Math.max(0, ...sizes.map(total)));
+  const y = (v: number) => m.top + ph - (v / top) * ph;
+  const band = pw / Math.max(1, sizes.length);
+  const bw = Math.min(70, band * 0.6);
+  const el: string[] = [];
+  const h = rep.host;
+  el.push(
+    `<rect x="0" y="0" width="${W}" height="${H}" fill="#ffffff"/>`,
+    `<text x="${W / 2}" y="26" text-anchor="middle" font-size="17" font-weight="bold">Live VMM upgrade on guest_memfd: blackout vs guest memory</text>`,
+    `<text x="${W / 2}" y="46" text-anchor="middle" font-size="12" fill="#555">${esc(
+      `kernel ${h.kernel}, ${h.paging} paging, ${h.cpus} CPUs: a new VM cannot bind the received guest_memfd (EINVAL): it is copied`,
+    )}</text>`,
+    `<text x="${W / 2}" y="64" text-anchor="middle" font-size="12" fill="#555">${esc(
+      `${rep.options.runs > 1 ? `the run with the median blackout of ${rep.options.runs} per size; ` : ''}pause (old VMM) to first KVM_RUN (new VMM), two processes`,
+    )}</text>`,
+  );
+  // Legend: top left of the plot, where the smallest bars leave room; drawn last, over the grid.
+  const legend: string[] = [];
+  legend.push(`<rect x="${m.left + 10}" y="${m.top + 4}" width="300" height="${SEGMENTS.length * 18 + 8}" fill="#ffffff" fill-opacity="0.9" stroke="#cccccc"/>`);
+  [...SEGMENTS].reverse().forEach((g, i) => {
+    const ly = m.top + 12 + i * 18;
+    legend.push(
+      `<rect x="${m.left + 18}" y="${ly}" width="12" height="12" fill="${g.color}"/>`,
+      `<text x="${m.left + 36}" y="${ly + 10}" font-size="11">${esc(g.label)}</text>`,
+    );
+  });
+  // Axes and grid.
+  for (let v = 0; v <= top + 1e-9; v += step) {
+    const yy = y(v).toFixed(1);
+    el.push(
+      `<line x1="${m.left}" y1="${yy}" x2="${W - m.right}" y2="${yy}" stroke="#e0e0e0"/>`,
+      `<text x="${m.left - 8}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end" font-size="11">${esc(tickLabel(v, step))}</text>`,
+    );
+  }
+  el.push(
+    `<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${m.top + ph}" stroke="#333"/>`,
+    `<line x1="${m.left}" y1="${m.top + ph}" x2="${W - m.right}" y2="${m.top + ph}" stroke="#333"/>`,
+    `<text x="18" y="${m.top + ph / 2}" text-anchor="middle" font-size="12" transform="rotate(-90 18 ${m.top + ph / 2})">blackout (ms)</text>`,
+    `<text x="${m.left + pw / 2}" y="${H - 10}" text-anchor="middle" font-size="12">guest memory (copied in full at each handover; below: the copy's share of the blackout, and its rate)</text>`,
+  );
+  // Bars.
+  sizes.forEach((s, i) => {
+    const cx = m.left + band * (i + 0.5);
+    const x = (cx - bw / 2).toFixed(1);
+    let acc = 0;
+    for (const g of SEGMENTS) {
+      const v = s[g.key];
+      if (!Number.isFinite(v) || v <= 0) continue;
+      const y1 = y(acc + v);
+      const hgt = y(acc) - y1;
+      el.push(`<rect x="${x}" y="${y1.toFixed(1)}" width="${bw.toFixed(1)}" height="${Math.max(hgt, 0.5).toFixed(1)}" fill="${g.color}"><title>${esc(`${formatBytes(s.bytes)} ${g.key.replace('Ms', '')}: ${formatMs(v)}`)}</title></rect>`);
+      acc += v;
+    }
+    const label = !Number.isFinite(s.blackoutMs) ? 'failed' : s.ok ? formatMs(total(s)) : `${formatMs(total(s))} (a run failed)`;
+    el.push(
+      `<text x="${cx.toFixed(1)}" y="${(y(acc) - 6).toFixed(1)}" text-anchor="middle" font-size="11">${esc(label)}</text>`,
+      `<text x="${cx.toFixed(1)}" y="${m.top + ph + 18}" text-anchor="middle" font-size="12">${esc(formatBytes(s.bytes))}</text>`,
+      `<text x="${cx.toFixed(1)}" y="${m.top + ph + 33}" text-anchor="middle" font-size="10" fill="#555">${esc(
+        Number.isFinite(s.copyGiBps) ? `copy ${((100 * s.copyMs) / s.blackoutMs).toFixed(0)}%, ${s.copyGiBps.toFixed(1)} GiB/s` : '',
+      )}</text>`,
+    );
+  });
+  return [
+    '<?xml version="1.0" encoding="UTF-8"?>',
+    `<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif">`,
+    ...[...el, ...legend].map((e) => `  ${e}`),
+    '</svg>',
+    '',
+  ].join('\n');
+}
+
+function tickLabel(v: number, step: number): string {
+  const digits = step >= 1 ? 0 : Math.min(3, Math.ceil(-Math.log10(step)));
+  return v.toFixed(digits);
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env zx
+// npx zx scripts/upgrade-experiment.mjs [--sizes 64,256,1024] [--runs N] [--json] [--chart FILE] ...
+//
+// The live VMM upgrade experiment (lib/upgrade/), run as a user runs it: builds what is missing or
+// stale (the addon with its guest images, the TypeScript), then runs `node dist/cli.js
+// upgrade-experiment` with this script's arguments, passed on unchanged. Everything else (the two
+// VMM processes, the measurements, the table, the JSON and the chart) is the command's; see
+// `node dist/cli.js upgrade-experiment --help`.
+import { $, fs, path } from 'zx';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(process.argv.findIndex((a) => a.endsWith('upgrade-experiment.mjs')) + 1);
+
+$.verbose = false;
+$.cwd = root;
+
+// The newest modification time under `dir` (files whose name passes `keep`).
+function newest(dir, keep) {
+  let t = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) t = Math.max(t, newest(p, keep));
+    else if (keep(e.name)) t = Math.max(t, fs.statSync(p).mtimeMs);
+  }
+  return t;
+}
+const mtime = (p) => (fs.existsSync(p) ? fs.statSync(p).mtimeMs : 0);
+
+const addon = path.join(root, 'build', 'Release', 'kvm_gmem.node');
+const image = path.join(root, 'build', 'Release', 'guest', 'upgrade.bin');
+if (!process.env.KVM_GMEM_ADDON && (mtime(image) === 0 || mtime(addon) < newest(path.join(root, 'native'), () => true))) {
+  console.error('upgrade-experiment: building the addon and the guest images (npm run build:native)');
+  await $`npm run build:native`.pipe(process.stderr);
+}
+const cli = path.join(root, 'dist', 'cli.js');
+if (mtime(path.join(root, 'dist', 'upgrade', 'command.js')) < newest(path.join(root, 'lib'), (n) => n.endsWith('.ts'))) {
+  console.error('upgrade-experiment: compiling the TypeScript (npm run build)');
+  await $`npm run build`.pipe(process.stderr);
+}
+
+const run = await $({ stdio: 'inherit', nothrow: true })`${process.execPath} ${cli} upgrade-experiment ${args}`;
+process.exitCode = run.exitCode ?? 1;

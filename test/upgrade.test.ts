@@ -1,0 +1,318 @@
+// The live-upgrade experiment (lib/upgrade/): its guest on its own, one handover end to end between
+// two real VMM processes, and the report (table, JSON, SVG chart).
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { Cap, GuestMemfdFlag, bootGuest, getUcall, guestImage, replyUcall, type Vcpu } from '../lib/index.js';
+import {
+  GuestLoop, Layout, MiB, Op, Tag, checkPattern, dataPages, guestArgs, patternValue, readState, stateFromJson,
+  stateToJson, writePattern, writeState,
+} from '../lib/upgrade/common.js';
+import {
+  EXPECTED_PROBES, MAX_SIZE_MIB, checkStride, experimentOptions, type ExperimentReport, type RunResult, type SizeSummary,
+} from '../lib/upgrade/experiment.js';
+import { TABLE_COLUMNS, formatMs, formatReport, niceScale, renderSvg, reportJson } from '../lib/upgrade/report.js';
+import { gmemVm } from './kvm-host.js';
+import { ROOT } from './paths.js';
+
+const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
+const scratch = mkdtempSync(join(tmpdir(), 'kvm-gmem-upgrade-'));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+/** Runs the guest to its next SYNC; throws on anything else. */
+async function nextSync(vcpu: Vcpu) {
+  for (;;) {
+    const exit = await vcpu.runAsync();
+    const uc = getUcall(vcpu, exit);
+    if (uc?.cmd === 'sync') return uc;
+    if (uc?.cmd === 'abort') return uc;
+    if (exit.reason !== 'intr') throw new Error(`unexpected exit ${exit.reason} ${uc?.cmd ?? ''}`);
+  }
+}
+
+describe('the upgrade guest (native/guest/upgrade.S)', () => {
+  it('fills its region with the address pattern, ticks, checks it on request, and reports a corrupted u64 by address', async (ctx) => {
+    const size = 4 * MiB;
+    using vm = gmemVm(ctx, SHARED);
+    using gmem = vm.createGuestMemfd({ size, flags: SHARED });
+    using mem = gmem.map();
+    vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: size, userspaceAddr: mem, guestMemfd: gmem });
+    using vcpu = vm.createVcpu(0);
+    const seed = 0x0123456789abcdefn;
+    bootGuest(vcpu, {
+      image: guestImage('upgrade'), loadAt: Layout.IMAGE, stack: Layout.STACK_TOP, pageTables: Layout.PAGE_TABLES,
+      identityMapSize: size, args: guestArgs(size, seed, 1000, true),
+    });
+    let uc = await nextSync(vcpu);
+    expect(uc.args.slice(0, 4)).toEqual([Tag.FILLED, BigInt(dataPages(size)), BigInt(Layout.DATA_BASE), BigInt(size - Layout.DATA_BASE)]);
+    const data = mem.bytes.subarray(Layout.DATA_BASE);
+    expect(checkPattern(data, Layout.DATA_BASE, seed)).toBeUndefined(); // the host sees what the guest wrote
+    uc = await nextSync(vcpu);
+    expect(uc.args).toEqual([Tag.TICK, 1000n, 1000n]);
+    expect(new DataView(mem.bytes.buffer).getBigUint64(Layout.COUNTER, true)).toBe(1000n);
+    replyUcall(vcpu, uc, [0, 0, 0, 0, 1, Op.VERIFY]);
+    uc = await nextSync(vcpu);
+    expect(uc.args).toEqual([Tag.VERIFIED, BigInt(dataPages(size)), 1n, BigInt(Layout.DATA_BASE)]);
+    // Every 3rd page: the count is rounded up.
+    uc = await nextSync(vcpu);
+    replyUcall(vcpu, uc, [0, 0, 0, 0, 3, Op.VERIFY]);
+    uc = await nextSync(vcpu);
+    expect(uc.args[1]).toBe(BigInt(Math.ceil(dataPages(size) / 3)));
+    // One u64 changed behind the guest's back: the next check names it.
+    const bad = Layout.DATA_BASE + 5 * 4096 + 8 * 17;
+    new DataView(mem.bytes.buffer).setBigUint64(bad, 42n, true);
+    expect(checkPattern(data, Layout.DATA_BASE, seed)).toEqual({ gpa: bad, actual: 42n, expected: patternValue(Layout.DATA_BASE + 5 * 4096, seed) });
+    replyUcall(vcpu, uc, [0, 0, 0, 0, 1, Op.VERIFY]);
+    uc = await nextSync(vcpu);
+    expect(uc.cmd).toBe('abort');
+    expect(uc.message).toBe('upgrade: pattern mismatch');
+    expect(uc.args).toEqual([BigInt(bad), 42n, patternValue(Layout.DATA_BASE + 5 * 4096, seed)]);
+  });
+
+  it('resumes in another VM from its registers and a copy of its memory, wherever it was paused', async (ctx) => {
+    const size = 4 * MiB;
+    using vm = gmemVm(ctx, SHARED);
+    using gmem = vm.createGuestMemfd({ size, flags: SHARED });
+    using mem = gmem.map();
+    vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: size, userspaceAddr: mem, guestMemfd: gmem });
+    using vcpu = vm.createVcpu(0);
+    const seed = 77n;
+    writePattern(mem.bytes.subarray(Layout.DATA_BASE), Layout.DATA_BASE, seed); // the host writes it: no FILLED call
+    bootGuest(vcpu, {
+      image: guestImage('upgrade'), loadAt: Layout.IMAGE, stack: Layout.STACK_TOP, pageTables: Layout.PAGE_TABLES,
+      identityMapSize: size, args: guestArgs(size, seed, 5000, false),
+    });
+    const loop = new GuestLoop(vcpu);
+    let ticks = 0;
+    const ran = loop.run((uc) => {
+      expect(uc.args[0]).toBe(Tag.TICK);
+      if (++ticks === 2) setTimeout(() => loop.pause(), 3);
+    });
+    expect(await ran).toBe('paused');
+    const state = readState(vcpu);
+    const counter = new DataView(mem.bytes.buffer).getBigUint64(Layout.COUNTER, true);
+    expect(counter).toBeGreaterThanOrEqual(10000n);
+    // The counter's register copy (RBP) is the memory's, or one behind between the two increments.
+    expect(counter - state.regs.rbp).toBeLessThanOrEqual(1n);
+
+    // The new VM: state through JSON, as between the processes.
+    using vm2 = gmemVm(ctx, SHARED);
+    using gmem2 = vm2.createGuestMemfd({ size, flags: SHARED });
+    using mem2 = gmem2.map();
+    mem2.bytes.set(mem.bytes);
+    vm2.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: size, userspaceAddr: mem2, guestMemfd: gmem2 });
+    using vcpu2 = vm2.createVcpu(0);
+    writeState(vcpu2, stateFromJson(JSON.parse(JSON.stringify(stateToJson(state)))));
+    mem.bytes.fill(0); // the old memory is gone: the new guest can only be running on the copy
+    const uc = await nextSync(vcpu2);
+    expect(uc.args[0]).toBe(Tag.TICK);
+    expect(uc.args[1]).toBeGreaterThan(counter);
+    expect(uc.args[1]! % 5000n).toBe(0n);
+    replyUcall(vcpu2, uc, [0, 0, 0, 0, 1, Op.VERIFY]);
+    const verified = await nextSync(vcpu2);
+    expect(verified.cmd).toBe('sync');
+    expect(verified.args.slice(0, 2)).toEqual([Tag.VERIFIED, BigInt(dataPages(size))]);
+  });
+
+  it('carries every register, special register and FPU field through JSON unchanged', (ctx) => {
+    using vm = gmemVm(ctx, SHARED);
+    using vcpu = vm.createVcpu(0);
+    const s = readState(vcpu);
+    s.regs.r13 = 0xfedcba9876543210n;
+    s.fpu.xmm[17] = 0xab;
+    const back = stateFromJson(JSON.parse(JSON.stringify(stateToJson(s))));
+    expect(back).toEqual(s);
+  });
+});
+
+describe('kvm-gmem upgrade-experiment, end to end', () => {
+  it('hands a 16 MiB guest from one VMM process to another: the guest resumes with its memory intact, the old VMM exits, the guest keeps counting', (ctx) => {
+    using vm = gmemVm(ctx, SHARED);
+    expect(vm.checkExtension(Cap.GUEST_MEMFD)).toBe(1);
+    const chart = join(scratch, 'chart.svg');
+    const script = `import('${join(ROOT, 'dist/upgrade/command.js')}').then(async (m) => { process.exitCode = await m.upgradeExperimentCommand(process.argv.slice(1)); })`;
+    const r = spawnSync(process.execPath, ['-e', script, '--', '--sizes', '16', '--runs', '1', '--json', '--chart', chart, '--after-ms', '300'], {
+      encoding: 'utf8', timeout: 120_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/upgrade-experiment: 16 MiB: blackout [\d.]+ ms/);
+    const rep = JSON.parse(r.stdout) as ExperimentReport;
+    expect(rep.ok).toBe(true);
+    expect(rep.runs).toHaveLength(1);
+    const run = rep.runs[0]!;
+    expect(run.failures).toEqual([]);
+    // The guest itself checked every page of its data region after the resume, and the new VMM
+    // checked the received memory and compared the copy byte for byte.
+    expect(run.filledBy).toBe('guest');
+    expect(run.guestVerify.stride).toBe(1);
+    expect(run.guestVerify.pages).toBe(dataPages(16 * MiB));
+    expect(run.probes.receivedMemory).toBe('intact');
+    expect(run.probes.copyCompare).toBe('equal');
+    // The counter: the memory was copied at the pause, and the guest counted on from there.
+    expect(run.counterAtResume).toBe(run.counterAtPause);
+    expect(BigInt(run.counterFirstTick)).toBeGreaterThan(BigInt(run.counterAtPause));
+    expect(BigInt(run.counterLast)).toBeGreaterThan(BigInt(run.counterFirstTick));
+    // The old VMM exited (status 0) and the new guest ticked on after that.
+    expect(run.oldExit.code).toBe(0);
+    expect(run.ticksAfterOldExit).toBeGreaterThanOrEqual(2);
+    expect(run.ranAfterOldExitMs).toBeGreaterThanOrEqual(300);
+    expect(run.newExit.code).toBe(0);
+    // What the kernel answered.
+    expect(run.probes.receivedKinds).toEqual(['guest_memfd', 'vm', 'vcpu']);
+    expect(run.probes.mapReceived).toBe('ok');
+    expect(run.probes.vmCheckExtension).toBe('EIO');
+    expect(run.probes.vmCreateGuestMemfd).toBe('EIO');
+    expect(run.probes.vcpuGetRegs).toBe('EIO');
+    expect(run.probes.bindReceivedToNewVm).toBe('EINVAL');
+    expect(run.probes.bindOwnToNewVm).toBe('ok');
+    expect(run.unexpectedProbes).toEqual([]);
+    expect(run.rebind.nonzero.system).toContain(Cap.GUEST_MEMFD);
+    expect(run.rebind.gmemFlags.unknownBits).toBe('0x0');
+    expect(run.rebind.anyWay).toBe(false);
+    // The blackout is its parts, and the whole memory was copied.
+    expect(run.bytesCopied).toBe(16 * MiB);
+    expect(run.blackoutMs).toBeCloseTo(run.handoverMs + run.copyMs + run.restoreMs, 6);
+    for (const t of [run.pauseMs, run.handoverMs, run.copyMs, run.restoreMs]) expect(t).toBeGreaterThan(0);
+    expect(run.pauseMs).toBeLessThan(run.handoverMs);
+    const svg = readFileSync(chart, 'utf8');
+    expect(checkXml(svg)).toBe('svg');
+  }, 180_000);
+});
+
+// ---- the report --------------------------------------------------------------------------------
+
+/** A well-formedness check enough for the chart: balanced tags, quoted attributes, escaped text. Returns the root's name. */
+function checkXml(text: string): string {
+  const body = text.replace(/^<\?xml[^?]*\?>\s*/, '');
+  const stack: string[] = [];
+  let root = '';
+  const re = /<(\/?)([A-Za-z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>|([^<]+)|(<)/g;
+  for (const m of body.matchAll(re)) {
+    if (m[6] !== undefined) throw new Error(`a stray '<' at ${m.index}`);
+    if (m[5] !== undefined) {
+      if (/&(?!amp;|lt;|gt;|quot;|apos;|#\d+;)/.test(m[5])) throw new Error(`an unescaped '&' in text at ${m.index}`);
+      if (stack.length === 0 && m[5].trim() !== '') throw new Error('text outside the root element');
+      continue;
+    }
+    const [, close, name, , selfClose] = m;
+    if (close) {
+      if (stack.pop() !== name) throw new Error(`</${name}> does not close the open element at ${m.index}`);
+    } else {
+      if (stack.length === 0) {
+        if (root) throw new Error('two root elements');
+        root = name!;
+      }
+      if (!selfClose) stack.push(name!);
+    }
+  }
+  if (stack.length) throw new Error(`unclosed: ${stack.join(', ')}`);
+  return root;
+}
+
+function fakeRun(sizeMiB: number, over: Partial<RunResult> = {}): RunResult {
+  const pages = dataPages(sizeMiB * MiB);
+  return {
+    sizeMiB, run: 1, bytes: sizeMiB * MiB, bytesCopied: sizeMiB * MiB, seed: '1', filledBy: 'guest', fillMs: 1, msPerTick: 140,
+    prepareMs: 5, pauseMs: 0.4, handoverMs: 2, copyMs: sizeMiB / 7, restoreMs: 3, blackoutMs: 5 + sizeMiB / 7, copyGiBps: 7,
+    ripAtPause: '100bd', counterAtPause: '100', counterAtResume: '100', counterFirstTick: '200', counterLast: '300',
+    guestVerify: { stride: 1, pages, pagesTotal: pages, ms: 10 }, hostCheckMs: 1,
+    probes: {
+      receivedKinds: ['guest_memfd', 'vm', 'vcpu'], mapReceived: 'ok', receivedMemory: 'intact', copyCompare: 'equal',
+      vmCheckExtension: 'EIO', vmCreateGuestMemfd: 'EIO', vcpuGetRegs: 'EIO', bindReceivedToNewVm: 'EINVAL', bindOwnToNewVm: 'ok',
+    },
+    rebind: {
+      uapi: 'no <rebind> & no link', capLimit: 300, lastKnownCap: 244, nonzero: { system: [0, 234], vm: [0, 234] },
+      unknown: { system: [], vm: [] }, gmemFlags: { system: 3, vm: 3, unknownBits: '0x0' }, anyWay: false,
+    },
+    oldExit: { code: 0, signal: null, afterResumeMs: 10 }, ranAfterOldExitMs: 600, ticksAfterOldExit: 3,
+    newExit: { code: 0, signal: null }, unexpectedProbes: [], failures: [],
+    ...over,
+  };
+}
+
+function fakeReport(runs: RunResult[]): ExperimentReport {
+  const sizes: SizeSummary[] = runs.map((r) => ({
+    sizeMiB: r.sizeMiB, bytes: r.bytes, runs: 1, filledBy: r.filledBy, pauseMs: r.pauseMs, handoverMs: r.handoverMs,
+    copyMs: r.copyMs, restoreMs: r.restoreMs, blackoutMs: r.blackoutMs, copyGiBps: r.copyGiBps, prepareMs: r.prepareMs,
+    blackoutRange: [r.blackoutMs, r.blackoutMs + 1], guestCheckStride: r.guestVerify.stride, ok: r.failures.length === 0,
+  }));
+  return {
+    host: { kernel: '6.18.0 <test>', arch: 'x64', paging: 'shadow', cpus: 2, memoryGiB: 24 },
+    options: { ...experimentOptions({ sizesMiB: runs.map((r) => r.sizeMiB) }) },
+    runs, sizes, probes: runs[0]!.probes, probesAgree: true, rebind: runs[0]!.rebind, ok: runs.every((r) => r.failures.length === 0),
+  };
+}
+
+describe('the report', () => {
+  const rep = fakeReport([fakeRun(64), fakeRun(256, { filledBy: 'host' }), fakeRun(2048, { filledBy: 'host', guestVerify: { stride: 32, pages: 16352, pagesTotal: 524032, ms: 9 } })]);
+
+  it('prints a table with the columns in order, one row per size', () => {
+    const text = formatReport(rep, '/tmp/x.svg');
+    const lines = text.split('\n');
+    const header = lines.findIndex((l) => l.startsWith(' memory') || l.startsWith('memory'));
+    expect(header).toBeGreaterThan(0);
+    const cols = lines[header]!.trim().split(/\s{2,}/);
+    expect(cols).toEqual([...TABLE_COLUMNS]);
+    expect(lines[header + 1]).toMatch(/^-+( +-+)+$/);
+    const rows = lines.slice(header + 2, header + 5);
+    expect(rows.map((l) => l.trim().split(/\s{2,}/)[0])).toEqual(['64 MiB', '256 MiB', '2 GiB']);
+    for (const row of rows) expect(row.trim().split(/\s{2,}/)).toHaveLength(TABLE_COLUMNS.length);
+    expect(rows[2]).toMatch(/1 in 32 pages +ok$/);
+    expect(rows[0]).toMatch(/all 16128 pages +ok$/);
+    expect(text).toMatch(/binding the received guest_memfd into a new VM +EINVAL/);
+    expect(text).toMatch(/A way to rebind: none on this kernel/);
+    expect(text).toMatch(/would skip the copy: 293 ms of the 298 ms blackout at 2 GiB \(98%\)/);
+    expect(text).toMatch(/chart: \/tmp\/x\.svg\n$/);
+  });
+
+  it('marks unexpected probe answers and failed runs', () => {
+    const odd = fakeReport([
+      fakeRun(64, { probes: { ...fakeRun(64).probes, bindReceivedToNewVm: 'ok' }, unexpectedProbes: ['bindReceivedToNewVm: ok (expected EINVAL)'] }),
+      fakeRun(128, { failures: ['the counter did not advance after the resume'] }),
+    ]);
+    const text = formatReport(odd);
+    expect(text).toMatch(/binding the received guest_memfd into a new VM +ok +\(UNEXPECTED: expected EINVAL\)/);
+    expect(text).toMatch(/128 MiB +guest .* FAILED$/m);
+    expect(text).toMatch(/FAILED runs:\n  128 MiB run 1: the counter did not advance after the resume/);
+    expect(text).toMatch(/note: 64 MiB run 1: unexpected answers: bindReceivedToNewVm/);
+    expect(EXPECTED_PROBES.bindReceivedToNewVm).toBe('EINVAL');
+  });
+
+  it('writes a well-formed SVG: one stacked bar per size, labels escaped', () => {
+    const svg = renderSvg(rep);
+    expect(svg.startsWith('<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg"')).toBe(true);
+    expect(checkXml(svg)).toBe('svg');
+    expect(svg).toContain('6.18.0 &lt;test&gt;');
+    // Three segments per bar, each with a tooltip.
+    expect(svg.match(/<rect [^>]*><title>/g)).toHaveLength(3 * 3);
+    for (const s of ['64 MiB', '256 MiB', '2 GiB']) expect(svg).toContain(`>${s}</text>`);
+    expect(svg).toContain('>298 ms</text>'); // the 2 GiB bar's total
+    // A failed size draws no bar and says so.
+    const failed = fakeReport([fakeRun(64), fakeRun(128, { failures: ['x'], blackoutMs: NaN, copyMs: NaN, handoverMs: NaN, restoreMs: NaN })]);
+    const svg2 = renderSvg({ ...failed, sizes: failed.sizes.map((s) => (s.sizeMiB === 128 ? { ...s, ok: false } : s)) });
+    expect(checkXml(svg2)).toBe('svg');
+    expect(svg2).toContain('>failed</text>');
+  });
+
+  it('JSON: NaN becomes null, everything else round-trips', () => {
+    const j = JSON.parse(reportJson(fakeReport([fakeRun(64, { fillMs: NaN })]))) as ExperimentReport;
+    expect(j.runs[0]!.fillMs).toBeNull();
+    expect(j.runs[0]!.probes.bindReceivedToNewVm).toBe('EINVAL');
+  });
+
+  it('scales, units, options', () => {
+    expect(niceScale(294)).toEqual({ top: 300, step: 100 });
+    expect(niceScale(615)).toEqual({ top: 800, step: 200 });
+    expect(niceScale(19.5)).toEqual({ top: 20, step: 5 });
+    expect(niceScale(0)).toEqual({ top: 1, step: 0.2 });
+    expect([formatMs(0.5), formatMs(19.54), formatMs(293.6), formatMs(NaN)]).toEqual(['0.50 ms', '19.5 ms', '294 ms', '-']);
+    expect(checkStride(16128, 64)).toBe(1);
+    expect(checkStride(524032, 64)).toBe(32);
+    expect(() => experimentOptions({ sizesMiB: [4096] })).toThrow(RangeError);
+    expect(() => experimentOptions({ sizesMiB: [63] })).toThrow(/even numbers of MiB from 2 to 4032/);
+    expect(() => experimentOptions({ sizesMiB: [] })).toThrow(TypeError);
+    expect(experimentOptions({ sizesMiB: [MAX_SIZE_MIB] }).runs).toBe(1);
+  });
+});
