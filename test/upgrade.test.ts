@@ -175,6 +175,8 @@ describe('kvm-gmem upgrade-experiment, end to end', () => {
     expect(run.bytesCopied).toBe(16 * MiB);
     expect(run.blackoutMs).toBeCloseTo(run.handoverMs + run.copyMs + run.restoreMs, 6);
     for (const t of [run.pauseMs, run.handoverMs, run.copyMs, run.restoreMs]) expect(t).toBeGreaterThan(0);
+    const parts = run.restoreParts;
+    expect(parts.bindMs + parts.vcpuMs + parts.stateMs).toBeLessThanOrEqual(run.restoreMs);
     expect(run.pauseMs).toBeLessThan(run.handoverMs);
     const svg = readFileSync(chart, 'utf8');
     expect(checkXml(svg)).toBe('svg');
@@ -215,7 +217,8 @@ function fakeRun(sizeMiB: number, over: Partial<RunResult> = {}): RunResult {
   const pages = dataPages(sizeMiB * MiB);
   return {
     sizeMiB, run: 1, bytes: sizeMiB * MiB, bytesCopied: sizeMiB * MiB, seed: '1', filledBy: 'guest', fillMs: 1, msPerTick: 140,
-    prepareMs: 5, pauseMs: 0.4, handoverMs: 2, copyMs: sizeMiB / 7, restoreMs: 3, blackoutMs: 5 + sizeMiB / 7, copyGiBps: 7,
+    prepareMs: 5, pauseMs: 0.4, handoverMs: 2, copyMs: sizeMiB / 7, restoreMs: 3,
+    restoreParts: { bindMs: 1, vcpuMs: 1, stateMs: 0.5 }, blackoutMs: 5 + sizeMiB / 7, copyGiBps: 7,
     ripAtPause: '100bd', counterAtPause: '100', counterAtResume: '100', counterFirstTick: '200', counterLast: '300',
     guestVerify: { stride: 1, pages, pagesTotal: pages, ms: 10 }, hostCheckMs: 1,
     probes: {

@@ -366,6 +366,8 @@ export interface NewResumed {
   bytesCopied: number;
   /** The counter in the new VM's memory at the resume (= the counter at the pause). */
   counterAtResume: string;
+  /** The restore's parts: KVM_SET_USER_MEMORY_REGION2, KVM_CREATE_VCPU, KVM_SET_SREGS/REGS/FPU (ms). */
+  restoreParts: { bindMs: number; vcpuMs: number; stateMs: number };
 }
 
 /** What the new VMM found about the received fds (each answer per {@link attempt}). */

@@ -99,6 +99,8 @@ export interface RunResult {
   handoverMs: number;
   copyMs: number;
   restoreMs: number;
+  /** The restore's parts (the rest of restoreMs is bookkeeping up to the first KVM_RUN). */
+  restoreParts: NewResumed['restoreParts'];
   blackoutMs: number;
   /** bytesCopied / copyMs, in GiB/s. */
   copyGiBps: number;
@@ -380,7 +382,8 @@ export async function runHandover(
 
   const r: RunResult = {
     sizeMiB, run, bytes: size, bytesCopied: 0, seed, filledBy: guestFills ? 'guest' : 'host', fillMs: NaN, msPerTick: NaN,
-    prepareMs: NaN, pauseMs: NaN, handoverMs: NaN, copyMs: NaN, restoreMs: NaN, blackoutMs: NaN, copyGiBps: NaN,
+    prepareMs: NaN, pauseMs: NaN, handoverMs: NaN, copyMs: NaN, restoreMs: NaN,
+    restoreParts: { bindMs: NaN, vcpuMs: NaN, stateMs: NaN }, blackoutMs: NaN, copyGiBps: NaN,
     ripAtPause: '', counterAtPause: '', counterAtResume: '', counterFirstTick: '', counterLast: '',
     guestVerify: { stride, pages: -1, pagesTotal: pages, ms: NaN }, hostCheckMs: NaN, probes: NO_PROBES,
     rebind: undefined as unknown as RebindSurvey,
@@ -422,10 +425,12 @@ export async function runHandover(
     r.handoverMs = msBetween(sent.pauseStart, resumed.received);
     r.copyMs = msBetween(resumed.received, resumed.copied);
     r.restoreMs = msBetween(resumed.copied, resumed.resumed);
+    r.restoreParts = resumed.restoreParts;
     r.blackoutMs = msBetween(sent.pauseStart, resumed.resumed);
     r.copyGiBps = resumed.bytesCopied / 2 ** 30 / (r.copyMs / 1000);
     log(`blackout ${r.blackoutMs.toFixed(1)} ms: handover ${r.handoverMs.toFixed(2)} ms (pause ${r.pauseMs.toFixed(2)}), ` +
-      `copy ${r.copyMs.toFixed(1)} ms (${r.copyGiBps.toFixed(2)} GiB/s), restore ${r.restoreMs.toFixed(2)} ms`);
+      `copy ${r.copyMs.toFixed(1)} ms (${r.copyGiBps.toFixed(2)} GiB/s), restore ${r.restoreMs.toFixed(2)} ms ` +
+      `(bind ${r.restoreParts.bindMs.toFixed(2)}, vCPU ${r.restoreParts.vcpuMs.toFixed(2)}, registers ${r.restoreParts.stateMs.toFixed(2)})`);
 
     (await oldVmm.next('acked', stepMs)) as OldAcked;
     const oldExit = await withTimeout(oldVmm.exited, stepMs, 'the old VMM\'s exit');

@@ -147,7 +147,9 @@ async function main(): Promise<void> {
     vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: cfg.size, userspaceAddr: mem, guestMemfd: gmem }),
   );
   if (bindOwnToNewVm !== 'ok') throw new Error(`binding this VM's own guest_memfd failed: ${bindOwnToNewVm}`);
+  const bound = now();
   using vcpu = vm.createVcpu(0);
+  const vcpuCreated = now();
   writeState(vcpu, stateFromJson(p.state));
   const restored = now();
   // Resume.
@@ -161,6 +163,7 @@ async function main(): Promise<void> {
   await tell({
     type: 'resumed', received: receivedAt.toString(), copied: copied.toString(), restored: restored.toString(),
     resumed: resumed.toString(), bytesCopied: cfg.size, counterAtResume: counterAtResume.toString(),
+    restoreParts: { bindMs: msBetween(copied, bound), vcpuMs: msBetween(bound, vcpuCreated), stateMs: msBetween(vcpuCreated, restored) },
   });
   log(`resumed: copy ${msBetween(receivedAt, copied).toFixed(1)} ms, restore ${msBetween(copied, restored).toFixed(2)} ms, ` +
     `blackout ${msBetween(p.pauseStart, resumed).toFixed(1)} ms`);
