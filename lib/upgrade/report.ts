@@ -43,7 +43,7 @@ function row(s: SizeSummary, pagesTotal: number): string[] {
     formatMs(s.copyMs),
     formatMs(s.restoreMs),
     formatMs(s.blackoutMs),
-    formatRange(s.blackoutRange),
+    s.runs > 1 ? formatRange(s.blackoutRange) : '-',
     formatBytes(s.bytes),
     Number.isFinite(s.copyGiBps) ? `${s.copyGiBps.toFixed(2)} GiB/s` : '-',
     s.guestCheckStride === 1 ? `all ${pagesTotal} pages` : `1 in ${s.guestCheckStride} pages`,
