@@ -5,11 +5,14 @@
  *   kvm-gmem info [--json] [--device PATH]   what this host's KVM offers guest_memfd users
  *   kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]
  *                                            the selftest suite, KTAP out (lib/selftest/)
+ *   kvm-gmem upgrade-experiment [--sizes LIST] [--runs N] [--json] [--chart FILE]
+ *                                            live VMM upgrade between two processes (lib/upgrade/)
  * @module
  */
 import { parseArgs } from 'node:util';
 import { formatHostInfo, hostInfo } from './info.js';
 import { selftestCommand } from './selftest/command.js';
+import { upgradeExperimentCommand } from './upgrade/command.js';
 
 const USAGE = `usage: kvm-gmem <command> [options]
 
@@ -20,6 +23,9 @@ commands:
                                   the kernel's guest_memfd selftests mirrored, plus the
                                   lifecycle cases; KTAP on stdout, progress on stderr when
                                   stdout is not a terminal; exit 0 pass, 1 fail, 4 all skipped
+  upgrade-experiment [--sizes LIST] [--runs N] [--json] [--chart FILE]
+                                  hand a running guest from one VMM process to another over a
+                                  Unix socket; the blackout per memory size (see --help there)
 
 options:
   -h, --help                      this text
@@ -44,6 +50,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command === 'info') return info(rest);
   if (command === 'selftest') return selftestCommand(rest);
+  if (command === 'upgrade-experiment') return upgradeExperimentCommand(rest);
   process.stderr.write(`kvm-gmem: unknown command '${command}'\n\n${USAGE}`);
   return 2;
 }
