@@ -174,12 +174,13 @@ const SEGMENTS = [
 export function renderSvg(rep: ExperimentReport): string {
   const W = 820;
   const H = 480;
-  const m = { left: 70, right: 20, top: 80, bottom: 66 };
+  const m = { left: 70, right: 20, top: 80, bottom: 74 };
   const pw = W - m.left - m.right;
   const ph = H - m.top - m.bottom;
   const sizes = rep.sizes;
   const total = (s: SizeSummary) => SEGMENTS.reduce((a, g) => a + (Number.isFinite(s[g.key]) ? s[g.key] : 0), 0);
-  const { top, step } = niceScale(Math.max(0, ...sizes.map(total)));
+  // Headroom for the total above the tallest bar.
+  const { top, step } = niceScale(1.06 * Math.max(0, ...sizes.map(total)));
   const y = (v: number) => m.top + ph - (v / top) * ph;
   const band = pw / Math.max(1, sizes.length);
   const bw = Math.min(70, band * 0.6);
@@ -236,8 +237,11 @@ export function renderSvg(rep: ExperimentReport): string {
     el.push(
       `<text x="${cx.toFixed(1)}" y="${(y(acc) - 6).toFixed(1)}" text-anchor="middle" font-size="11">${esc(label)}</text>`,
       `<text x="${cx.toFixed(1)}" y="${m.top + ph + 18}" text-anchor="middle" font-size="12">${esc(formatBytes(s.bytes))}</text>`,
-      `<text x="${cx.toFixed(1)}" y="${m.top + ph + 33}" text-anchor="middle" font-size="10" fill="#555">${esc(
-        Number.isFinite(s.copyGiBps) ? `copy ${((100 * s.copyMs) / s.blackoutMs).toFixed(0)}%, ${s.copyGiBps.toFixed(1)} GiB/s` : '',
+      `<text x="${cx.toFixed(1)}" y="${m.top + ph + 32}" text-anchor="middle" font-size="10" fill="#555">${esc(
+        Number.isFinite(s.copyGiBps) ? `copy ${((100 * s.copyMs) / s.blackoutMs).toFixed(0)}%` : '',
+      )}</text>`,
+      `<text x="${cx.toFixed(1)}" y="${m.top + ph + 44}" text-anchor="middle" font-size="10" fill="#555">${esc(
+        Number.isFinite(s.copyGiBps) ? `${s.copyGiBps.toFixed(1)} GiB/s` : '',
       )}</text>`,
     );
   });
