@@ -90,6 +90,18 @@ int32_t ArgI32(const Napi::CallbackInfo& info, size_t i, const char* name) {
   return static_cast<int32_t>(d);
 }
 
+Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length() || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument must be a Uint8Array", name));
+  }
+  Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
+  if (a.ArrayBuffer().IsDetached()) {
+    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument is detached", name));
+  }
+  return a;
+}
+
 std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = Arg(info, i, name);
   if (!v.IsString()) BadType(info.Env(), name, "a string");

@@ -27,6 +27,9 @@ uint32_t ArgU32(const Napi::CallbackInfo& info, size_t i, const char* name);
 // A signed 32-bit integer Number.
 int32_t ArgI32(const Napi::CallbackInfo& info, size_t i, const char* name);
 
+// A Uint8Array (Buffer included) that is not detached.
+Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* name);
+
 // A string.
 std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name);
 

@@ -75,19 +75,6 @@ void CloseAll(const std::vector<int>& fds) {
   for (int fd : fds) close(fd);  // Linux releases the fd even on EINTR: never retry
 }
 
-// A Uint8Array argument, not detached.
-Napi::Uint8Array ArgByteArray(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (i >= info.Length() || !info[i].IsTypedArray() ||
-      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument must be a Uint8Array", name));
-  }
-  Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
-  if (a.ArrayBuffer().IsDetached()) {
-    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument is detached", name));
-  }
-  return a;
-}
-
 // A timeout in milliseconds: an integer in [-1, 2^31 - 1], -1 meaning no limit.
 int ArgTimeout(const Napi::CallbackInfo& info, size_t i, const char* name) {
   int32_t t = ArgI32(info, i, name);
@@ -215,7 +202,7 @@ Napi::Value SocketType(const Napi::CallbackInfo& info) {
 Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
-  Napi::Uint8Array bytes = ArgByteArray(info, 1, "bytes");
+  Napi::Uint8Array bytes = ArgBytes(info, 1, "bytes");
   if (info.Length() < 3 || !info[2].IsArray()) throw Napi::TypeError::New(env, "The \"fds\" argument must be an array");
   int timeout = ArgTimeout(info, 3, "timeoutMs");
   Napi::Array arr = info[2].As<Napi::Array>();

@@ -354,19 +354,6 @@ Napi::Value Guarded(Napi::Env env, uint8_t* dst, const uint8_t* src, uint8_t byt
   return r;
 }
 
-// A Uint8Array argument (Buffer included), not detached.
-Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  if (i >= info.Length() || !info[i].IsTypedArray() ||
-      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument must be a Uint8Array", name));
-  }
-  Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
-  if (a.ArrayBuffer().IsDetached()) {
-    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument is detached", name));
-  }
-  return a;
-}
-
 }  // namespace
 
 // guardedRead(buffer, offset, target): copies [offset, offset + target.length) of the live
