@@ -14,6 +14,7 @@
         "native/guarded.cc",
         "native/mm.cc",
         "native/vcpu.cc",
+        "native/cpuid.cc",
         "native/vcpu_runner.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -7,10 +7,15 @@
  *                                            the selftest suite, KTAP out (lib/selftest/)
  *   kvm-gmem upgrade-experiment [--sizes LIST] [--runs N] [--json] [--chart FILE]
  *                                            live VMM upgrade between two processes (lib/upgrade/)
+ *   kvm-gmem exec --kernel IMAGE [VM options] -- COMMAND [ARG...]
+ *                                            any command on another kernel (lib/kernel-vm.ts)
+ * Every command also takes the VM options (--kernel IMAGE...): it then runs on that kernel.
  * @module
  */
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { formatHostInfo, hostInfo } from './info.js';
+import { KernelVmError, runInKernelVm, type KernelVmOptions, type VmAccel } from './kernel-vm.js';
 import { selftestCommand } from './selftest/command.js';
 import { upgradeExperimentCommand } from './upgrade/command.js';
 
@@ -27,9 +32,83 @@ commands:
                                   hand a running guest from one VMM process to another over a
                                   Unix socket; the blackout per memory size (see --help there)
 
+  exec --kernel IMAGE [VM options] -- COMMAND [ARG...]
+                                  run any command on that kernel (e.g. npx vitest run)
+
+VM options (any command): boot another kernel with virtme-ng and run the command there,
+printing its output and exiting with its status as if it had run here
+  --kernel IMAGE                  the kernel image (e.g. /usr/lib/modules/RELEASE/vmlinuz)
+  --modules DIR                   a directory with lib/modules/RELEASE (default: the image's
+                                  own tree, else /lib/modules)
+  --kvm-module kvm_amd|kvm_intel  the KVM module loaded inside (default kvm_amd)
+  --kvm-param NAME=VALUE          a parameter for it, e.g. npt=0 (repeatable)
+  --vm-accel auto|kvm|tcg         KVM with nested virtualization, or QEMU's emulation (TCG);
+                                  auto: KVM where this host's /dev/kvm can nest, else TCG
+  --vm-memory SIZE, --vm-cpus N   the VM's memory (default 4G) and CPUs (default 2)
+  --vm-timeout SECONDS            kill the VM after this long (default 1800)
+
 options:
   -h, --help                      this text
 `;
+
+/** The VM options, taken out of any command's arguments. */
+const VM_FLAGS = ['kernel', 'modules', 'kvm-module', 'kvm-param', 'vm-accel', 'vm-memory', 'vm-cpus', 'vm-timeout'] as const;
+
+function takeVmOptions(argv: string[]): { rest: string[]; vm?: KernelVmOptions } {
+  const rest: string[] = [];
+  const got = new Map<string, string[]>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') {
+      rest.push(...argv.slice(i));
+      break;
+    }
+    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
+    const flag = m?.[1] as (typeof VM_FLAGS)[number] | undefined;
+    if (!m || !flag || !VM_FLAGS.includes(flag)) {
+      rest.push(a);
+      continue;
+    }
+    const value = m[2] ?? argv[++i];
+    if (value === undefined) throw new UsageError(`--${flag} needs a value`);
+    got.set(flag, [...(got.get(flag) ?? []), value]);
+  }
+  if (got.size === 0) return { rest };
+  const one = (f: string) => got.get(f)?.at(-1);
+  const kernel = one('kernel');
+  if (kernel === undefined) throw new UsageError(`--${[...got.keys()][0]} goes with --kernel IMAGE`);
+  const accel = one('vm-accel') ?? 'auto';
+  if (!['auto', 'kvm', 'tcg'].includes(accel)) throw new UsageError(`--vm-accel must be auto, kvm or tcg (got ${accel})`);
+  const num = (f: string) => {
+    const v = one(f);
+    if (v === undefined) return undefined;
+    if (!/^[1-9]\d*$/.test(v)) throw new UsageError(`--${f} must be a positive whole number (got ${v})`);
+    return Number(v);
+  };
+  const cpus = num('vm-cpus');
+  const timeoutSec = num('vm-timeout');
+  const env: Record<string, string> = {};
+  for (const k of ['KVM_GMEM_REQUIRE_KVM', 'KVM_GMEM_ADDON', 'CI']) if (process.env[k] !== undefined) env[k] = process.env[k]!;
+  const vm: KernelVmOptions = {
+    kernel, accel: accel as VmAccel, env, kvmParams: got.get('kvm-param') ?? [],
+    ...(one('modules') !== undefined ? { modules: one('modules')! } : {}),
+    ...(one('kvm-module') !== undefined ? { kvmModule: one('kvm-module')! } : {}),
+    ...(one('vm-memory') !== undefined ? { memory: one('vm-memory')! } : {}),
+    ...(cpus !== undefined ? { cpus } : {}),
+    ...(timeoutSec !== undefined ? { timeoutSec } : {}),
+  };
+  return { rest, vm };
+}
+
+/** A mistake in the command line (exit 2). */
+class UsageError extends Error {}
+
+/** Runs argv inside the VM and passes its stdout and exit status through. */
+async function inVm(vm: KernelVmOptions, argv: string[]): Promise<number> {
+  const r = await runInKernelVm(argv, vm);
+  process.stdout.write(r.stdout);
+  return r.status;
+}
 
 function info(argv: string[]): number {
   const { values } = parseArgs({
@@ -43,11 +122,19 @@ function info(argv: string[]): number {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
+  const [command, ...args] = argv;
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     process.stdout.write(USAGE);
     return command === undefined ? 2 : 0;
   }
+  const { rest, vm } = takeVmOptions(args);
+  if (command === 'exec') {
+    if (!vm) throw new UsageError('exec needs --kernel IMAGE');
+    const cmd = rest[0] === '--' ? rest.slice(1) : rest;
+    if (cmd.length === 0) throw new UsageError('exec needs a command after --');
+    return inVm(vm, cmd);
+  }
+  if (vm) return inVm(vm, [process.execPath, fileURLToPath(import.meta.url), command, ...rest]);
   if (command === 'info') return info(rest);
   if (command === 'selftest') return selftestCommand(rest);
   if (command === 'upgrade-experiment') return upgradeExperimentCommand(rest);
@@ -61,6 +148,7 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     process.stderr.write(`kvm-gmem: ${(e as Error).message}\n`);
-    process.exitCode = 2;
+    // Usage mistakes exit 2; a VM that could not run the command, 3 (neither is a test verdict).
+    process.exitCode = e instanceof KernelVmError ? 3 : 2;
   },
 );

@@ -16,11 +16,12 @@
 import { lstatSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
 import { getSystemErrorMap } from 'node:util';
 import { KvmError, KvmStateError } from './errors.js';
+import { fdFacts, type FdFacts, type FdKind } from './fd-identity.js';
 import type { GuestMemfd } from './guest-memfd.js';
 import type { Kvm } from './kvm.js';
 import { native, type NativeFdWatch, type NativeMessage } from './native.js';
 import { describe, fdNumber, options } from './numbers.js';
-import { FdResource, type FdIdentity } from './resource.js';
+import { FdResource, identityOf } from './resource.js';
 import type { Vcpu } from './vcpu.js';
 import type { Vm } from './vm.js';
 
@@ -42,8 +43,6 @@ const MSG_TRUNC = 0x20;
 /** The longest socket path (sun_path is 108 bytes with its NUL). */
 const MAX_PATH_BYTES = 107;
 
-/** What a received fd is, from what /proc/self/fd/N links to. */
-export type FdKind = 'guest_memfd' | 'vm' | 'vcpu' | 'kvm' | 'other';
 
 /** Something `send()` can pass: a library object (its fd is sent, the object keeps it) or a raw fd. */
 export type SendItem = GuestMemfd | Vm | Vcpu | Kvm | FdChannel | number;
@@ -104,8 +103,8 @@ export interface ReceivedFd {
   /** The fd number in this process (FD_CLOEXEC set). */
   readonly fd: number;
   /**
-   * What it is, from readlink(/proc/self/fd/N): 'guest_memfd' (anon_inode:[kvm-gmem]), 'vm'
-   * (anon_inode:kvm-vm), 'vcpu' (anon_inode:kvm-vcpu:N), 'kvm' (/dev/kvm), else 'other'.
+   * What it is ('guest_memfd', 'vm', 'vcpu', 'kvm', else 'other'), decided by `fdKind()`: the
+   * filesystem's magic number and, on the anon-inode filesystem, the kernel's name for the file.
    */
   readonly kind: FdKind;
   /** What /proc/self/fd/N linked to when the message arrived. */
@@ -139,14 +138,6 @@ export interface ReceivedMessage extends Disposable {
   [Symbol.dispose](): void;
 }
 
-/** What kind of fd a /proc/self/fd link names. */
-export function fdKind(link: string): FdKind {
-  if (link === 'anon_inode:[kvm-gmem]') return 'guest_memfd';
-  if (link === 'anon_inode:kvm-vm') return 'vm';
-  if (/^anon_inode:kvm-vcpu:\d+$/.test(link)) return 'vcpu';
-  if (link === '/dev/kvm') return 'kvm';
-  return 'other';
-}
 
 /**
  * One end of a connected AF_UNIX SOCK_SEQPACKET socket that carries messages (a JSON payload
@@ -167,7 +158,7 @@ export class FdChannel extends FdResource {
   #tail: Promise<void> = Promise.resolve();
 
   private constructor(fd: number) {
-    super(fd, 'FdChannel', socketIdentity(fd));
+    super(fd, 'FdChannel', identityOf(fd));
   }
 
   /**
@@ -274,7 +265,7 @@ export class FdChannel extends FdResource {
       t = native.socketType(n);
     } catch (e) {
       if (e instanceof KvmError && e.code === 'ENOTSOCK') {
-        throw coded(new TypeError(`fd ${n} is not a socket (${linkOf(n)}); FdChannel.fromFd needs an AF_UNIX SOCK_SEQPACKET socket`), 'ERR_KVM_NOT_SEQPACKET');
+        throw coded(new TypeError(`fd ${n} is not a socket (${fdFacts(n).link}); FdChannel.fromFd needs an AF_UNIX SOCK_SEQPACKET socket`), 'ERR_KVM_NOT_SEQPACKET');
       }
       throw e;
     }
@@ -415,7 +406,7 @@ export class FdListener extends FdResource {
   /** @internal Use FdChannel.listen(). */
   constructor(token: symbol, fd: number, path: string, ino: bigint) {
     if (token !== LISTENER_TOKEN) throw new TypeError('An FdListener is created by FdChannel.listen(path)');
-    super(fd, 'FdListener', socketIdentity(fd));
+    super(fd, 'FdListener', identityOf(fd));
     this.path = path;
     this.#ino = ino;
   }
@@ -500,8 +491,14 @@ class Received implements ReceivedFd {
 
   constructor(fd: number) {
     this.fd = fd;
-    this.link = linkOf(fd);
-    this.kind = fdKind(this.link);
+    let facts: FdFacts;
+    try {
+      facts = fdFacts(fd);
+    } catch {
+      facts = { kind: 'other', link: '', fsMagic: 0 };
+    }
+    this.link = facts.link;
+    this.kind = facts.kind;
   }
 
   get closed(): boolean {
@@ -646,19 +643,6 @@ function staleSocket(path: string): string | undefined {
   } catch (e) {
     if (e instanceof KvmError && e.code === 'ECONNREFUSED') return undefined;
     return `'${path}' is a socket in use (connect: ${e instanceof KvmError ? e.code : String(e)})`;
-  }
-}
-
-/** A socket's identity for the leak safety net: its link names its own inode (socket:[N]). */
-function socketIdentity(fd: number): FdIdentity {
-  return { link: linkOf(fd), ino: native.inodeOf(fd) };
-}
-
-function linkOf(fd: number): string {
-  try {
-    return readlinkSync(`/proc/self/fd/${fd}`);
-  } catch {
-    return '';
   }
 }
 

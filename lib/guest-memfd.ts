@@ -3,14 +3,14 @@
  * allocates, punches and (with GuestMemfdFlag.MMAP) maps.
  * @module
  */
-import { readlinkSync } from 'node:fs';
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from './constants.js';
 import { KvmStateError } from './errors.js';
 import type { ReceivedFd } from './fd-channel.js';
+import { fdFacts } from './fd-identity.js';
 import { Mapping, checkLength } from './mapping.js';
 import { MapSharedFlag, native } from './native.js';
 import { checkU64, describe, fdNumber, off, options, u64 } from './numbers.js';
-import { FdResource } from './resource.js';
+import { FdResource, identityOf } from './resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
 export interface GuestMemfdStat {
@@ -68,9 +68,6 @@ const ENODEV = 19;
 /** The largest `align` map() accepts. */
 const MAX_ALIGN = 1n << 30n;
 
-/** What /proc/self/fd/N reads as for a guest_memfd. */
-export const GUEST_MEMFD_LINK = 'anon_inode:[kvm-gmem]';
-
 /**
  * A guest_memfd. Created by `vm.createGuestMemfd()`; bound into a VM with
  * `vm.setUserMemoryRegion2({ guestMemfd })`.
@@ -87,7 +84,7 @@ export class GuestMemfd extends FdResource {
 
   /** @internal Use vm.createGuestMemfd(). */
   constructor(fd: number, size: bigint, flags: bigint) {
-    super(fd, 'GuestMemfd', { link: GUEST_MEMFD_LINK, ino: native.inodeOf(fd) });
+    super(fd, 'GuestMemfd', identityOf(fd));
     this.size = size;
     this.flags = flags;
   }
@@ -97,8 +94,8 @@ export class GuestMemfd extends FdResource {
    * a parent, a C program. The result maps, allocates and punches like one created by
    * `vm.createGuestMemfd()`, and owns the fd: close() closes it.
    *
-   * Checks before taking it: fstat(2) works (the fd is open), readlink(/proc/self/fd/N) is
-   * `anon_inode:[kvm-gmem]`, st_size equals `opts.size`, and an mmap probe (MAP_SHARED, one
+   * Checks before taking it: fstat(2) works (the fd is open), `fdKind()` says guest_memfd (its
+   * filesystem's magic number, and on kernels before 7.2 its anon-inode name), st_size equals `opts.size`, and an mmap probe (MAP_SHARED, one
    * page, unmapped at once) agrees with the MMAP bit of `opts.flags`. Then it sets FD_CLOEXEC
    * (fcntl). `fd` may be a {@link ReceivedFd}: it is taken from its message only once every check
    * passed. On any failure the fd stays the caller's (or the message's).
@@ -122,15 +119,13 @@ export class GuestMemfd extends FdResource {
     const size = u64(o.size, 'options.size');
     const flags = u64(o.flags, 'options.flags');
     const st = native.fstat(n); // EBADF for a closed fd
-    let link = '';
-    try {
-      link = readlinkSync(`/proc/self/fd/${n}`);
-    } catch {
-      // Not under /proc (unusual mounts): the link check below refuses it.
-    }
-    if (link !== GUEST_MEMFD_LINK) {
+    const facts = fdFacts(n);
+    if (facts.kind !== 'guest_memfd') {
       throw Object.assign(
-        new TypeError(`fd ${n} is not a guest_memfd: /proc/self/fd/${n} is '${link}', not '${GUEST_MEMFD_LINK}'`),
+        new TypeError(
+          `fd ${n} is not a guest_memfd: /proc/self/fd/${n} is '${facts.link}' on a filesystem with magic ` +
+            `0x${facts.fsMagic.toString(16)}`,
+        ),
         { code: 'ERR_KVM_NOT_GUEST_MEMFD' },
       );
     }

@@ -12,12 +12,14 @@
  * @module
  */
 export { Kvm, KVM_DEVICE } from './kvm.js';
-export { Vm, VM_LINK } from './vm.js';
+export { Vm } from './vm.js';
 export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './vm.js';
-export { GuestMemfd, GUEST_MEMFD_LINK } from './guest-memfd.js';
-export { FdChannel, FdListener, fdKind, MAX_FDS, MAX_PAYLOAD } from './fd-channel.js';
+export { GuestMemfd } from './guest-memfd.js';
+export { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from './fd-channel.js';
+export { fdKind, fdFacts, classifyFd, ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC } from './fd-identity.js';
+export type { FdKind, FdFacts } from './fd-identity.js';
 export type {
-  FdKind, SendItem, SendOptions, ReceiveOptions, ConnectOptions, ListenOptions, AcceptOptions, ReceivedFd, ReceivedMessage,
+  SendItem, SendOptions, ReceiveOptions, ConnectOptions, ListenOptions, AcceptOptions, ReceivedFd, ReceivedMessage,
 } from './fd-channel.js';
 export type { GuestMemfdStat } from './guest-memfd.js';
 export type { MapOptions, AdoptOptions } from './guest-memfd.js';
@@ -30,6 +32,8 @@ export {
   ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror, Madvise, MemPolicy,
 } from './constants.js';
 export { Vcpu } from './vcpu.js';
+export { CpuidFlag, CPUID_ENTRY_SIZE, MAX_CPUID_ENTRIES } from './cpuid.js';
+export type { CpuidEntry } from './cpuid.js';
 export type { RunAsyncOptions } from './vcpu.js';
 export { RunLayout } from './exits.js';
 export type {

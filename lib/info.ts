@@ -59,6 +59,8 @@ export interface HostPaging {
   mode: 'tdp' | 'shadow' | 'unknown';
   /** What decided it, e.g. '/sys/module/kvm_intel/parameters/ept = Y'. */
   source: string;
+  /** The KVM vendor module loaded: 'kvm_intel', 'kvm_amd', 'kvm_pvm', or undefined if none is. */
+  module?: 'kvm_intel' | 'kvm_amd' | 'kvm_pvm';
 }
 
 /**
@@ -76,10 +78,12 @@ export function hostPaging(sysModule = '/sys/module'): HostPaging {
   for (const [mod, param] of [['kvm_intel', 'ept'], ['kvm_amd', 'npt']] as const) {
     const v = read(`${mod}/parameters/${param}`);
     if (v !== undefined) {
-      return { mode: v === 'Y' || v === '1' ? 'tdp' : 'shadow', source: `${sysModule}/${mod}/parameters/${param} = ${v}` };
+      return { mode: v === 'Y' || v === '1' ? 'tdp' : 'shadow', source: `${sysModule}/${mod}/parameters/${param} = ${v}`, module: mod };
     }
   }
-  if (existsSync(`${sysModule}/kvm_pvm`)) return { mode: 'shadow', source: `${sysModule}/kvm_pvm (PVM shadows guest page tables)` };
+  if (existsSync(`${sysModule}/kvm_pvm`)) {
+    return { mode: 'shadow', source: `${sysModule}/kvm_pvm (PVM shadows guest page tables)`, module: 'kvm_pvm' };
+  }
   return { mode: 'unknown', source: `no kvm_intel, kvm_amd or kvm_pvm module under ${sysModule}` };
 }
 

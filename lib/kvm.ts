@@ -2,6 +2,7 @@
  * Kvm: the KVM system fd (/dev/kvm). Entry point of the library.
  * @module
  */
+import { decodeCpuid, type CpuidEntry } from './cpuid.js';
 import { KvmError } from './errors.js';
 import { VmType } from './constants.js';
 import { native } from './native.js';
@@ -35,6 +36,7 @@ export class Kvm extends FdResource {
   readonly path: string;
   /** KVM_GET_API_VERSION, read at open (12 on every kernel since 2.6.22). */
   readonly apiVersion: number;
+  #supportedCpuid: readonly CpuidEntry[] | undefined;
 
   private constructor(fd: number, path: string) {
     super(fd, 'Kvm');
@@ -87,7 +89,25 @@ export class Kvm extends FdResource {
     const t = u32(type, 'type');
     const fd = this.open();
     const runSize = native.getVcpuMmapSize(fd);
-    return new Vm(native.createVm(fd, t), t, runSize);
+    // The VM may outlive this Kvm: then the device is opened again to ask.
+    const cpuid = (): CpuidEntry[] => {
+      if (!this.closed) return this.getSupportedCpuid();
+      using again = Kvm.open(this.path);
+      return again.getSupportedCpuid();
+    };
+    return new Vm(native.createVm(fd, t), t, runSize, cpuid);
+  }
+
+  /**
+   * The CPUID leaves KVM can offer a guest on this host (ioctl KVM_GET_SUPPORTED_CPUID), asked
+   * once per Kvm and kept: the answer is fixed while the KVM module is loaded. Give it (or a
+   * subset) to `vcpu.setCpuid2()`; the x86 boot helpers do that before long mode.
+   * @returns a fresh copy of the entries each call
+   * @throws KvmError (e.g. E2BIG should KVM ever offer more than 256 entries); ERR_KVM_CLOSED
+   */
+  getSupportedCpuid(): CpuidEntry[] {
+    this.#supportedCpuid ??= decodeCpuid(native.getSupportedCpuid(this.open()));
+    return this.#supportedCpuid.map((e) => ({ ...e }));
   }
 
   /**

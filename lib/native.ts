@@ -160,6 +160,14 @@ export interface NativeAddon {
   getFpu(fd: number, bytes: Uint8Array): void;
   setFpu(fd: number, bytes: Uint8Array): void;
   uapiLayout(): NativeLayout;
+  /** KVM_GET_SUPPORTED_CPUID on /dev/kvm: struct kvm_cpuid_entry2 bytes, 40 per entry. */
+  getSupportedCpuid(kvmFd: number): Uint8Array;
+  /** KVM_GET_CPUID2 on a vCPU: entry bytes (none before KVM_SET_CPUID2). */
+  getCpuid2(vcpuFd: number): Uint8Array;
+  /** KVM_SET_CPUID2 on a vCPU: a whole number of 40-byte entries, at most 256. */
+  setCpuid2(vcpuFd: number, entries: Uint8Array): void;
+  /** fstatfs(fd).f_type: the magic number of the file's filesystem. */
+  fsMagic(fd: number): number;
   /** socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC). */
   socketPair(): [number, number];
   /** socket + bind + listen: SOCK_SEQPACKET, CLOEXEC, NONBLOCK. */

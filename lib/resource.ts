@@ -5,16 +5,21 @@
  * @module
  * @internal
  */
-import { readlinkSync } from 'node:fs';
 import { KvmStateError } from './errors.js';
+import { fdFacts } from './fd-identity.js';
 import { native } from './native.js';
 
 /** How the safety net recognises a leaked fd as still being the object's own file. */
 export interface FdIdentity {
-  /** What /proc/self/fd/N reads as. */
+  /** What /proc/self/fd/N read as when the object took the fd (fdFacts().link). */
   link: string;
   /** The file's inode (fstat st_ino). */
   ino: number | bigint;
+}
+
+/** The identity of an fd the library just took: its link as the kernel shows it, and its inode. */
+export function identityOf(fd: number): FdIdentity {
+  return { link: fdFacts(fd).link, ino: native.inodeOf(fd) };
 }
 
 interface Leak extends FdIdentity {
@@ -28,7 +33,7 @@ interface Leak extends FdIdentity {
 // objects for those are not given to the safety net and a leaked one stays open.
 const leaks = new FinalizationRegistry<Leak>(({ fd, link, ino }) => {
   try {
-    if (readlinkSync(`/proc/self/fd/${fd}`) === link && native.inodeOf(fd) === ino) native.close(fd);
+    if (fdFacts(fd).link === link && native.inodeOf(fd) === ino) native.close(fd);
   } catch {
     // The fd is gone already; nothing to do.
   }

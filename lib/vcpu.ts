@@ -3,6 +3,7 @@
  * @module
  */
 import { availableParallelism } from 'node:os';
+import { decodeCpuid, encodeCpuid, type CpuidEntry } from './cpuid.js';
 import { KvmStateError, kvmErrorFromErrno } from './errors.js';
 import { decodeExit, type ExitViews, type VcpuExit } from './exits.js';
 import { native, type NativeVcpuRunner } from './native.js';
@@ -128,6 +129,27 @@ export class Vcpu extends FdResource {
   setFpu(fpu: Fpu): void {
     const b = encodeFpu(fpu);
     native.setFpu(this.#idle(), b);
+  }
+
+  /**
+   * Sets the CPUID the guest sees (ioctl KVM_SET_CPUID2), typically `kvm.getSupportedCpuid()` or
+   * a subset. Do it before the first run: KVM refuses a different table once the vCPU has run
+   * (EINVAL), and Linux 7.2 refuses long-mode special registers on a vCPU without the LM bit.
+   * @throws TypeError/RangeError for bad entries (more than 256, a field outside u32); KvmError
+   * (EINVAL for a table KVM refuses, E2BIG for too many entries); KvmStateError
+   */
+  setCpuid2(entries: readonly CpuidEntry[]): void {
+    const bytes = encodeCpuid(entries);
+    native.setCpuid2(this.#idle(), bytes);
+  }
+
+  /**
+   * Reads the CPUID this vCPU shows its guest (ioctl KVM_GET_CPUID2): what setCpuid2() set, as
+   * KVM adjusted it; empty before setCpuid2().
+   * @throws KvmError; KvmStateError
+   */
+  getCpuid2(): CpuidEntry[] {
+    return decodeCpuid(native.getCpuid2(this.#idle()));
   }
 
   /**

@@ -2,6 +2,7 @@
  * Vm: a KVM virtual machine fd (KVM_CREATE_VM). Creates guest_memfds and owns memslots.
  * @module
  */
+import type { CpuidEntry } from './cpuid.js';
 import { KvmStateError } from './errors.js';
 import { MemslotFlag } from './constants.js';
 import { GuestMemfd } from './guest-memfd.js';
@@ -79,9 +80,6 @@ export interface Memslot {
   via: 'region' | 'region2';
 }
 
-/** What /proc/self/fd/N reads as for a VM fd. */
-export const VM_LINK = 'anon_inode:kvm-vm';
-
 /**
  * A VM. Created by `kvm.createVm()`.
  *
@@ -95,12 +93,27 @@ export class Vm extends FdResource {
   readonly type: number;
   readonly #slots = new Map<number, Memslot>();
   readonly #runSize: number;
+  readonly #supportedCpuid: () => CpuidEntry[];
 
-  /** @internal Use kvm.createVm(). `runSize` is KVM_GET_VCPU_MMAP_SIZE. */
-  constructor(fd: number, type: number, runSize: number) {
+  /**
+   * @internal Use kvm.createVm(). `runSize` is KVM_GET_VCPU_MMAP_SIZE; `supportedCpuid` asks the
+   * Kvm that created this VM.
+   */
+  constructor(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]) {
     super(fd, 'Vm');
     this.type = type;
     this.#runSize = runSize;
+    this.#supportedCpuid = supportedCpuid;
+  }
+
+  /**
+   * The CPUID KVM supports, from the Kvm that created this VM (`kvm.getSupportedCpuid()`): what
+   * the x86 boot helpers give a vCPU that has no CPUID yet. If that Kvm was closed, the device is
+   * opened again to ask.
+   * @throws KvmError from open or KVM_GET_SUPPORTED_CPUID
+   */
+  supportedCpuid(): CpuidEntry[] {
+    return this.#supportedCpuid();
   }
 
   /**

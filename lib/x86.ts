@@ -10,6 +10,7 @@
  * @module
  */
 import { PAGE_SIZE } from './constants.js';
+import type { CpuidEntry } from './cpuid.js';
 import { checkU64, options, u64 } from './numbers.js';
 import type { Vcpu } from './vcpu.js';
 import type { Vm } from './vm.js';
@@ -40,6 +41,12 @@ export interface LongModeOptions {
   pageTables: number | bigint;
   /** How much to identity-map from address 0, a multiple of 2 MiB up to 512 GiB. Default 1 GiB. */
   identityMapSize?: number | bigint;
+  /**
+   * The CPUID to give a vCPU that has none yet (KVM_SET_CPUID2) before its long-mode registers
+   * are set. Default: everything KVM supports (`vm.supportedCpuid()`), as the kernel's own
+   * selftest library does. A vCPU that already has CPUID keeps it.
+   */
+  cpuid?: readonly CpuidEntry[];
 }
 
 /** Bytes of page tables that identity-mapping `identityMapSize` bytes takes (PML4 + PDPT + PDs). */
@@ -58,7 +65,10 @@ function checkMapSize(value: number | bigint): bigint {
 
 /**
  * Writes identity-mapped page tables into guest memory at `pageTables` and sets the vCPU's
- * special registers for 64-bit long mode (ioctls KVM_GET_SREGS and KVM_SET_SREGS).
+ * special registers for 64-bit long mode (ioctls KVM_GET_SREGS and KVM_SET_SREGS). A vCPU with no
+ * CPUID gets `opts.cpuid` (default: all KVM supports) first (KVM_GET_CPUID2, KVM_SET_CPUID2):
+ * since "KVM: x86: Check EFER validity on KVM_SET_SREGS*" (Linux 7.2, marked for stable) KVM
+ * refuses EFER.LME/LMA on a vCPU whose CPUID lacks long mode.
  * @returns the guest-physical range the tables occupy
  * @throws RangeError for a bad address or size, or tables outside memory the host can reach;
  * KvmError from KVM_SET_SREGS
@@ -69,6 +79,8 @@ export function setupLongMode(vcpu: Vcpu, opts: LongModeOptions): { start: bigin
   if (base % BigInt(PAGE_SIZE) !== 0n) throw new RangeError(`The "pageTables" address must be page-aligned; received 0x${base.toString(16)}`);
   const mapSize = checkMapSize((o.identityMapSize as number | bigint | undefined) ?? GIB);
   const size = pageTablesSize(mapSize);
+  const cpuid = o.cpuid as readonly CpuidEntry[] | undefined;
+  if (vcpu.getCpuid2().length === 0) vcpu.setCpuid2(cpuid ?? vcpu.vm.supportedCpuid());
   const bytes = vcpu.vm.guestMemory(base, Number(size));
   bytes.fill(0);
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);

@@ -11,6 +11,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kg::InitGuarded(env, exports);
   kg::InitMm(env, exports);
   kg::InitVcpu(env, exports);
+  kg::InitCpuid(env, exports);
   kg::InitVcpuRunner(env, exports);
   kg::InitFdPass(env, exports);
   return exports;

@@ -1,6 +1,7 @@
-// Plain file-descriptor calls shared by every kernel object: close and close-on-exec.
+// Plain file-descriptor calls shared by every kernel object: close, close-on-exec, fstatfs.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,9 +35,19 @@ static Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+// fsMagic(fd) -> statfs f_type of the file's filesystem: how a guest_memfd is recognised without
+// trusting its /proc link text (anon_inode fs before Linux 7.2, guest_memfd's own fs since).
+static Napi::Value FsMagic(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  struct statfs st;
+  if (fstatfs(fd, &st) != 0) ThrowSys(info.Env(), errno, "fstatfs", nullptr, Fmt("fd %d", fd));
+  return Napi::Number::New(info.Env(), static_cast<double>(static_cast<uint32_t>(st.f_type)));
+}
+
 void InitFd(Napi::Env env, Napi::Object exports) {
   exports.Set("close", Napi::Function::New(env, Close, "close"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("fsMagic", Napi::Function::New(env, FsMagic, "fsMagic"));
   exports.Set("setCloexec", Napi::Function::New(env, SetCloexec, "setCloexec"));
 }
 

@@ -13,6 +13,7 @@ void InitMapping(Napi::Env env, Napi::Object exports);     // mapping.cc: mmap/m
 void InitGuarded(Napi::Env env, Napi::Object exports);     // guarded.cc: SIGBUS-guarded access
 void InitMm(Napi::Env env, Napi::Object exports);          // mm.cc: madvise, NUMA policy, mmap probe
 void InitVcpu(Napi::Env env, Napi::Object exports);        // vcpu.cc: the vCPU fd, registers
+void InitCpuid(Napi::Env env, Napi::Object exports);       // cpuid.cc: supported and per-vCPU CPUID
 void InitVcpuRunner(Napi::Env env, Napi::Object exports);  // vcpu_runner.cc: KVM_RUN, threads, kick
 void InitFdPass(Napi::Env env, Napi::Object exports);      // fdpass.cc: SCM_RIGHTS over Unix sockets
 }  // namespace kg

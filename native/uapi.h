@@ -190,6 +190,37 @@ static_assert(KVM_SET_SREGS == 0x4138ae84ul, "KVM_SET_SREGS number");
 static_assert(KVM_GET_FPU == 0x81a0ae8cul, "KVM_GET_FPU number");
 static_assert(KVM_SET_FPU == 0x41a0ae8dul, "KVM_SET_FPU number");
 
+// CPUID (KVM_GET_SUPPORTED_CPUID on /dev/kvm, KVM_SET_CPUID2 / KVM_GET_CPUID2 on a vCPU): a count,
+// then the entries. KVM caps the table at KVM_MAX_CPUID_ENTRIES and answers E2BIG when nent is short.
+struct kvm_cpuid_entry2 {
+  uint32_t function;
+  uint32_t index;
+  uint32_t flags;
+  uint32_t eax;
+  uint32_t ebx;
+  uint32_t ecx;
+  uint32_t edx;
+  uint32_t padding[3];
+};
+static_assert(sizeof(kvm_cpuid_entry2) == 40, "kvm_cpuid_entry2 size");
+static_assert(offsetof(kvm_cpuid_entry2, eax) == 12, "eax offset");
+static_assert(offsetof(kvm_cpuid_entry2, edx) == 24, "edx offset");
+
+struct kvm_cpuid2 {
+  uint32_t nent;
+  uint32_t padding;
+  // struct kvm_cpuid_entry2 entries[nent] follow
+};
+static_assert(sizeof(kvm_cpuid2) == 8, "kvm_cpuid2 size");
+
+constexpr uint32_t KVM_MAX_CPUID_ENTRIES = 256;
+constexpr unsigned long KVM_GET_SUPPORTED_CPUID = _IOWR(KVMIO, 0x05, kvm_cpuid2);
+constexpr unsigned long KVM_SET_CPUID2 = _IOW(KVMIO, 0x90, kvm_cpuid2);
+constexpr unsigned long KVM_GET_CPUID2 = _IOWR(KVMIO, 0x91, kvm_cpuid2);
+static_assert(KVM_GET_SUPPORTED_CPUID == 0xc008ae05ul, "KVM_GET_SUPPORTED_CPUID number");
+static_assert(KVM_SET_CPUID2 == 0x4008ae90ul, "KVM_SET_CPUID2 number");
+static_assert(KVM_GET_CPUID2 == 0xc008ae91ul, "KVM_GET_CPUID2 number");
+
 // The head of struct kvm_run (the page mmap()ed from the vCPU fd) up to the exit union, and
 // the union members this library decodes. lib/exits.ts reads the page through these offsets
 // (exported by uapiLayout() and checked by a test), so the two can never drift apart.

@@ -1,15 +1,15 @@
 // A memslot bound to a guest_memfd with no userspace address (the "guest_memfd only" binding the
-// kernel's own selftests use). Upstream, with TDP, guest faults on such a slot are served from the
-// guest_memfd. On a shadow-paging host KVM walks guest page tables and emulates accesses through
-// the memslot's userspace address, which this slot does not have. The upstream expectations are
-// written as they are and reported as expected failures where the host shadows (known-limits.ts);
-// the behaviour this host shows instead is pinned by the plain tests next to them.
+// kernel's own selftests use). Standard KVM serves guest accesses to such a slot from the
+// guest_memfd; kvm_pvm reaches guest memory through the memslot's userspace address, which this
+// slot does not have, and any shadow-paging KVM walks guest page tables that way. The upstream
+// expectations are written as they are and reported as expected failures where a limitation
+// applies (known-limits.ts); the behaviour shown instead is pinned by the plain tests next to them.
 import { describe, expect, it } from 'vitest';
 import {
   bootGuest, guestImage, runUntilUcall, replyUcall, type GuestMemfd, type Mapping, type Vcpu,
 } from '../lib/index.js';
 import { guestVm, imageAddress, MiB, SHARED, type GuestVm } from './guest-vm.js';
-import { itUpstream, SHADOW_PAGING_GMEM_ONLY } from './known-limits.js';
+import { itUpstream, PVM_GMEM_ONLY_DATA, SHADOW_GMEM_ONLY_PAGE_TABLES } from './known-limits.js';
 import type { TestContext } from 'vitest';
 
 const BARE = 4 * MiB; // guest-physical base of the guest_memfd-only slot
@@ -44,7 +44,7 @@ function bootWithTablesInBareSlot(g: GuestVm & { bareMap: Mapping }): Vcpu {
 }
 
 describe('a guest_memfd-only memslot (no userspace_addr)', () => {
-  itUpstream('the guest reads the bytes the host wrote into it and writes bytes the host reads', SHADOW_PAGING_GMEM_ONLY, async (ctx) => {
+  itUpstream('the guest reads the bytes the host wrote into it and writes bytes the host reads', PVM_GMEM_ONLY_DATA, async (ctx) => {
     using g = withBareSlot(ctx);
     g.bareMap.bytes.fill(0xaa, 0, 64 * 1024);
     const vcpu = g.boot(0, 'memtest', [BARE, 64 * 1024, 0xaa, 0xff]);
@@ -55,20 +55,20 @@ describe('a guest_memfd-only memslot (no userspace_addr)', () => {
     expect((await runUntilUcall(vcpu)).cmd).toBe('done');
   });
 
-  itUpstream('the guest runs with its page tables in it', SHADOW_PAGING_GMEM_ONLY, async (ctx) => {
+  itUpstream('the guest runs with its page tables in it', SHADOW_GMEM_ONLY_PAGE_TABLES, async (ctx) => {
     using g = withBareSlot(ctx);
     const vcpu = bootWithTablesInBareSlot(g);
     const sync = await runUntilUcall(vcpu);
     expect(sync.cmd).toBe('sync');
   });
 
-  it('on this host: a guest read of it exits as MMIO at the address read, and the guest goes on with the value given', (ctx) => {
+  it('on this host: a guest read of it exits as MMIO at the address read (kvm_pvm), or is served from the file', (ctx) => {
     using g = withBareSlot(ctx);
     g.bareMap.bytes.fill(0xaa, 0, 4096);
     const vcpu = g.boot(0, 'memtest', [BARE, 4096, 0xaa, 0xff]);
     const exit = vcpu.run();
-    if (!SHADOW_PAGING_GMEM_ONLY.applies()) {
-      // A TDP host serves the read from the guest_memfd: the first exit is the guest's SYNC.
+    if (!PVM_GMEM_ONLY_DATA.applies()) {
+      // Standard KVM serves the read from the guest_memfd: the first exit is the guest's SYNC.
       expect(exit.reason).toBe('io');
       return;
     }
@@ -79,7 +79,7 @@ describe('a guest_memfd-only memslot (no userspace_addr)', () => {
     using g = withBareSlot(ctx);
     const vcpu = bootWithTablesInBareSlot(g);
     const exit = vcpu.run();
-    if (!SHADOW_PAGING_GMEM_ONLY.applies()) {
+    if (!SHADOW_GMEM_ONLY_PAGE_TABLES.applies()) {
       expect(exit.reason).not.toBe('shutdown');
       return;
     }

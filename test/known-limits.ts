@@ -17,12 +17,28 @@ export interface Limitation {
 
 const paging = hostPaging();
 
-/** Guest accesses to a memslot bound with no userspace_addr ("guest_memfd only"). */
-export const SHADOW_PAGING_GMEM_ONLY: Limitation = {
-  id: 'shadow-paging-gmem-only-memslot',
+/**
+ * Guest data accesses to a memslot bound with no userspace_addr ("guest_memfd only"): kvm_pvm
+ * emulates them through the memslot's userspace address, which such a slot does not have, and
+ * exits as MMIO. Standard KVM serves them from the guest_memfd, with TDP and with shadow paging.
+ */
+export const PVM_GMEM_ONLY_DATA: Limitation = {
+  id: 'pvm-gmem-only-memslot-data',
+  applies: () => paging.module === 'kvm_pvm',
+  reason: `this host's KVM is kvm_pvm (${paging.source}): it reaches guest memory through the memslot's ` +
+    'userspace address, which a guest_memfd-only memslot does not have',
+};
+
+/**
+ * Guest page tables inside a guest_memfd-only memslot: a shadow-paging KVM (kvm_pvm, kvm_amd
+ * npt=0, kvm_intel ept=0) reads them through the memslot's userspace address to build its shadow
+ * tables; without one the guest's first fetch ends in a shutdown.
+ */
+export const SHADOW_GMEM_ONLY_PAGE_TABLES: Limitation = {
+  id: 'shadow-paging-gmem-only-page-tables',
   applies: () => paging.mode === 'shadow',
-  reason: `this host's KVM uses shadow paging (${paging.source}): it reads guest page tables and emulates ` +
-    'accesses through the memslot\'s userspace address, which a guest_memfd-only memslot does not have',
+  reason: `this host's KVM uses shadow paging (${paging.source}): it walks guest page tables through the ` +
+    'memslot\'s userspace address, which a guest_memfd-only memslot does not have',
 };
 
 /** The marker the summary reporter looks for in a test's name. */

@@ -3,6 +3,7 @@
  * with the reason, unless KVM_GMEM_REQUIRE_KVM=1 (CI), where that is a failure instead.
  */
 import { accessSync, constants, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { release } from 'node:os';
 import type { TestContext } from 'vitest';
 import { Cap, Kvm, KVM_DEVICE, type Vm } from '../lib/index.js';
 
@@ -93,3 +94,24 @@ export function thrown(f: () => unknown): Error & { code?: string; errno?: numbe
   }
   throw new Error('expected the call to throw');
 }
+
+/**
+ * Whether the running kernel is Linux `major`.`minor` or newer, from uname's release (a
+ * distribution kernel with a change backported reads as older).
+ */
+export function kernelAtLeast(major: number, minor: number, rel: string = release()): boolean {
+  const m = /^(\d+)\.(\d+)/.exec(rel);
+  if (!m) return false;
+  const [maj, min] = [Number(m[1]), Number(m[2])];
+  return maj > major || (maj === major && min >= minor);
+}
+
+/**
+ * The errno KVM_SET_USER_MEMORY_REGION2 gives for a guest_memfd range that another memslot
+ * already binds: kvm_gmem_bind() said EINVAL until Linux 7.2 made it EEXIST (the same answer as
+ * for overlapping guest-physical ranges), and upstream's set_memory_region_test follows it.
+ */
+export function fileOverlapErrno(rel: string = release()): 'EEXIST' | 'EINVAL' {
+  return kernelAtLeast(7, 2, rel) ? 'EEXIST' : 'EINVAL';
+}
+

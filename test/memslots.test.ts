@@ -3,7 +3,7 @@
 import { closeSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileOverlapErrno } from '../lib/selftest/host.js';
+import { fileOverlapErrno } from './kvm-host.js';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmError, KvmStateError, Mapping, MemslotFlag, PAGE_SIZE, type Kvm, type Vm } from '../lib/index.js';
 import { native } from '../lib/native.js';

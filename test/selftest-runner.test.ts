@@ -3,8 +3,12 @@
 import { describe, expect, it } from 'vitest';
 import { KvmError } from '../lib/index.js';
 import { check, checkErrno, runCase, type SelftestCase } from '../lib/selftest/harness.js';
-import { parseExpectations, matchesPattern } from '../lib/selftest/expect.js';
-import { fileOverlapErrno, kernelAtLeast, type HostFacts } from '../lib/selftest/host.js';
+import { expectationFor, parseExpectations, matchesPattern } from '../lib/selftest/expect.js';
+import { probeHost, type HostFacts } from '../lib/selftest/host.js';
+import { selftestGuest } from '../lib/selftest/guest.js';
+import { UnexpectedExitError } from '../lib/ucall.js';
+import { bootGuest } from '../lib/x86.js';
+import { fileOverlapErrno, kernelAtLeast } from './kvm-host.js';
 import { exitCode } from '../lib/selftest/ktap.js';
 import { runSelftests } from '../lib/selftest/runner.js';
 import { filterCases } from '../lib/selftest/plan.js';
@@ -12,8 +16,8 @@ import { KVM_DEVICE } from '../lib/index.js';
 import { openKvm } from './kvm-host.js';
 
 const host = (available = true): HostFacts => ({
-  device: KVM_DEVICE, kernel: 'test', available, guestMemfd: 1, userMemory2: 1, systemGmemFlags: 3n,
-  memoryAttributes: 0, vmTypesCap: 1, vmTypes: [], paging: { mode: 'shadow', source: 'test' }, numaNodes: [0],
+  device: KVM_DEVICE, kernel: 'test', release: '6.18.44-test', available, guestMemfd: 1, userMemory2: 1, systemGmemFlags: 3n,
+  memoryAttributes: 0, vmTypesCap: 1, vmTypes: [], paging: { mode: 'shadow', source: 'test', module: 'kvm_pvm' }, numaNodes: [0],
   pageSize: 4096, ...(available ? {} : { unavailableReason: 'no KVM here' }),
 });
 const mk = (name: string, run: SelftestCase['run'], extra: Partial<SelftestCase> = {}): SelftestCase =>
@@ -53,13 +57,13 @@ describe('selftest runner', () => {
     expect(rep.exitCode).toBe(1);
   });
 
-  it('a case that outlives its timeout is an error, and its signal aborts', async (ctx) => {
+  it('a case that outlives its timeout is a timeout (not ok # TIMEOUT), and its signal aborts', async (ctx) => {
     openKvm(ctx).close();
     let aborted = false;
     const o = await runCase(mk('slow', (c) => new Promise<void>((resolve) => {
       c.signal.addEventListener('abort', () => { aborted = true; resolve(); });
     }), { timeoutMs: 50 }), host());
-    expect(o.verdict).toBe('error');
+    expect(o.verdict).toBe('timeout');
     expect(o.reason).toMatch(/timed out after 50 ms/);
     expect(aborted).toBe(true);
   });
@@ -71,15 +75,68 @@ describe('selftest runner', () => {
     expect(o.reason).toBe('cleanup failed: close failed');
   });
 
-  it('expectations: xfail, xpass, and no effect on skips', async (ctx) => {
+  it('expectations: the named failure is xfail; another failure, a pass, an error or a timeout is not ok', async (ctx) => {
     openKvm(ctx).close();
-    const exp = parseExpectations('b.* -- known\n', 'x.txt', host());
+    const exp = parseExpectations([
+      'b.errno* -- errno EINVAL -- known EINVAL',
+      'b.exit -- exit mmio -- known exit',
+      'b.msg -- message /no+pe/ -- known message',
+      'b.ok -- succeeds -- known success',
+      'b.passes -- errno EINVAL -- gone',
+      'b.skips -- errno EINVAL -- n/a',
+      'b.error -- message /oops/ -- errors are never expected',
+      'b.slow -- message /timed out/ -- timeouts are never expected',
+    ].join('\n'), 'x.txt', host());
+    const einval = () => void checkErrno(() => { throw kvmError(); }, 'EEXIST', 'the call');
     const rep = await runSelftests([
-      mk('b.fails', () => check(false, 'nope')), mk('b.passes', () => {}), mk('b.skips', (c) => c.skip('why')),
+      mk('b.errno.kvm', () => { throw kvmError(); }),
+      mk('b.errno.check', einval),
+      mk('b.errno.other', () => void checkErrno(() => { throw new KvmError({ errno: 17, syscall: 'ioctl', detail: 'x', description: 'File exists' }); }, 'EINVAL', 'the call')),
+      mk('b.exit', () => { throw new UnexpectedExitError({ reason: 'mmio', exitReason: 6, address: 0n, isWrite: false, length: 4, data: new Uint8Array(4) } as never); }),
+      mk('b.msg', () => check(false, 'nooope')),
+      mk('b.ok', () => void checkErrno(() => 0, 'EINVAL', 'the call')),
+      mk('b.passes', () => {}),
+      mk('b.skips', (c) => c.skip('why')),
+      mk('b.error', () => { throw new TypeError('oops'); }),
+      mk('b.slow', (c) => new Promise<void>((resolve) => c.signal.addEventListener('abort', () => resolve())), { timeoutMs: 30 }),
     ], host(), { expectations: exp });
-    expect(rep.cases.map((c) => c.result)).toEqual(['xfail', 'xpass', 'skip']);
-    expect(rep.cases[0]!.failure).toBe('nope');
+    expect(rep.cases.map((c) => c.result)).toEqual(['xfail', 'xfail', 'fail', 'xfail', 'xfail', 'xfail', 'xpass', 'skip', 'error', 'timeout']);
+    expect(rep.cases[2]!.reason).toMatch(/expected EINVAL, got EEXIST.*not the failure expected \(expected errno EINVAL: known EINVAL\)/);
+    expect(rep.cases[4]!.failure).toBe('nooope');
+    expect(rep.totals).toMatchObject({ xfail: 5, fail: 2, xpass: 1, error: 1 });
     expect(rep.exitCode).toBe(1);
+  });
+
+  it('expectation conditions: kernel ranges, paging, module, vm_type', () => {
+    const h = host(); // 6.18.44, shadow, kvm_pvm
+    const applies = (when: string) => parseExpectations(`when ${when}\nx -- errno EINVAL -- r\n`, 'e.txt', h).entries[0]!.applies;
+    expect([applies('kernel<7.2'), applies('kernel<6.18'), applies('kernel>=6.18'), applies('kernel=6.18.44'), applies('kernel>6.18.44')])
+      .toEqual([true, false, true, true, false]);
+    expect([applies('paging=shadow'), applies('paging=tdp'), applies('module=kvm_pvm'), applies('module=kvm_amd')]).toEqual([true, false, true, false]);
+    expect(applies('kernel<7.2 module=kvm_amd')).toBe(false);
+    const f = parseExpectations('when vm_type=SW_PROTECTED\nx* -- errno EINVAL -- r\n', 'e.txt', h);
+    expect(expectationFor(f, { name: 'x [vm_type=SW_PROTECTED]', vmType: 'SW_PROTECTED' })).toBeDefined();
+    expect(expectationFor(f, { name: 'x [vm_type=DEFAULT]', vmType: 'DEFAULT' })).toBeUndefined();
+    expect(expectationFor(f, { name: 'x' })).toBeUndefined();
+    expect(() => parseExpectations('when kernel<seven\n', 'e.txt', h)).toThrow(/e\.txt:1: "seven" is not a kernel version/);
+    expect(() => parseExpectations('when paging<tdp\n', 'e.txt', h)).toThrow(/takes only "="/);
+    expect(() => parseExpectations('x -- errno einval -- r\n', 'e.txt', h)).toThrow(/e\.txt:1: the failure must be/);
+    expect(() => parseExpectations('x -- reason only\n', 'e.txt', h)).toThrow(/expected "PATTERN -- FAILURE -- REASON"/);
+  });
+
+  it('a guest that never exits: the case times out, its vCPU is kicked, and the next case runs', async (ctx) => {
+    openKvm(ctx).close();
+    const spin = mk('c.spin', async (c) => {
+      const g = selftestGuest(c);
+      const vcpu = c.use(g.vm.createVcpu(0));
+      bootGuest(vcpu, { image: new Uint8Array([0xeb, 0xfe]), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000 }); // jmp .
+      await vcpu.runAsync({ signal: c.signal });
+    }, { timeoutMs: 1000 });
+    const lines: string[] = [];
+    const rep = await runSelftests([spin, mk('c.after', () => {})], probeHost(), { out: (l) => lines.push(l) });
+    expect(rep.cases.map((c) => c.result)).toEqual(['timeout', 'pass']);
+    expect(lines).toContain('not ok 1 c.spin # TIMEOUT timed out after 1000 ms');
+    expect(lines.at(-1)).toMatch(/^# Totals: pass:1 fail:1 /);
   });
 
   it('a host without KVM: every case skips with the reason (exit 4), or errors when KVM is required', async () => {
@@ -107,7 +164,7 @@ describe('selftest runner', () => {
     expect(filterCases(cs, 'x.*').map((c) => c.name)).toEqual(['x.one [f=0]', 'x.two [f=0]']);
     expect(filterCases(cs, 'two, y.one').map((c) => c.name)).toEqual(['x.two [f=0]', 'y.one']);
     expect(() => parseExpectations('when color=blue\n', 'e.txt', host())).toThrow(/e\.txt:1: unknown condition/);
-    expect(() => parseExpectations('name -- \n', 'e.txt', host())).toThrow(/expected "PATTERN -- REASON"|reason is empty/);
+    expect(() => parseExpectations('name -- \n', 'e.txt', host())).toThrow(/expected "PATTERN -- FAILURE -- REASON"/);
   });
 
   it('kernel version gates read uname release', () => {

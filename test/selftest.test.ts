@@ -1,8 +1,10 @@
 // Every selftest case (lib/selftest/), registered as a vitest test through the same code the CLI
-// runs. The repository's expectation file decides which cases are expected failures on this
-// kind of host (`it.fails`: passing is then reported as a failure, so the file stays honest).
+// runs. The repository's expectation file decides which cases are expected failures on this kind
+// of host, each for one failure: the test passes only if the case fails exactly that way (the
+// runner's XFAIL); a pass (XPASS), another failure, an error or a timeout fails it.
 import { describe, it } from 'vitest';
 import { expectationFor, loadExpectations } from '../lib/selftest/expect.js';
+import { finalResult } from '../lib/selftest/runner.js';
 import { probeHost } from '../lib/selftest/host.js';
 import { runCase, type SelftestCase } from '../lib/selftest/harness.js';
 import { planSelftests } from '../lib/selftest/plan.js';
@@ -14,7 +16,7 @@ const host = probeHost();
 const expectations = loadExpectations(EXPECTED_FAILURES, host);
 
 function register(c: SelftestCase): void {
-  const exp = expectationFor(expectations, c.name);
+  const exp = expectationFor(expectations, c);
   const timeout = (c.timeoutMs ?? 60_000) + 5_000;
   const body = async (ctx: { skip: (note?: string) => void }) => {
     const o = await runCase(c, host);
@@ -23,15 +25,15 @@ function register(c: SelftestCase): void {
       ctx.skip(o.reason);
       return;
     }
-    if (o.verdict !== 'pass') {
+    const fin = finalResult(o, exp);
+    if (fin.result !== 'pass' && fin.result !== 'xfail') {
       const diag = o.diagnostics.length ? `\n${o.diagnostics.map((d) => `  # ${d}`).join('\n')}` : '';
-      const err = new Error(`${o.verdict}: ${o.reason}${diag}`);
+      const err = new Error(`${fin.result}: ${fin.reason}${diag}`);
       if (o.error instanceof Error) err.stack = `${err.message}\n${o.error.stack ?? ''}`;
       throw err;
     }
   };
-  if (exp) it.fails(`${c.name}${XFAIL_MARK}${exp.reason}]`, body, timeout);
-  else it(c.name, body, timeout);
+  it(exp ? `${c.name}${XFAIL_MARK}${exp.failureText}: ${exp.reason}]` : c.name, body, timeout);
 }
 
 const groups = new Map<string, SelftestCase[]>();

@@ -7,16 +7,16 @@
  * refusal does not hide the next, and prints one JSON line ({@link ChildReport}) on stdout. It
  * asserts nothing: the parent decides what the answers mean.
  *
- * It uses the internal native layer directly, because the public API has no way yet to adopt an
- * fd received from elsewhere (GuestMemfd.adopt() does not exist).
+ * It uses the internal native layer directly, so that each kernel call is made exactly once and
+ * its errno reported as it is (GuestMemfd.adopt() would add checks of its own).
  *
  * Argument: one JSON object ({@link ChildRequest}) in argv[2].
  * @module
  * @internal
  */
-import { readlinkSync } from 'node:fs';
 import { Cap, FallocMode, MemslotFlag, VmType } from '../constants.js';
 import { KvmError } from '../errors.js';
+import { fdFacts } from '../fd-identity.js';
 import { native } from '../native.js';
 
 /** What the parent asks for. Offsets and sizes are page-aligned, inside the file. */
@@ -43,9 +43,12 @@ export interface ChildRequest {
  * 'error: <message>' for anything else; 'not run' when an earlier step it needs failed.
  */
 export interface ChildReport {
-  /** readlink /proc/self/fd/3 and /proc/self/fd/4. */
+  /** What fds 3 and 4 are (`fdKind()`: filesystem magic and kernel name), or 'error: <code>'. */
   fd3: string;
   fd4: string;
+  /** readlink /proc/self/fd/3 and /proc/self/fd/4, for the diagnostics. */
+  link3: string;
+  link4: string;
   /** mmap(MAP_SHARED) of the whole guest_memfd (fd 3). */
   map: string;
   /** The first offset in [0, dataLength) not holding `pattern`, or -1 (all intact); -2 if not mapped. */
@@ -83,18 +86,20 @@ function attempt(f: () => unknown): string {
   }
 }
 
-function link(fd: number): string {
+function kind(fd: number): { kind: string; link: string } {
   try {
-    return readlinkSync(`/proc/self/fd/${fd}`);
+    const f = fdFacts(fd);
+    return { kind: f.kind, link: f.link };
   } catch (e) {
-    return `error: ${(e as NodeJS.ErrnoException).code ?? String(e)}`;
+    const code = `error: ${(e as NodeJS.ErrnoException).code ?? String(e)}`;
+    return { kind: code, link: code };
   }
 }
 
 function main(): ChildReport {
   const req = JSON.parse(process.argv[2] ?? '{}') as ChildRequest;
   const report: ChildReport = {
-    fd3: link(GMEM_FD), fd4: link(VM_FD), map: 'not run', firstMismatch: -2, mismatchValue: -1,
+    fd3: kind(GMEM_FD).kind, fd4: kind(VM_FD).kind, link3: kind(GMEM_FD).link, link4: kind(VM_FD).link, map: 'not run', firstMismatch: -2, mismatchValue: -1,
     write: 'not run', punch: 'not run', ownVm: 'not run', bindInheritedToOwnVm: 'not run',
     bindOwnToOwnVm: 'not run', vmCheckExtension: 'not run', vmCreateGuestMemfd: 'not run',
     vmSetUserMemoryRegion2: 'not run',

@@ -1,12 +1,16 @@
 /**
- * `kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]`.
+ * `kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE|none] [--device PATH]`.
  * @module
  */
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadExpectations, type ExpectationFile } from './expect.js';
 import { probeHost } from './host.js';
 import { filterCases, planSelftests } from './plan.js';
 import { reportJson, runSelftests } from './runner.js';
+
+/** The expectation file shipped with the package: what `selftest` applies unless told otherwise. */
+export const DEFAULT_EXPECTATIONS = fileURLToPath(new URL('../../lib/selftest/expected-failures.txt', import.meta.url));
 
 /** Runs the command; returns the exit code. */
 export async function selftestCommand(argv: string[]): Promise<number> {
@@ -40,7 +44,7 @@ export async function selftestCommand(argv: string[]): Promise<number> {
     return 0;
   }
   let expectations: ExpectationFile | undefined;
-  if (values.expect !== undefined) expectations = loadExpectations(values.expect, host);
+  if (values.expect !== 'none') expectations = loadExpectations(values.expect ?? DEFAULT_EXPECTATIONS, host);
 
   const ktapToStdout = !values.json;
   const progressToStderr = !process.stdout.isTTY;

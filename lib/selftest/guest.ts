@@ -29,6 +29,8 @@ export const CODE_SIZE = 2 * MiB;
 export interface SelftestGuest {
   /** The VM. */
   vm: Vm;
+  /** The case's abort signal: every run of this guest's vCPUs stops when the case times out. */
+  signal: AbortSignal;
   /** Creates vCPU `id` and boots `image` on it with `args` in rdi, rsi, rdx, rcx. */
   boot(id: number, image: GuestImageName, args?: readonly (number | bigint)[]): Vcpu;
 }
@@ -48,6 +50,7 @@ export function selftestGuest(ctx: CaseContext, opts: SelftestGuestOptions = {})
   vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: CODE_SIZE, userspaceAddr: code });
   return {
     vm,
+    signal: ctx.signal,
     boot(id, image, args = []) {
       if (id >= 8) throw new RangeError('selftestGuest has room for 8 vCPUs');
       const vcpu = ctx.use(vm.createVcpu(id));
@@ -74,13 +77,15 @@ export interface RunToUcallOptions {
 }
 
 /**
- * Runs the vCPU (synchronously, on this thread) until its next SYNC or DONE ucall.
- * @throws GuestAssertionError for an ABORT; UnexpectedExitError for an exit nobody handled
+ * Runs the vCPU on its own thread (runAsync) until its next SYNC or DONE ucall. `signal` (the
+ * case's) kicks a run in flight, so a guest that never exits cannot outlast the case's timeout.
+ * @throws GuestAssertionError for an ABORT; UnexpectedExitError for an exit nobody handled; the
+ * signal's reason once it aborts
  */
-export function runToUcall(vcpu: Vcpu, opts: RunToUcallOptions = {}): Ucall {
+export async function runToUcall(vcpu: Vcpu, signal: AbortSignal, opts: RunToUcallOptions = {}): Promise<Ucall> {
   const max = opts.maxExits ?? 100_000;
   for (let n = 0; n < max; n++) {
-    const exit = vcpu.run();
+    const exit = await vcpu.runAsync({ signal });
     const uc = getUcall(vcpu, exit);
     if (uc) {
       if (uc.cmd === 'abort') throw new GuestAssertionError(uc);
@@ -113,32 +118,34 @@ export interface MemtestJob {
  */
 export class Memtest {
   readonly vcpu: Vcpu;
+  readonly #signal: AbortSignal;
   #pending: Ucall | undefined;
 
   /** Boots memtest on vCPU `id` of `guest` with its first job (not run yet). */
   constructor(guest: SelftestGuest, id: number, first: MemtestJob) {
     this.vcpu = guest.boot(id, 'memtest', [first.start, first.length, first.expect, first.fill]);
+    this.#signal = guest.signal;
   }
 
-  /** Runs the job given at construction, or `job` after the first; returns the guest's SYNC. */
-  run(job?: MemtestJob, opts?: RunToUcallOptions): Ucall {
+  /** Runs the job given at construction, or `job` after the first; resolves to the guest's SYNC. */
+  async run(job?: MemtestJob, opts?: RunToUcallOptions): Promise<Ucall> {
     if (this.#pending) {
       if (!job) throw new TypeError('memtest: a job is needed after the first');
       replyUcall(this.vcpu, this.#pending, [job.start, job.length, job.expect, job.fill, 0]);
     } else if (job) {
       throw new TypeError('memtest: the first job was given at boot');
     }
-    const uc = runToUcall(this.vcpu, opts);
+    const uc = await runToUcall(this.vcpu, this.#signal, opts);
     if (uc.cmd !== 'sync') throw new Error(`memtest: expected SYNC, got ${uc.cmd}`);
     this.#pending = uc;
     return uc;
   }
 
-  /** Tells the guest to finish; returns its DONE. */
-  finish(): Ucall {
+  /** Tells the guest to finish; resolves to its DONE. */
+  async finish(): Promise<Ucall> {
     if (!this.#pending) throw new TypeError('memtest: nothing to finish');
     replyUcall(this.vcpu, this.#pending, [0, 0, 0, 0, 1]);
-    const uc = runToUcall(this.vcpu);
+    const uc = await runToUcall(this.vcpu, this.#signal);
     if (uc.cmd !== 'done') throw new Error(`memtest: expected DONE, got ${uc.cmd}`);
     this.#pending = undefined;
     return uc;

@@ -35,6 +35,8 @@ export interface SelftestCase {
   readonly skipReason?: string;
   /** The most it may take, in milliseconds (default 60 000). */
   readonly timeoutMs?: number;
+  /** The VM type the case runs on, by name ('DEFAULT'...), for `vm_type` expectation conditions. */
+  readonly vmType?: string;
 }
 
 /** What a case runs with. */
@@ -59,10 +61,16 @@ export interface CaseContext {
 
 /** Thrown by a check that did not hold. */
 export class SelftestFailure extends Error {
+  /**
+   * For a kernel call expected to fail: the errno code it gave instead ('EINVAL'), or 'success'
+   * if it succeeded. What `errno` and `succeeds` expectation entries match.
+   */
+  readonly got?: string;
   /** Builds the failure. */
-  constructor(message: string) {
+  constructor(message: string, got?: string) {
     super(message);
     this.name = 'SelftestFailure';
+    if (got !== undefined) this.got = got;
   }
 }
 
@@ -76,11 +84,14 @@ export class SelftestSkip extends Error {
 }
 
 /** A case's outcome, before expectations are applied. */
-export type CaseVerdict = 'pass' | 'fail' | 'skip' | 'error';
+export type CaseVerdict = 'pass' | 'fail' | 'skip' | 'error' | 'timeout';
 
 /** What running one case gave. */
 export interface CaseOutcome {
-  /** pass, fail (a check did not hold or the kernel answered otherwise), skip, or error. */
+  /**
+   * pass, fail (a check did not hold or the kernel answered otherwise), skip, error (no verdict
+   * reached: a bug in the case), or timeout (still running when its time ran out).
+   */
   verdict: CaseVerdict;
   /** The skip reason, or the failure or error message. */
   reason?: string;
@@ -106,6 +117,19 @@ export function classify(e: unknown): 'fail' | 'error' {
     return 'fail';
   }
   return 'error';
+}
+
+/** The abort reason a case's signal carries when its time runs out. */
+export class CaseTimeout extends Error {
+  /** Builds it for a case allowed `ms` milliseconds. */
+  constructor(ms: number) {
+    super(timedOutMessage(ms));
+    this.name = 'CaseTimeout';
+  }
+}
+
+function timedOutMessage(ms: number): string {
+  return `timed out after ${ms} ms`;
 }
 
 /** The message of anything thrown. */
@@ -162,16 +186,20 @@ export async function runCase(c: SelftestCase, host: HostFacts, opts: RunCaseOpt
         cleanups.push(fn);
       },
     };
+    // Every blocking call in a case (KVM_RUN included) is awaited with ctx.signal, so this timer
+    // fires even while a guest never exits: the abort kicks the vCPU and the case is abandoned.
+    const timedOut = new CaseTimeout(timeoutMs);
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        controller.abort(new Error(`timed out after ${timeoutMs} ms`));
-        reject(new Error(`timed out after ${timeoutMs} ms`));
+        controller.abort(timedOut);
+        reject(timedOut);
       }, timeoutMs);
     });
     await Promise.race([Promise.resolve().then(() => c.run(ctx)), timeout]);
     outcome = done('pass');
   } catch (e) {
     if (e instanceof SelftestSkip) outcome = done('skip', e.message);
+    else if (controller.signal.aborted) outcome = done('timeout', timedOutMessage(timeoutMs), e);
     else outcome = done(classify(e), messageOf(e), e);
   } finally {
     clearTimeout(timer);
@@ -213,12 +241,12 @@ export function checkErrno(f: () => unknown, code: string, what: string): KvmErr
   } catch (e) {
     if (e instanceof KvmError) {
       if (e.code === code) return e;
-      throw new SelftestFailure(`${what}: expected ${code}, got ${e.code} (${e.message})`);
+      throw new SelftestFailure(`${what}: expected ${code}, got ${e.code} (${e.message})`, e.code);
     }
     throw e;
   }
   void result;
-  throw new SelftestFailure(`${what}: expected ${code}, but the call succeeded`);
+  throw new SelftestFailure(`${what}: expected ${code}, but the call succeeded`, 'success');
 }
 
 /** Fails unless every byte of `bytes` equals `value`; names the first one that differs. */

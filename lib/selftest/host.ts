@@ -35,6 +35,8 @@ export interface HostFacts {
   device: string;
   /** uname release and machine. */
   kernel: string;
+  /** uname release alone (e.g. '7.2.13+deb14-amd64'): what `kernel` conditions compare. */
+  release: string;
   /** Whether /dev/kvm opened and offers KVM_CAP_GUEST_MEMFD: nothing runs otherwise. */
   available: boolean;
   /** Why not, when `available` is false. */
@@ -70,7 +72,7 @@ export function vmTypeName(type: number): string {
 /** Probes the host. Never throws: a missing device gives `available: false` and the reason. */
 export function probeHost(device: string = KVM_DEVICE): HostFacts {
   const facts: HostFacts = {
-    device, kernel: `${release()} (${arch()})`, available: false, guestMemfd: 0, userMemory2: 0,
+    device, kernel: `${release()} (${arch()})`, release: release(), available: false, guestMemfd: 0, userMemory2: 0,
     systemGmemFlags: 0n, memoryAttributes: 0, vmTypesCap: 0, vmTypes: [], paging: hostPaging(),
     numaNodes: numaNodes(), pageSize: PAGE_SIZE,
   };
@@ -125,29 +127,10 @@ function readNumber(path: string): number | undefined {
   }
 }
 
-/**
- * Whether the running kernel is Linux `major`.`minor` or newer, from uname's release (a
- * distribution kernel with a change backported reads as older).
- */
-export function kernelAtLeast(major: number, minor: number, rel: string = release()): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(rel);
-  if (!m) return false;
-  const [maj, min] = [Number(m[1]), Number(m[2])];
-  return maj > major || (maj === major && min >= minor);
-}
-
-/**
- * The errno KVM_SET_USER_MEMORY_REGION2 gives for a guest_memfd range that another memslot
- * already binds: kvm_gmem_bind() said EINVAL until Linux 7.2 made it EEXIST (the same answer as
- * for overlapping guest-physical ranges), and upstream's set_memory_region_test follows it.
- */
-export function fileOverlapErrno(rel: string = release()): 'EEXIST' | 'EINVAL' {
-  return kernelAtLeast(7, 2, rel) ? 'EEXIST' : 'EINVAL';
-}
-
 /** A one-line description of the host for the KTAP header. */
 export function describeHost(h: HostFacts): string {
   if (!h.available) return `kernel ${h.kernel}; ${h.unavailableReason}`;
   const types = h.vmTypes.map((t) => `${t.name} (gmem flags 0x${t.gmemFlags.toString(16)})`).join(', ');
-  return `kernel ${h.kernel}; vm types ${types}; paging ${h.paging.mode}; NUMA nodes ${h.numaNodes.join(',')}`;
+  const module = h.paging.module ? ` (${h.paging.module})` : '';
+  return `kernel ${h.kernel}; vm types ${types}; paging ${h.paging.mode}${module}; NUMA nodes ${h.numaNodes.join(',')}`;
 }

@@ -1,12 +1,13 @@
 /**
  * KTAP text, as the kernel's kselftest.h prints it: `TAP version 13`, the plan `1..N`,
  * diagnostics as `# ` lines before each result, `ok N name`, `not ok N name`, directives
- * (`# SKIP reason`, `# XFAIL reason`, `# XPASS reason`, `# ERROR reason`), and the totals line.
+ * (`# SKIP reason`, `# XFAIL reason`, `# XPASS reason`, `# ERROR reason`, `# TIMEOUT reason`),
+ * and the totals line (which, like kselftest's runner, counts a timeout as a failure).
  * @module
  */
 
 /** A case's final result, after expectations. */
-export type CaseResult = 'pass' | 'fail' | 'xfail' | 'xpass' | 'skip' | 'error';
+export type CaseResult = 'pass' | 'fail' | 'xfail' | 'xpass' | 'skip' | 'error' | 'timeout';
 
 /** The counts kselftest prints. */
 export interface Totals {
@@ -59,6 +60,7 @@ export function resultLine(n: number, name: string, result: CaseResult, reason?:
     case 'xfail': return `ok ${n} ${name} # XFAIL${why}`;
     case 'xpass': return `not ok ${n} ${name} # XPASS${why}`;
     case 'error': return `not ok ${n} ${name} # ERROR${why}`;
+    case 'timeout': return `not ok ${n} ${name} # TIMEOUT${why}`;
   }
 }
 

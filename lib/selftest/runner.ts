@@ -5,7 +5,7 @@
  * @module
  */
 import { runCase, type CaseOutcome, type SelftestCase } from './harness.js';
-import { expectationFor, type Expectation, type ExpectationFile } from './expect.js';
+import { expectationFor, failureMatches, type Expectation, type ExpectationFile } from './expect.js';
 import type { HostFacts } from './host.js';
 import { describeHost } from './host.js';
 import {
@@ -66,13 +66,22 @@ export interface RunOptions {
   tool?: string;
 }
 
-/** Applies an expectation to a case's outcome. */
+/**
+ * Applies an expectation to a case's outcome: the failure the entry names is an XFAIL; any other
+ * failure stays a failure (saying what was expected), a pass is an XPASS, and errors, timeouts
+ * and skips are never changed.
+ */
 export function finalResult(outcome: CaseOutcome, exp: Expectation | undefined): { result: CaseResult; reason?: string; failure?: string } {
   const reason = outcome.reason;
-  if (!exp) return { result: outcome.verdict, ...(reason !== undefined ? { reason } : {}) };
-  if (outcome.verdict === 'fail') return { result: 'xfail', reason: exp.reason, ...(reason !== undefined ? { failure: reason } : {}) };
-  if (outcome.verdict === 'pass') return { result: 'xpass', reason: `expected to fail (${exp.reason}), but passed` };
-  return { result: outcome.verdict, ...(reason !== undefined ? { reason } : {}) };
+  const plain = { result: outcome.verdict, ...(reason !== undefined ? { reason } : {}) };
+  if (!exp) return plain;
+  const where = `(expected ${exp.failureText}: ${exp.reason})`;
+  if (outcome.verdict === 'fail') {
+    if (failureMatches(exp, outcome)) return { result: 'xfail', reason: exp.reason, ...(reason !== undefined ? { failure: reason } : {}) };
+    return { result: 'fail', reason: `${reason ?? 'failed'}; not the failure expected ${where}` };
+  }
+  if (outcome.verdict === 'pass') return { result: 'xpass', reason: `expected to fail ${where}, but passed` };
+  return plain;
 }
 
 /** Runs `cases` in order and reports; never throws for a case's failure. */
@@ -86,9 +95,9 @@ export async function runSelftests(cases: readonly SelftestCase[], host: HostFac
   if (opts.expectations) {
     const e = opts.expectations;
     const here = e.entries.filter((x) => x.applies).length;
-    out(diagnostic(`expectations: ${e.path}: ${here} of ${e.entries.length} entries apply to this host (paging ${host.paging.mode})`));
+    out(diagnostic(`expectations: ${e.path}: ${here} of ${e.entries.length} entries apply to this host (${hostConditions(host)})`));
     for (const x of e.entries) {
-      if (x.applies && !cases.some((c) => expectationFor({ path: e.path, entries: [x] }, c.name))) {
+      if (x.applies && !cases.some((c) => expectationFor({ path: e.path, entries: [x] }, c))) {
         out(diagnostic(`expectations: ${e.path}:${x.line}: "${x.pattern}" names no case in this run`));
       }
     }
@@ -103,8 +112,8 @@ export async function runSelftests(cases: readonly SelftestCase[], host: HostFac
     } else {
       outcome = await runCase(c, host, { ...(opts.device !== undefined ? { device: opts.device } : {}) });
     }
-    const fin = finalResult(outcome, expectationFor(opts.expectations, c.name));
-    totals[fin.result]++;
+    const fin = finalResult(outcome, expectationFor(opts.expectations, c));
+    totals[fin.result === 'timeout' ? 'fail' : fin.result]++;
     const report: CaseReport = {
       number: n, name: c.name, group: c.group, source: c.source, summary: c.summary, result: fin.result,
       diagnostics: outcome.diagnostics, durationMs: Math.round(outcome.durationMs * 10) / 10,
@@ -115,7 +124,7 @@ export async function runSelftests(cases: readonly SelftestCase[], host: HostFac
     for (const d of outcome.diagnostics) out(diagnostic(d));
     if (fin.result === 'fail' && fin.reason) out(diagnostic(fin.reason));
     if (fin.result === 'xfail' && fin.failure) out(diagnostic(`failed as expected: ${fin.failure}`));
-    // A skip or error reason goes in the directive; a fail's message went in a diagnostic above.
+    // A skip, error or timeout reason goes in the directive; a fail's message went in a diagnostic above.
     out(resultLine(n, c.name, fin.result, fin.result === 'fail' ? undefined : fin.reason));
     progress(`[${n}/${cases.length}] ${c.name} ${fin.result}${fin.result === 'pass' ? '' : `: ${fin.reason ?? ''}`} (${Math.round(outcome.durationMs)} ms)`);
   }
@@ -124,6 +133,11 @@ export async function runSelftests(cases: readonly SelftestCase[], host: HostFac
     host, cases: reports, totals, exitCode: exitCode(totals),
     ...(opts.expectations ? { expectations: opts.expectations } : {}),
   };
+}
+
+/** What `when` conditions compare on this host, for the header. */
+export function hostConditions(host: HostFacts): string {
+  return `kernel ${host.release}, paging ${host.paging.mode}, module ${host.paging.module ?? 'none'}`;
 }
 
 /** The report as JSON text (bigints as decimal strings). */
