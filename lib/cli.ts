@@ -45,6 +45,7 @@ printing its output and exiting with its status as if it had run here
   --vm-accel auto|kvm|tcg         KVM with nested virtualization, or QEMU's emulation (TCG);
                                   auto: KVM where this host's /dev/kvm can nest, else TCG
   --vm-memory SIZE, --vm-cpus N   the VM's memory (default 4G) and CPUs (default 2)
+  --vm-numa N                     split them into N NUMA nodes (default 1)
   --vm-timeout SECONDS            kill the VM after this long (default 1800)
 
 options:
@@ -52,7 +53,7 @@ options:
 `;
 
 /** The VM options, taken out of any command's arguments. */
-const VM_FLAGS = ['kernel', 'modules', 'kvm-module', 'kvm-param', 'vm-accel', 'vm-memory', 'vm-cpus', 'vm-timeout'] as const;
+const VM_FLAGS = ['kernel', 'modules', 'kvm-module', 'kvm-param', 'vm-accel', 'vm-memory', 'vm-cpus', 'vm-numa', 'vm-timeout'] as const;
 
 function takeVmOptions(argv: string[]): { rest: string[]; vm?: KernelVmOptions } {
   const rest: string[] = [];
@@ -86,15 +87,18 @@ function takeVmOptions(argv: string[]): { rest: string[]; vm?: KernelVmOptions }
     return Number(v);
   };
   const cpus = num('vm-cpus');
+  const numaNodes = num('vm-numa');
   const timeoutSec = num('vm-timeout');
   const env: Record<string, string> = {};
   for (const k of ['KVM_GMEM_REQUIRE_KVM', 'KVM_GMEM_ADDON', 'CI']) if (process.env[k] !== undefined) env[k] = process.env[k]!;
   const vm: KernelVmOptions = {
     kernel, accel: accel as VmAccel, env, kvmParams: got.get('kvm-param') ?? [],
+    ...(process.env.KVM_GMEM_VM_CONSOLE === '1' ? { vngOutput: (b: Buffer) => void process.stderr.write(b) } : {}),
     ...(one('modules') !== undefined ? { modules: one('modules')! } : {}),
     ...(one('kvm-module') !== undefined ? { kvmModule: one('kvm-module')! } : {}),
     ...(one('vm-memory') !== undefined ? { memory: one('vm-memory')! } : {}),
     ...(cpus !== undefined ? { cpus } : {}),
+    ...(numaNodes !== undefined ? { numaNodes } : {}),
     ...(timeoutSec !== undefined ? { timeoutSec } : {}),
   };
   return { rest, vm };

@@ -38,12 +38,19 @@ export interface KernelVmOptions {
   memory?: string;
   /** Guest CPUs (default 2). */
   cpus?: number;
+  /**
+   * NUMA nodes to split the memory and CPUs into (default 1): two let the NUMA cases (mbind,
+   * allocation placement) run, which a one-node host skips.
+   */
+  numaNodes?: number;
   /** Give up after this many seconds (default 1800): the VM is killed and the run fails. */
   timeoutSec?: number;
   /** Environment variables to set inside, e.g. KVM_GMEM_REQUIRE_KVM. */
   env?: Readonly<Record<string, string>>;
-  /** Where vng's console output (the guest's stderr, kernel messages) goes. Default: stderr. */
+  /** Where the command's stderr goes, as it comes. Default: this process's stderr. */
   console?: (chunk: Buffer) => void;
+  /** Where vng's own output (its warnings, the guest console) goes. Default: dropped. */
+  vngOutput?: (chunk: Buffer) => void;
 }
 
 /** What the command did inside. */
@@ -125,6 +132,23 @@ export function canNestKvm(): boolean {
   }
 }
 
+/** vng's --numa options for `nodes` nodes of equal memory, the CPUs dealt out in turn. */
+export function numaArgs(memory: string, cpus: number, nodes: number): string[] {
+  if (nodes <= 1) return [];
+  const m = /^(\d+)([MG])$/.exec(memory);
+  if (!m) throw new KernelVmError(`--vm-numa needs --vm-memory as a whole number of M or G (got ${memory})`);
+  const mib = Number(m[1]) * (m[2] === 'G' ? 1024 : 1);
+  if (mib % nodes !== 0 || cpus < nodes) {
+    throw new KernelVmError(`--vm-numa ${nodes}: ${memory} and ${cpus} CPUs do not split into ${nodes} nodes`);
+  }
+  const out: string[] = [];
+  for (let n = 0; n < nodes; n++) {
+    const mine = Array.from({ length: cpus }, (_, c) => c).filter((c) => c % nodes === n);
+    out.push('--numa', `${mib / nodes}M,${mine.map((c) => `cpus=${c}`).join(',')}`);
+  }
+  return out;
+}
+
 /** Boolean module parameters read back as Y/N. */
 function normalizeParam(v: string): string {
   return ({ '1': 'Y', y: 'Y', N: 'N', '0': 'N', n: 'N' } as Record<string, string>)[v] ?? v;
@@ -175,20 +199,42 @@ if ! ${modprobe.map(shellQuote).join(' ')}; then echo 'modprobe failed' > ${shel
 if [ ! -c /dev/kvm ]; then echo 'no /dev/kvm after modprobe' > ${shellQuote(join(dir, 'failed'))}; exit 1; fi
 ${(opts.kvmParams ?? []).map((p) => `echo ${shellQuote(p.split('=')[0]!)}=$(cat /sys/module/${kvmModule}/parameters/${p.split('=')[0]}) >> ${shellQuote(join(dir, 'params'))}
 `).join('')}cd ${shellQuote(process.cwd())} || exit 1
-${env}${argv.map(shellQuote).join(' ')} > ${shellQuote(join(dir, 'stdout'))}
+${env}${argv.map(shellQuote).join(' ')} > ${shellQuote(join(dir, 'stdout'))} 2> ${shellQuote(join(dir, 'stderr'))}
 echo $? > ${shellQuote(join(dir, 'status'))}
 `, { mode: 0o755 });
     const args = [
       '--run', kernel, '--force-9p', '--cpus', String(opts.cpus ?? 2), '--memory', opts.memory ?? '4G',
+      ...numaArgs(opts.memory ?? '4G', opts.cpus ?? 2, opts.numaNodes ?? 1),
       `--rwdir=${dir}`, `--overlay-rwdir=${process.cwd()}`,
       ...(accel === 'tcg' ? ['--disable-kvm', '--qemu-opts=-accel tcg,thread=single'] : []),
       '--exec', join(dir, 'run.sh'),
     ];
     const out = opts.console ?? ((b: Buffer) => void process.stderr.write(b));
+    // The command's stderr goes to a file in the shared directory, forwarded as it grows: vng
+    // loses the guest's stderr when its own stdio is not a terminal.
+    const stderrPath = join(dir, 'stderr');
+    let forwarded = 0;
+    const forward = (): void => {
+      if (!existsSync(stderrPath)) return;
+      const fd = openSync(stderrPath, 'r');
+      try {
+        const chunk = Buffer.alloc(64 * 1024);
+        for (let n; (n = readSync(fd, chunk, 0, chunk.length, forwarded)) > 0; forwarded += n) out(Buffer.from(chunk.subarray(0, n)));
+      } finally {
+        closeSync(fd);
+      }
+    };
+    const poller = setInterval(forward, 250);
     const code = await new Promise<number | string>((resolveRun, reject) => {
       const child = spawn(vng, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-      child.stdout.on('data', out);
-      child.stderr.on('data', out);
+      // vng's own output (boot messages, warnings) only when asked: the command's output is what counts.
+      if (opts.vngOutput) {
+        child.stdout.on('data', opts.vngOutput);
+        child.stderr.on('data', opts.vngOutput);
+      } else {
+        child.stdout.resume();
+        child.stderr.resume();
+      }
       const timer = setTimeout(() => {
         try {
           process.kill(-child.pid!, 'SIGKILL');
@@ -205,6 +251,9 @@ echo $? > ${shellQuote(join(dir, 'status'))}
         clearTimeout(timer);
         resolveRun(c ?? `killed by ${sig}`);
       });
+    }).finally(() => {
+      clearInterval(poller);
+      forward();
     });
     const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f)) : undefined);
     const failed = read('failed')?.toString().trim();
@@ -219,7 +268,7 @@ echo $? > ${shellQuote(join(dir, 'status'))}
     }
     const status = read('status')?.toString().trim();
     if (status === undefined || !/^\d+$/.test(status)) {
-      throw new KernelVmError(`the VM ended (vng: ${code}) before the command reported its exit status; see the console output above`);
+      throw new KernelVmError(`the VM ended (vng: ${code}) before the command reported its exit status (set KVM_GMEM_VM_CONSOLE=1 to see the VM's console)`);
     }
     return { status: Number(status), stdout: read('stdout') ?? Buffer.alloc(0), release: read('release')?.toString().trim() ?? '', accel };
   } finally {
