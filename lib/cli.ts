@@ -55,23 +55,29 @@ options:
 /** The VM options, taken out of any command's arguments. */
 const VM_FLAGS = ['kernel', 'modules', 'kvm-module', 'kvm-param', 'vm-accel', 'vm-memory', 'vm-cpus', 'vm-numa', 'vm-timeout'] as const;
 
-function takeVmOptions(argv: string[]): { rest: string[]; vm?: KernelVmOptions } {
+/**
+ * Takes the VM options out of a command's arguments. For `exec` (`leading`), only those before
+ * the command itself: everything from the first other word on belongs to the command.
+ */
+function takeVmOptions(argv: string[], leading = false): { rest: string[]; vm?: KernelVmOptions } {
   const rest: string[] = [];
   const got = new Map<string, string[]>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (a === '--') {
-      rest.push(...argv.slice(i));
-      break;
-    }
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(a);
     const flag = m?.[1] as (typeof VM_FLAGS)[number] | undefined;
-    if (!m || !flag || !VM_FLAGS.includes(flag)) {
+    if (a === '--' || !m || !flag || !VM_FLAGS.includes(flag)) {
+      if (a === '--' || leading) {
+        rest.push(...argv.slice(i));
+        break;
+      }
       rest.push(a);
       continue;
     }
     const value = m[2] ?? argv[++i];
-    if (value === undefined) throw new UsageError(`--${flag} needs a value`);
+    if (value === undefined || value === '' || (m[2] === undefined && value.startsWith('-'))) {
+      throw new UsageError(`--${flag} needs a value`);
+    }
     got.set(flag, [...(got.get(flag) ?? []), value]);
   }
   if (got.size === 0) return { rest };
@@ -131,7 +137,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return command === undefined ? 2 : 0;
   }
-  const { rest, vm } = takeVmOptions(args);
+  const { rest, vm } = takeVmOptions(args, command === 'exec');
   if (command === 'exec') {
     if (!vm) throw new UsageError('exec needs --kernel IMAGE');
     const cmd = rest[0] === '--' ? rest.slice(1) : rest;

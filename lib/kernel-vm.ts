@@ -91,6 +91,7 @@ export function kernelImageRelease(image: string): string | undefined {
     const head = Buffer.alloc(0x10000);
     const n = readSync(fd, head, 0, head.length, 0);
     if (n < 0x210 || head.readUInt32LE(0x202) !== 0x53726448) return undefined; // "HdrS"
+    if (head.readUInt16LE(0x20e) === 0) return undefined; // no version string
     const at = head.readUInt16LE(0x20e) + 0x200;
     if (at >= n) return undefined;
     const end = head.indexOf(0, at);
@@ -179,17 +180,32 @@ export async function runInKernelVm(argv: readonly string[], opts: KernelVmOptio
     if (r.status !== 0) throw new KernelVmError(`depmod -b ${root} ${release} failed: ${r.stderr || r.error?.message}`);
   }
   const accel = opts.accel === undefined || opts.accel === 'auto' ? (canNestKvm() ? 'kvm' : 'tcg') : opts.accel;
-  const kvmModule = opts.kvmModule ?? 'kvm_amd';
+  // Under TCG the CPU is QEMU's AMD model; with KVM it is this host's, so its own vendor module.
+  const hostModule = hostPaging().module;
+  const kvmModule = opts.kvmModule ?? (accel === 'kvm' && hostModule !== undefined && hostModule !== 'kvm_pvm' ? hostModule : 'kvm_amd');
   if (!/^kvm_(amd|intel)$/.test(kvmModule)) throw new KernelVmError(`--kvm-module must be kvm_amd or kvm_intel (got ${kvmModule})`);
+  // The last value given for a parameter wins, as it would on modprobe's command line.
+  const params = new Map<string, string>();
   for (const p of opts.kvmParams ?? []) {
     if (!/^[a-z_]+=[\w,.-]+$/.test(p)) throw new KernelVmError(`--kvm-param takes NAME=VALUE (got ${p})`);
+    params.set(p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1));
+  }
+  for (const k of Object.keys(opts.env ?? {})) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new KernelVmError(`not an environment variable name: ${k}`);
   }
 
   // The command rides in a script file: vng passes --exec on the kernel command line, where
   // commands longer than about 1 KB hang the guest.
   const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-vm-'));
+  const cwd = process.cwd();
+  if (`${dir}/`.startsWith(`${cwd}/`) || cwd === '/') {
+    rmSync(dir, { recursive: true, force: true });
+    // The overlay over the working directory would hide the shared directory's results.
+    throw new KernelVmError(`run it from a directory that does not contain ${tmpdir()} (the VM overlays the working directory)`);
+  }
   try {
-    const modprobe = ['modprobe', ...(root !== undefined && root !== '/' ? ['-d', root] : []), kvmModule, ...(opts.kvmParams ?? [])];
+    const modprobe = ['modprobe', ...(root !== undefined && root !== '/' ? ['-d', root] : []), kvmModule,
+      ...[...params].map(([k, v]) => `${k}=${v}`)];
     const env = Object.entries(opts.env ?? {}).map(([k, v]) => `export ${k}=${shellQuote(v)}\n`).join('');
     writeFileSync(join(dir, 'run.sh'), `#!/bin/sh
 uname -r > ${shellQuote(join(dir, 'release'))}
@@ -198,14 +214,14 @@ modprobe -r ${shellQuote(kvmModule)} 2>/dev/null
 if ! ${modprobe.map(shellQuote).join(' ')}; then echo 'modprobe failed' > ${shellQuote(join(dir, 'failed'))}; exit 1; fi
 if [ ! -c /dev/kvm ]; then echo 'no /dev/kvm after modprobe' > ${shellQuote(join(dir, 'failed'))}; exit 1; fi
 ${(opts.kvmParams ?? []).map((p) => `echo ${shellQuote(p.split('=')[0]!)}=$(cat /sys/module/${kvmModule}/parameters/${p.split('=')[0]}) >> ${shellQuote(join(dir, 'params'))}
-`).join('')}cd ${shellQuote(process.cwd())} || exit 1
+`).join('')}cd ${shellQuote(cwd)} || exit 1
 ${env}${argv.map(shellQuote).join(' ')} > ${shellQuote(join(dir, 'stdout'))} 2> ${shellQuote(join(dir, 'stderr'))}
 echo $? > ${shellQuote(join(dir, 'status'))}
 `, { mode: 0o755 });
     const args = [
       '--run', kernel, '--force-9p', '--cpus', String(opts.cpus ?? 2), '--memory', opts.memory ?? '4G',
       ...numaArgs(opts.memory ?? '4G', opts.cpus ?? 2, opts.numaNodes ?? 1),
-      `--rwdir=${dir}`, `--overlay-rwdir=${process.cwd()}`,
+      `--rwdir=${dir}`, `--overlay-rwdir=${cwd}`,
       ...(accel === 'tcg' ? ['--disable-kvm', '--qemu-opts=-accel tcg,thread=single'] : []),
       '--exec', join(dir, 'run.sh'),
     ];
@@ -215,18 +231,37 @@ echo $? > ${shellQuote(join(dir, 'status'))}
     const stderrPath = join(dir, 'stderr');
     let forwarded = 0;
     const forward = (): void => {
-      if (!existsSync(stderrPath)) return;
-      const fd = openSync(stderrPath, 'r');
       try {
-        const chunk = Buffer.alloc(64 * 1024);
-        for (let n; (n = readSync(fd, chunk, 0, chunk.length, forwarded)) > 0; forwarded += n) out(Buffer.from(chunk.subarray(0, n)));
-      } finally {
-        closeSync(fd);
+        const fd = openSync(stderrPath, 'r');
+        try {
+          const chunk = Buffer.alloc(64 * 1024);
+          for (let n; (n = readSync(fd, chunk, 0, chunk.length, forwarded)) > 0; forwarded += n) out(Buffer.from(chunk.subarray(0, n)));
+        } finally {
+          closeSync(fd);
+        }
+      } catch {
+        // Not there yet, or gone: the next poll (or the final one) picks it up.
       }
     };
     const poller = setInterval(forward, 250);
+    let stopVm = (): void => {};
+    // Ctrl-C or a cancelled job must not leave QEMU running: take the whole VM down first.
+    const onSignal = (sig: NodeJS.Signals): void => {
+      stopVm();
+      rmSync(dir, { recursive: true, force: true });
+      process.kill(process.pid, sig);
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
     const code = await new Promise<number | string>((resolveRun, reject) => {
       const child = spawn(vng, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+      stopVm = () => {
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      };
       // vng's own output (boot messages, warnings) only when asked: the command's output is what counts.
       if (opts.vngOutput) {
         child.stdout.on('data', opts.vngOutput);
@@ -236,11 +271,7 @@ echo $? > ${shellQuote(join(dir, 'status'))}
         child.stderr.resume();
       }
       const timer = setTimeout(() => {
-        try {
-          process.kill(-child.pid!, 'SIGKILL');
-        } catch {
-          // already gone
-        }
+        stopVm();
         resolveRun(`timed out after ${opts.timeoutSec ?? 1800} s`);
       }, (opts.timeoutSec ?? 1800) * 1000);
       child.on('error', (e) => {
@@ -253,6 +284,8 @@ echo $? > ${shellQuote(join(dir, 'status'))}
       });
     }).finally(() => {
       clearInterval(poller);
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
       forward();
     });
     const read = (f: string) => (existsSync(join(dir, f)) ? readFileSync(join(dir, f)) : undefined);
@@ -261,7 +294,7 @@ echo $? > ${shellQuote(join(dir, 'status'))}
     // A parameter the module took otherwise (or ignored) would make this a different host.
     for (const line of read('params')?.toString().trim().split('\n') ?? []) {
       const [name, actual] = line.split('=') as [string, string];
-      const asked = (opts.kvmParams ?? []).find((p) => p.startsWith(`${name}=`))!.slice(name.length + 1);
+      const asked = params.get(name)!;
       if (normalizeParam(actual) !== normalizeParam(asked)) {
         throw new KernelVmError(`inside the VM: ${kvmModule} has ${name}=${actual}, not the ${asked} asked for`);
       }

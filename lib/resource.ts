@@ -13,13 +13,21 @@ import { native } from './native.js';
 export interface FdIdentity {
   /** What /proc/self/fd/N read as when the object took the fd (fdFacts().link). */
   link: string;
+  /** Its filesystem's magic number (fstatfs): inode numbers are unique only within one. */
+  fsMagic: number;
   /** The file's inode (fstat st_ino). */
   ino: number | bigint;
 }
 
-/** The identity of an fd the library just took: its link as the kernel shows it, and its inode. */
+/** The identity of an fd the library just took: its link, its filesystem and its inode. */
 export function identityOf(fd: number): FdIdentity {
-  return { link: fdFacts(fd).link, ino: native.inodeOf(fd) };
+  const f = fdFacts(fd);
+  return { link: f.link, fsMagic: f.fsMagic, ino: native.inodeOf(fd) };
+}
+
+function sameFile(fd: number, id: FdIdentity): boolean {
+  const f = fdFacts(fd);
+  return f.link === id.link && f.fsMagic === id.fsMagic && native.inodeOf(fd) === id.ino;
 }
 
 interface Leak extends FdIdentity {
@@ -27,13 +35,13 @@ interface Leak extends FdIdentity {
 }
 
 // Closes fds of objects that were garbage-collected without close(). The number may have been
-// closed behind the library's back and reused since, even by a file of the same kind, so both the
-// link and the inode must still match. Only files with an inode of their own can be told apart
-// this way (guest_memfd: one inode per file); VM and /dev/kvm fds share one inode per kind, so
-// objects for those are not given to the safety net and a leaked one stays open.
-const leaks = new FinalizationRegistry<Leak>(({ fd, link, ino }) => {
+// closed behind the library's back and reused since, even by a file of the same kind, so the
+// link, the filesystem and the inode must all still match. Only files with an inode of their own
+// can be told apart this way (guest_memfd: one inode per file); VM and /dev/kvm fds share one
+// inode per kind, so objects for those are not given to the safety net and a leaked one stays open.
+const leaks = new FinalizationRegistry<Leak>(({ fd, ...id }) => {
   try {
-    if (fdFacts(fd).link === link && native.inodeOf(fd) === ino) native.close(fd);
+    if (sameFile(fd, id)) native.close(fd);
   } catch {
     // The fd is gone already; nothing to do.
   }

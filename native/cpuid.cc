@@ -25,9 +25,11 @@ std::vector<uint64_t> CpuidBuffer(uint32_t n) {
 
 Napi::Value EntriesOf(Napi::Env env, const std::vector<uint64_t>& buf) {
   auto* head = reinterpret_cast<const kvm_cpuid2*>(buf.data());
-  size_t bytes = size_t{head->nent} * sizeof(kvm_cpuid_entry2);
+  // Never more than the buffer holds, whatever the kernel wrote into nent.
+  uint32_t n = head->nent < KVM_MAX_CPUID_ENTRIES ? head->nent : KVM_MAX_CPUID_ENTRIES;
+  size_t bytes = size_t{n} * sizeof(kvm_cpuid_entry2);
   Napi::Uint8Array out = Napi::Uint8Array::New(env, bytes);
-  memcpy(out.Data(), reinterpret_cast<const uint8_t*>(buf.data()) + sizeof(kvm_cpuid2), bytes);
+  if (bytes > 0) memcpy(out.Data(), reinterpret_cast<const uint8_t*>(buf.data()) + sizeof(kvm_cpuid2), bytes);
   return out;
 }
 
@@ -36,7 +38,10 @@ Napi::Value EntriesOf(Napi::Env env, const std::vector<uint64_t>& buf) {
 Napi::Value GetTable(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   int fd = ArgFd(info, 0, "fd");
   std::vector<uint64_t> buf = CpuidBuffer(KVM_MAX_CPUID_ENTRIES);
-  if (ioctl(fd, request, buf.data()) != 0) ThrowSys(info.Env(), errno, "ioctl", name, Fmt("fd %d", fd));
+  if (ioctl(fd, request, buf.data()) != 0) {
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "ioctl", name, Fmt("fd %d", fd));
+  }
   return EntriesOf(info.Env(), buf);
 }
 
@@ -64,9 +69,10 @@ static Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
   }
   uint32_t n = static_cast<uint32_t>(len / sizeof(kvm_cpuid_entry2));
   std::vector<uint64_t> buf = CpuidBuffer(n);
-  memcpy(reinterpret_cast<uint8_t*>(buf.data()) + sizeof(kvm_cpuid2), entries.Data(), len);
+  if (len > 0) memcpy(reinterpret_cast<uint8_t*>(buf.data()) + sizeof(kvm_cpuid2), entries.Data(), len);
   if (ioctl(fd, KVM_SET_CPUID2, buf.data()) != 0) {
-    ThrowSys(info.Env(), errno, "ioctl", "KVM_SET_CPUID2", Fmt("vcpu fd %d, %u entries", fd, n));
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "ioctl", "KVM_SET_CPUID2", Fmt("vcpu fd %d, %u entries", fd, n));
   }
   return info.Env().Undefined();
 }

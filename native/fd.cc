@@ -40,7 +40,10 @@ static Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
 static Napi::Value FsMagic(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   struct statfs st;
-  if (fstatfs(fd, &st) != 0) ThrowSys(info.Env(), errno, "fstatfs", nullptr, Fmt("fd %d", fd));
+  if (fstatfs(fd, &st) != 0) {
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "fstatfs", nullptr, Fmt("fd %d", fd));
+  }
   return Napi::Number::New(info.Env(), static_cast<double>(static_cast<uint32_t>(st.f_type)));
 }
 

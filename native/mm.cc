@@ -139,7 +139,10 @@ static Napi::Value Mbind(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, Fmt("The \"maxnode\" argument must be at most %u", kMaxMaxnode));
   }
   char* p = static_cast<char*>(ab.Data()) + offset;
-  if (syscall(SYS_mbind, p, static_cast<unsigned long>(length), static_cast<unsigned long>(mode), mask,
+  // maxnode 0 means no nodemask: pass NULL, as the kernel's own callers do. With a pointer the
+  // kernel takes maxnode - 1 (wrapped to ULONG_MAX) as the mask's size and refuses it (EINVAL).
+  unsigned long* nodes = maxnode == 0 ? nullptr : mask;
+  if (syscall(SYS_mbind, p, static_cast<unsigned long>(length), static_cast<unsigned long>(mode), nodes,
               static_cast<unsigned long>(maxnode), flags) != 0) {
     ThrowSys(env, errno, "mbind", nullptr,
              Fmt("address=%p, length=0x%" PRIx64 ", mode=%u, nodemask=0x%lx%s, maxnode=%u, flags=0x%x",

@@ -120,7 +120,8 @@ async function fetch() {
   const dir = join(cache, release);
   const root = join(dir, 'root');
   const done = join(dir, '.complete');
-  if (!existsSync(done)) {
+  // Cached by package version: a re-upload with the same release string is fetched again.
+  if (!existsSync(done) || readFileSync(done, 'utf8').trim() !== version) {
     rmSync(dir, { recursive: true, force: true });
     mkdirSync(join(dir, 'debs'), { recursive: true });
     const want = [`linux-image-${release}`];

@@ -65,6 +65,18 @@ describe('the VM options on the command line', () => {
     const exec = cli(['exec', '--kernel', '/x']);
     expect(exec.status).toBe(2);
     expect(exec.stderr).toMatch(/exec needs a command after --/);
+    for (const args of [['selftest', '--kernel', '--vm-cpus', '2'], ['selftest', '--kernel='], ['info', '--kernel', '--']]) {
+      const r = cli(args);
+      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(/--kernel needs a value/);
+    }
+  });
+
+  it('exec leaves the options of the command it runs alone', () => {
+    // Parsed without a usage error: it gets as far as looking for vng (exit 3 with an empty PATH).
+    const r = cli(['exec', '--kernel', fakeBzImage('7.2.1'), 'echo', '--vm-cpus', '9', '--kernel', 'x'], { PATH: join(scratch, 'empty-path') });
+    expect(r.status).toBe(3);
+    expect(r.stderr).toMatch(/vng not found/);
   });
 
   it('without vng on PATH: says what to install (exit 3)', () => {

@@ -122,6 +122,11 @@ describe('NUMA policy (mbind, get_mempolicy, move_pages)', () => {
     expect(m.memPolicy()).toEqual({ mode: MemPolicy.LOCAL, nodemask: 0n });
     m.mbind(MemPolicy.DEFAULT, 0n);
     expect(m.memPolicy()).toEqual({ mode: MemPolicy.DEFAULT, nodemask: 0n });
+    // Upstream's MPOL_DEFAULT call: no nodemask at all (maxnode 0, NULL). A pointer with maxnode 0
+    // made the kernel read ULONG_MAX bits and refuse it with EINVAL (found on a two-node host).
+    m.mbind(MemPolicy.INTERLEAVE, mask);
+    m.mbind(MemPolicy.DEFAULT, 0n, { maxnode: 0 });
+    expect(m.memPolicy()).toEqual({ mode: MemPolicy.DEFAULT, nodemask: 0n });
     // Pages allocated under BIND land on the node.
     m.mbind(MemPolicy.BIND, mask);
     m.bytes.fill(1);

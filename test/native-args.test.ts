@@ -17,7 +17,7 @@ const numeric: Record<string, number> = {
   close: 1, setCloexec: 1, getApiVersion: 1, checkExtension: 2, createVm: 2, getVcpuMmapSize: 1,
   createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, inodeOf: 1, fallocate: 4,
   mapShared: 3, mapAnonymous: 1, createVcpu: 2, mmapProbe: 5,
-  unixAccept: 1, socketType: 1, recvMsg: 3,
+  unixAccept: 1, socketType: 1, recvMsg: 3, fsMagic: 1, getSupportedCpuid: 1, getCpuid2: 1,
 };
 
 // Functions that act on a live mapping (their first argument): valid arguments for each, given
@@ -58,7 +58,7 @@ describe('native addon argument checks', () => {
   it('covers every exported function', () => {
     const tested = new Set([
       ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory',
-      'uapiLayout', 'VcpuRunner', 'socketPair', 'unixListen', 'unixConnect', 'sendMsg', 'FdWatch',
+      'uapiLayout', 'VcpuRunner', 'socketPair', 'unixListen', 'unixConnect', 'sendMsg', 'FdWatch', 'setCpuid2',
     ]);
     expect(Object.keys(native).filter((k) => !tested.has(k))).toEqual([]);
   });
@@ -75,6 +75,16 @@ describe('native addon argument checks', () => {
       }
     }
     for (let n = 0; n < arity; n++) expect(() => f(...Array.from({ length: n }, (_, i) => fill(i)))).toThrow(TypeError);
+  });
+
+  it('setCpuid2 takes an fd and a whole number of 40-byte entries, at most 256', () => {
+    const closed = 0x7ffffff0;
+    for (const v of hostile) {
+      expect(() => native.setCpuid2(v as number, new Uint8Array(40))).toThrow();
+      if (!(v instanceof Uint8Array)) expect(() => native.setCpuid2(closed, v as Uint8Array)).toThrow(TypeError);
+    }
+    for (const n of [1, 39, 41, 257 * 40]) expect(() => native.setCpuid2(closed, new Uint8Array(n))).toThrow(RangeError);
+    expect(() => native.setCpuid2(closed, new Uint8Array(40))).toThrow(KvmError); // EBADF: the checks passed
   });
 
   it('open and memfdCreate take strings without NUL bytes', () => {

@@ -142,6 +142,6 @@ describe('kvm-gmem selftest', () => {
     expect(none.stderr).toMatch(/no case matches --filter "no-such-case"/);
     const bad = selftest(['--expect', file('bad.txt', 'just a name\n'), '--filter', 'test_file_size']);
     expect(bad.status).toBe(2);
-    expect(bad.stderr).toMatch(/bad\.txt:1: expected "PATTERN -- REASON"/);
+    expect(bad.stderr).toMatch(/bad\.txt:1: expected "PATTERN -- FAILURE -- REASON"/);
   });
 });

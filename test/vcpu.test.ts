@@ -3,7 +3,7 @@
 // and use after close.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { Cap, KvmError, KvmStateError, RunLayout, X86, type Kvm, type Vm } from '../lib/index.js';
+import { Cap, KvmError, KvmStateError, MAX_CPUID_ENTRIES, RunLayout, X86, type Kvm, type Vm } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { Layout, REG_NAMES } from '../lib/x86-state.js';
 import { fdLink, isCloexec, openKvm, thrown } from './kvm-host.js';
@@ -86,6 +86,8 @@ describe('vCPU register state', () => {
   it('writes and reads back special registers, and KVM refuses an inconsistent long mode (EINVAL)', (ctx) => {
     using s = setup(ctx);
     using vcpu = s.vm.createVcpu(0);
+    // Linux 7.2 refuses long mode on a vCPU whose CPUID lacks it: give it what KVM supports.
+    vcpu.setCpuid2(s.vm.supportedCpuid());
     const sr = vcpu.getSregs();
     expect(sr.cr0 & X86.CR0_PE).toBe(0n); // a new vCPU starts in real mode
     sr.cr3 = 0x5000n;
@@ -103,6 +105,30 @@ describe('vCPU register state', () => {
     // Paging in long mode without PAE: the kernel's kvm_is_valid_sregs() refuses it.
     const bad = { ...back, cr4: 0n };
     expect(thrown(() => vcpu.setSregs(bad))).toMatchObject({ code: 'EINVAL', request: 'KVM_SET_SREGS' });
+  });
+
+  it('CPUID: KVM_GET_SUPPORTED_CPUID offers long mode; KVM_SET_CPUID2 / KVM_GET_CPUID2 round-trip it; bad tables are refused', (ctx) => {
+    using s = setup(ctx);
+    const kvm = s.kvm;
+    const supported = kvm.getSupportedCpuid();
+    expect(supported.length).toBeGreaterThan(10);
+    expect(supported.length).toBeLessThanOrEqual(MAX_CPUID_ENTRIES);
+    const ext = supported.find((e) => e.function === 0x80000001);
+    expect(ext, 'leaf 0x80000001').toBeDefined();
+    expect((ext!.edx >>> 29) & 1).toBe(1); // LM: 64-bit long mode
+    expect(kvm.getSupportedCpuid()).toEqual(supported); // a copy each time, the same answer
+    using vcpu = s.vm.createVcpu(0);
+    expect(vcpu.getCpuid2()).toEqual([]); // none before KVM_SET_CPUID2
+    vcpu.setCpuid2(supported);
+    const back = vcpu.getCpuid2();
+    expect(back.length).toBe(supported.length);
+    // KVM keeps the leaves, indexes and flags as given (it may adjust some register values).
+    expect(back.map((e) => [e.function, e.index, e.flags])).toEqual(supported.map((e) => [e.function, e.index, e.flags]));
+    expect(back.find((e) => e.function === 0x80000001)!.edx).toBe(ext!.edx);
+    expect(thrown(() => vcpu.setCpuid2(new Array(MAX_CPUID_ENTRIES + 1).fill(supported[0])))).toBeInstanceOf(RangeError);
+    expect(thrown(() => vcpu.setCpuid2([{ ...supported[0]!, eax: 2 ** 32 }]))).toBeInstanceOf(RangeError);
+    expect(thrown(() => vcpu.setCpuid2([null as never]))).toBeInstanceOf(TypeError);
+    expect(vcpu.getCpuid2().length).toBe(supported.length); // nothing changed by the refusals
   });
 
   it('writes and reads back x87/SSE state (KVM_SET_FPU / KVM_GET_FPU); MXCSR is not carried by these ioctls', (ctx) => {

@@ -11,6 +11,7 @@ import { getUcall, GuestAssertionError, UnexpectedExitError, type Ucall } from '
 import { CONSOLE_PORT } from '../guest-images.js';
 import type { VcpuExit } from '../exits.js';
 import type { Vcpu } from '../vcpu.js';
+import type { CpuidEntry } from '../cpuid.js';
 import type { Fpu, Regs, Sregs } from '../x86-state.js';
 
 /** Bytes in a MiB. */
@@ -124,6 +125,8 @@ export interface VcpuState {
   regs: Regs;
   sregs: Sregs;
   fpu: Fpu;
+  /** KVM_GET_CPUID2: the CPUID the guest saw (Linux 7.2 refuses long-mode SREGS without it). */
+  cpuid: CpuidEntry[];
 }
 
 /** {@link VcpuState} as JSON: u64 values as decimal strings, byte arrays as hex. */
@@ -131,19 +134,22 @@ export interface VcpuStateJson {
   regs: Record<string, string>;
   sregs: Record<string, unknown>;
   fpu: Record<string, unknown>;
+  cpuid: CpuidEntry[];
 }
 
 /** Reads a stopped vCPU's state. */
 export function readState(vcpu: Vcpu): VcpuState {
-  return { regs: vcpu.getRegs(), sregs: vcpu.getSregs(), fpu: vcpu.getFpu() };
+  return { regs: vcpu.getRegs(), sregs: vcpu.getSregs(), fpu: vcpu.getFpu(), cpuid: vcpu.getCpuid2() };
 }
 
 /**
- * Writes a state read by {@link readState} into another vCPU: special registers first (CR0, CR4,
+ * Writes a state read by {@link readState} into another vCPU: CPUID, special registers (CR0, CR4,
  * EFER decide how the rest is taken), then the general-purpose registers and the FPU. MXCSR is
  * not carried by KVM_SET_FPU: the experiment's guest does not use SSE.
  */
 export function writeState(vcpu: Vcpu, s: VcpuState): void {
+  // CPUID before anything else: it decides which EFER and CR4 bits KVM accepts.
+  vcpu.setCpuid2(s.cpuid.length > 0 ? s.cpuid : vcpu.vm.supportedCpuid());
   vcpu.setSregs(s.sregs);
   vcpu.setRegs(s.regs);
   vcpu.setFpu(s.fpu);
@@ -191,7 +197,7 @@ export function stateFromJson(j: VcpuStateJson): VcpuState {
     xmm: new Uint8Array(Buffer.from(f.xmm as string, 'hex')),
     mxcsr: f.mxcsr as number,
   };
-  return { regs, sregs: sregs as unknown as Sregs, fpu };
+  return { regs, sregs: sregs as unknown as Sregs, fpu, cpuid: Array.isArray(j.cpuid) ? j.cpuid : [] };
 }
 
 /** What the old VMM sends the new one with the fds (guest_memfd, VM, vCPU, in that order). */
