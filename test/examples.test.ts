@@ -2,7 +2,7 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { openKvm } from './kvm-host.js';
+import { openKvm, hangBound } from './kvm-host.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -26,7 +26,7 @@ describe('examples/vmm.ts', () => {
     expect(tsc.stdout + tsc.stderr).toBe('');
     expect(tsc.status).toBe(0);
     for (const mode of [[], ['--sync']]) {
-      const r = spawnSync(process.execPath, ['build/examples/vmm.js', '--memory', '8', ...mode], { cwd: root, encoding: 'utf8', timeout: 30_000 });
+      const r = spawnSync(process.execPath, ['build/examples/vmm.js', '--memory', '8', ...mode], { cwd: root, encoding: 'utf8', timeout: hangBound(30_000) });
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout).toBe('Hello from guest code on guest_memfd memory!\nbye\n');
       expect(r.stderr).toMatch(/^\[vmm\] guest memory: 8 MiB of guest_memfd/m);

@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { Cap, GuestMemfd, GuestMemfdFlag, KvmError, KvmStateError, PAGE_SIZE } from '../lib/index.js';
 import { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from '../lib/fd-channel.js';
 import { native } from '../lib/native.js';
-import { fdLink, isCloexec, openFds, openKvm, thrown } from './kvm-host.js';
+import { fdLink, isCloexec, openFds, openKvm, thrown, hangBound } from './kvm-host.js';
 
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
 const MiB = 1 << 20;
@@ -556,7 +556,7 @@ describe('FdChannel errors, limits and hygiene', () => {
       for (let i = 0; i < 20 && sockets() > base + 3; i++) { globalThis.gc(); await new Promise((r) => setTimeout(r, 20)); }
       console.log(JSON.stringify({ made: made - base, left: sockets() - base }));
     `;
-    const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: hangBound(20_000) });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0); // exits by itself: b's idle wait thread does not keep it alive
     // 42 sockets and the dup b's watch holds; after collection only a, b and that dup remain.

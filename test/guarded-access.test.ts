@@ -11,7 +11,7 @@ import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
 import { GuestMemoryFaultError } from '../lib/errors.js';
 import { native } from '../lib/native.js';
-import { countFds, needCap, openKvm, thrown, gmemVm } from './kvm-host.js';
+import { countFds, needCap, openKvm, thrown, gmemVm, hangBound } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -50,7 +50,7 @@ function distModule(name: string, marker: string): string {
 
 /** Runs an ES module script in a child node process. */
 function runChild(script: string) {
-  return spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+  return spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: hangBound(30_000) });
 }
 
 describe('guarded access to private guest_memfd memory (MMAP without INIT_SHARED)', () => {

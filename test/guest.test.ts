@@ -3,12 +3,33 @@
 // a triple fault. Every guest is assembly from native/guest/, assembled by the build.
 import { describe, expect, it } from 'vitest';
 import {
-  ExitReason, getUcall, GuestAssertionError, replyUcall, runUntilUcall, runUntilUcallSync,
+  bootGuest, ExitReason, getUcall, GuestAssertionError, guestImage, Mapping, replyUcall, runUntilUcall, runUntilUcallSync,
   UnexpectedExitError, X86, type IoExit, type MmioExit,
 } from '../lib/index.js';
 import { DATA, guestVm, imageAddress, MiB } from './guest-vm.js';
+import { thrown } from './kvm-host.js';
 
 describe('a guest on guest_memfd memory', () => {
+  it('binding is exclusive only for KVM_MEM_GUEST_MEMFD: another VM runs on the same pages through a plain memslot over the mapping', async (ctx) => {
+    using g = guestVm(ctx); // VM A: the guest_memfd is bound to it
+    const size = 64 * 1024;
+    g.mem.fill(0x5a, DATA, DATA + size);
+    using vmB = g.kvm.createVm();
+    using code = Mapping.anonymous(2 * MiB);
+    vmB.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 2 * MiB, userspaceAddr: code });
+    const at = 8 * MiB;
+    // The guest_memfd itself is refused to VM B...
+    expect(thrown(() => vmB.setUserMemoryRegion2({
+      slot: 1, guestPhysAddr: at, memorySize: g.map.length, userspaceAddr: g.map, guestMemfd: g.gmem,
+    }))).toMatchObject({ code: 'EINVAL' });
+    // ...but its mapping is ordinary memory to a plain memslot, and VM B's guest uses it.
+    vmB.setUserMemoryRegion2({ slot: 1, guestPhysAddr: at, memorySize: g.map.length, userspaceAddr: g.map });
+    using vcpu = vmB.createVcpu(0);
+    bootGuest(vcpu, { image: guestImage('memtest'), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000, args: [at + DATA, size, 0x5a, 0xa5] });
+    expect((await runUntilUcall(vcpu)).cmd).toBe('sync'); // it read VM A's 0x5a...
+    expect(g.mem.subarray(DATA, DATA + size).every((b) => b === 0xa5)).toBe(true); // ...and VM A's memory holds its 0xa5
+  });
+
   it('reads the bytes the host wrote and writes bytes the host reads, with no copy (guest_memfd_test guest case)', async (ctx) => {
     using g = guestVm(ctx);
     const size = 2 * MiB;

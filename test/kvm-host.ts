@@ -7,6 +7,18 @@ import { release } from 'node:os';
 import type { TestContext } from 'vitest';
 import { Cap, Kvm, KVM_DEVICE, type Vm } from '../lib/index.js';
 
+/**
+ * How much longer than on real hardware a run may take before it counts as hung: 1, or what
+ * KVM_GMEM_HANG_SCALE says (`kvm-gmem exec` sets 5 under QEMU's CPU emulation, where everything
+ * runs about ten times slower). It stretches hang bounds only, never a measured quantity.
+ */
+export const HANG_SCALE = Math.max(1, Number(process.env.KVM_GMEM_HANG_SCALE ?? 1) || 1);
+
+/** A hang bound of `ms` milliseconds on real hardware, stretched by {@link HANG_SCALE}. */
+export function hangBound(ms: number): number {
+  return ms * HANG_SCALE;
+}
+
 /** True when KVM_GMEM_REQUIRE_KVM=1: a missing device or capability fails instead of skipping. */
 export const REQUIRE_KVM = process.env.KVM_GMEM_REQUIRE_KVM === '1';
 

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { KvmError, KvmStateError, RunLayout, runUntilUcall, type Vcpu } from '../lib/index.js';
 import { DATA, guestVm } from './guest-vm.js';
-import { openKvm, thrown } from './kvm-host.js';
+import { openKvm, thrown, hangBound } from './kvm-host.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -165,7 +165,7 @@ describe('the process and vCPU threads', () => {
       ${body}
     `;
     const t0 = Date.now();
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: hangBound(20_000) });
     return { status: r.status, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - t0 };
   }
 
@@ -214,7 +214,7 @@ describe('the process and vCPU threads', () => {
       console.log('survived', running);
     `;
     try {
-      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: hangBound(30_000) });
       expect(r.stderr).toBe('');
       expect(r.stdout.trim()).toBe('survived 5');
       expect(r.status).toBe(0);

@@ -7,12 +7,12 @@ import { describe, expect, it } from 'vitest';
 import { probeHost } from '../lib/selftest/host.js';
 import { planSelftests } from '../lib/selftest/plan.js';
 import { CLI, EXPECTED_FAILURES } from './paths.js';
-import { openKvm } from './kvm-host.js';
+import { openKvm, hangBound } from './kvm-host.js';
 
 const env = { ...process.env };
 delete env.KVM_GMEM_REQUIRE_KVM;
 const selftest = (args: string[], extraEnv: Record<string, string> = {}) =>
-  spawnSync(process.execPath, [CLI, 'selftest', ...args], { encoding: 'utf8', env: { ...env, ...extraEnv }, timeout: 120_000 });
+  spawnSync(process.execPath, [CLI, 'selftest', ...args], { encoding: 'utf8', env: { ...env, ...extraEnv }, timeout: hangBound(120_000) });
 const scratch = mkdtempSync(join(tmpdir(), 'kvm-gmem-selftest-'));
 const file = (name: string, text: string) => {
   const p = join(scratch, name);

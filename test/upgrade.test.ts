@@ -14,7 +14,7 @@ import {
   EXPECTED_PROBES, MAX_SIZE_MIB, checkStride, experimentOptions, type ExperimentReport, type RunResult, type SizeSummary,
 } from '../lib/upgrade/experiment.js';
 import { TABLE_COLUMNS, formatMs, formatReport, niceScale, renderSvg, reportJson } from '../lib/upgrade/report.js';
-import { gmemVm } from './kvm-host.js';
+import { gmemVm, hangBound } from './kvm-host.js';
 import { ROOT } from './paths.js';
 
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -134,7 +134,7 @@ describe('kvm-gmem upgrade-experiment, end to end', () => {
     const chart = join(scratch, 'chart.svg');
     const script = `import('${join(ROOT, 'dist/upgrade/command.js')}').then(async (m) => { process.exitCode = await m.upgradeExperimentCommand(process.argv.slice(1)); })`;
     const r = spawnSync(process.execPath, ['-e', script, '--', '--sizes', '16', '--runs', '1', '--json', '--chart', chart, '--after-ms', '300'], {
-      encoding: 'utf8', timeout: 120_000,
+      encoding: 'utf8', timeout: hangBound(120_000),
     });
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/upgrade-experiment: 16 MiB: blackout [\d.]+ ms/);
@@ -180,7 +180,7 @@ describe('kvm-gmem upgrade-experiment, end to end', () => {
     expect(run.pauseMs).toBeLessThan(run.handoverMs);
     const svg = readFileSync(chart, 'utf8');
     expect(checkXml(svg)).toBe('svg');
-  }, 180_000);
+  }, hangBound(180_000));
 });
 
 // ---- the report --------------------------------------------------------------------------------
