@@ -22,6 +22,7 @@ if (argv.help || argv.h) {
 const suite = argv.suite ?? 'sid';
 const cache = argv.cache ?? process.env.KVM_GMEM_KERNEL_CACHE ?? join(homedir(), '.cache', 'kvm-gmem', 'kernels');
 $.verbose = false;
+$.quiet = true; // their output goes into the error messages below, not the console
 
 function fail(message) {
   console.error(`debian-kernel: ${message}`);
@@ -142,8 +143,10 @@ async function fetch() {
   const image = candidates.find((p) => existsSync(p));
   if (!image) fail(`no vmlinuz in ${root} (looked for ${candidates.join(', ')})`);
   const modules = existsSync(join(root, 'usr/lib/modules', release)) ? join(root, 'usr') : root;
-  const depmod = await $`depmod -b ${modules} ${release}`.nothrow();
-  if (depmod.exitCode !== 0) fail(`depmod -b ${modules} ${release} failed:\n${depmod.stderr}`);
+  if (!existsSync(join(modules, 'lib/modules', release, 'modules.dep'))) {
+    const depmod = await $`depmod -b ${modules} ${release}`.nothrow();
+    if (depmod.exitCode !== 0) fail(`depmod -b ${modules} ${release} failed:\n${depmod.stderr}`);
+  }
   report({ suite, release, version, image, modules }, image);
 }
 
