@@ -115,8 +115,7 @@ class UsageError extends Error {}
 
 /** Runs argv inside the VM and passes its stdout and exit status through. */
 async function inVm(vm: KernelVmOptions, argv: string[]): Promise<number> {
-  const r = await runInKernelVm(argv, vm);
-  process.stdout.write(r.stdout);
+  const r = await runInKernelVm(argv, { ...vm, stdout: (b) => void process.stdout.write(b) });
   return r.status;
 }
 

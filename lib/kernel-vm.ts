@@ -49,6 +49,8 @@ export interface KernelVmOptions {
   env?: Readonly<Record<string, string>>;
   /** Where the command's stderr goes, as it comes. Default: this process's stderr. */
   console?: (chunk: Buffer) => void;
+  /** Where the command's stdout goes, as it comes. Default: kept, and returned in the result. */
+  stdout?: (chunk: Buffer) => void;
   /** Where vng's own output (its warnings, the guest console) goes. Default: dropped. */
   vngOutput?: (chunk: Buffer) => void;
 }
@@ -57,7 +59,7 @@ export interface KernelVmOptions {
 export interface KernelVmResult {
   /** Its exit status. */
   status: number;
-  /** Everything it wrote to stdout. */
+  /** Everything it wrote to stdout (empty when `opts.stdout` took it as it came). */
   stdout: Buffer;
   /** The kernel release that ran it (uname -r inside). */
   release: string;
@@ -228,21 +230,26 @@ echo $? > ${shellQuote(join(dir, 'status'))}
       '--exec', join(dir, 'run.sh'),
     ];
     const out = opts.console ?? ((b: Buffer) => void process.stderr.write(b));
-    // The command's stderr goes to a file in the shared directory, forwarded as it grows: vng
-    // loses the guest's stderr when its own stdio is not a terminal.
-    const stderrPath = join(dir, 'stderr');
-    let forwarded = 0;
+    // The command's stdout and stderr go to files in the shared directory, forwarded as they
+    // grow: vng loses the guest's stderr when its own stdio is not a terminal.
+    const tails = [
+      { path: join(dir, 'stdout'), done: 0, to: opts.stdout },
+      { path: join(dir, 'stderr'), done: 0, to: out },
+    ];
     const forward = (): void => {
-      try {
-        const fd = openSync(stderrPath, 'r');
+      for (const t of tails) {
+        if (!t.to) continue;
         try {
-          const chunk = Buffer.alloc(64 * 1024);
-          for (let n; (n = readSync(fd, chunk, 0, chunk.length, forwarded)) > 0; forwarded += n) out(Buffer.from(chunk.subarray(0, n)));
-        } finally {
-          closeSync(fd);
+          const fd = openSync(t.path, 'r');
+          try {
+            const chunk = Buffer.alloc(64 * 1024);
+            for (let n; (n = readSync(fd, chunk, 0, chunk.length, t.done)) > 0; t.done += n) t.to(Buffer.from(chunk.subarray(0, n)));
+          } finally {
+            closeSync(fd);
+          }
+        } catch {
+          // Not there yet, or gone: the next poll (or the final one) picks it up.
         }
-      } catch {
-        // Not there yet, or gone: the next poll (or the final one) picks it up.
       }
     };
     const poller = setInterval(forward, 250);
@@ -305,7 +312,8 @@ echo $? > ${shellQuote(join(dir, 'status'))}
     if (status === undefined || !/^\d+$/.test(status)) {
       throw new KernelVmError(`the VM ended (vng: ${code}) before the command reported its exit status (set KVM_GMEM_VM_CONSOLE=1 to see the VM's console)`);
     }
-    return { status: Number(status), stdout: read('stdout') ?? Buffer.alloc(0), release: read('release')?.toString().trim() ?? '', accel };
+    const stdout = opts.stdout ? Buffer.alloc(0) : read('stdout') ?? Buffer.alloc(0);
+    return { status: Number(status), stdout, release: read('release')?.toString().trim() ?? '', accel };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
