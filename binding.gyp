@@ -15,7 +15,8 @@
         "native/mm.cc",
         "native/vcpu.cc",
         "native/cpuid.cc",
-        "native/vcpu_runner.cc"
+        "native/vcpu_runner.cc",
+        "native/dup.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

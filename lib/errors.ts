@@ -75,7 +75,8 @@ export type KvmStateCode =
   | 'ERR_KVM_TIMEOUT'
   | 'ERR_KVM_CONTROL_TRUNCATED'
   | 'ERR_KVM_PAYLOAD_TRUNCATED'
-  | 'ERR_KVM_BAD_MESSAGE';
+  | 'ERR_KVM_BAD_MESSAGE'
+  | 'ERR_KVM_FD_OWNED';
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
@@ -92,6 +93,10 @@ export class KvmStateError extends Error {
    * 'ERR_KVM_PAYLOAD_TRUNCATED' when its payload was longer than MAX_PAYLOAD (MSG_TRUNC);
    * 'ERR_KVM_BAD_MESSAGE' when its payload is not UTF-8 JSON. In the last three cases every fd
    * the message carried has been closed.
+   *
+   * 'ERR_KVM_FD_OWNED' when an fd number given to be taken over (`GuestMemfd.adopt()`,
+   * `FdChannel.fromFd()`) is owned by a live object of this library: adopt a duplicate
+   * (`{ dup: true }`) instead.
    */
   readonly code: KvmStateCode;
   /** Builds the error; `options.cause` is kept as `cause`, as for any Error. */

@@ -21,7 +21,7 @@ import type { GuestMemfd } from './guest-memfd.js';
 import type { Kvm } from './kvm.js';
 import { native, type NativeFdWatch, type NativeMessage } from './native.js';
 import { describe, fdNumber, options } from './numbers.js';
-import { FdResource, identityOf } from './resource.js';
+import { FdResource, claimFd, identityOf, ownFd, refuseOwned, releaseFd } from './resource.js';
 import type { Vcpu } from './vcpu.js';
 import type { Vm } from './vm.js';
 
@@ -83,6 +83,15 @@ export interface ConnectOptions {
   waitForListener?: boolean;
 }
 
+/** Options of `FdChannel.fromFd()`. */
+export interface FromFdOptions {
+  /**
+   * Own a duplicate (fcntl F_DUPFD_CLOEXEC) instead of the fd itself: the caller (or the library
+   * object that owns it) keeps the original. Default false: the channel takes the fd over.
+   */
+  dup?: boolean;
+}
+
 /** Options of `FdChannel.listen()`. */
 export interface ListenOptions {
   /** listen(2)'s backlog: connections queued before accept(). Default 16. */
@@ -139,6 +148,9 @@ export interface ReceivedMessage extends Disposable {
 }
 
 
+/** Makes the FdChannel of a connection accept4() just made (set by FdChannel's static block). */
+let channelOfAccepted: (fd: number) => FdChannel;
+
 /**
  * One end of a connected AF_UNIX SOCK_SEQPACKET socket that carries messages (a JSON payload
  * and up to {@link MAX_FDS} fds each) to the process at the other end.
@@ -159,6 +171,11 @@ export class FdChannel extends FdResource {
 
   private constructor(fd: number) {
     super(fd, 'FdChannel', identityOf(fd));
+  }
+
+  static {
+    // accept4() just made this fd: nothing else can own it, so no ownership check applies.
+    channelOfAccepted = (fd) => new FdChannel(fd);
   }
 
   /**
@@ -255,11 +272,19 @@ export class FdChannel extends FdResource {
    * Adopts an inherited socket fd: checks that it is an AF_UNIX SOCK_SEQPACKET socket that is
    * not listening (getsockopt SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN), sets FD_CLOEXEC (fcntl), and
    * owns it from then on (close() closes it). On failure the fd is left to the caller.
-   * @throws TypeError (code 'ERR_KVM_NOT_SEQPACKET') for another kind of fd; KvmError EBADF for
-   * a closed one; TypeError/RangeError for a bad number
+   *
+   * Every fd has one owner: an fd that a live object of this library owns (another FdChannel, a
+   * received message's fd not taken yet) is refused. With `{ dup: true }` the channel owns a
+   * duplicate (fcntl F_DUPFD_CLOEXEC) and the original stays where it was.
+   * @throws TypeError (code 'ERR_KVM_NOT_SEQPACKET') for another kind of fd; KvmStateError
+   * ERR_KVM_FD_OWNED for an fd a live library object owns (without `dup`); KvmError EBADF for
+   * a closed one, (syscall 'fcntl') EMFILE when no fd is left for the duplicate;
+   * TypeError/RangeError for a bad number or option
    */
-  static fromFd(fd: number): FdChannel {
+  static fromFd(fd: number, opts: FromFdOptions = {}): FdChannel {
     const n = fdNumber(fd, 'fd');
+    const dup = boolOption(options(opts, 'options').dup, 'options.dup');
+    // Every argument is taken: no user code runs from here on.
     let t;
     try {
       t = native.socketType(n);
@@ -273,6 +298,16 @@ export class FdChannel extends FdResource {
       const what = t.listening ? 'a listening socket' : `a socket of domain ${t.domain}, type ${t.type}`;
       throw coded(new TypeError(`fd ${n} is ${what}; FdChannel.fromFd needs a connected AF_UNIX SOCK_SEQPACKET socket (domain 1, type 5)`), 'ERR_KVM_NOT_SEQPACKET');
     }
+    if (dup) {
+      const copy = native.dupCloexec(n);
+      try {
+        return new FdChannel(copy);
+      } catch (e) {
+        native.close(copy);
+        throw e;
+      }
+    }
+    refuseOwned(n, 'fd');
     native.setCloexec(n);
     return new FdChannel(n);
   }
@@ -284,7 +319,9 @@ export class FdChannel extends FdResource {
    * peer's queue is full.
    *
    * `payload` must survive JSON.stringify (a bigint does not: send it as a string or number);
-   * `undefined` is sent as null.
+   * `undefined` is sent as null. Every argument is taken (the items, the options, the payload's
+   * toJSON) before any item's fd is read, so an item closed meanwhile is refused, never replaced
+   * by whatever file took its number.
    * @throws KvmError (syscall 'sendmsg'): EPIPE when the peer is gone, EBADF when an fd in
    * `items` is closed, ETOOMANYREFS when too many fds are in flight; KvmStateError ERR_KVM_TIMEOUT
    * when there was no room in time, ERR_KVM_CLOSED after close() or for a closed item;
@@ -292,18 +329,24 @@ export class FdChannel extends FdResource {
    * item that is not a library object or fd, or a payload JSON cannot encode
    */
   send(payload: unknown, items: readonly SendItem[] = [], opts: SendOptions = {}): void {
+    // Take every argument first (the items, the options, the payload's toJSON), then read the
+    // fds: user code run in between could close an item and reuse its number for another file.
     if (!Array.isArray(items)) throw new TypeError(`The "items" argument must be an array; received ${describe(items)}`);
-    if (items.length > MAX_FDS) {
-      throw new RangeError(`The "items" argument must hold at most ${MAX_FDS} fds (MAX_FDS); received ${items.length}`);
+    const count = items.length;
+    if (count > MAX_FDS) {
+      throw new RangeError(`The "items" argument must hold at most ${MAX_FDS} fds (MAX_FDS); received ${count}`);
     }
+    const list: unknown[] = [];
+    for (let i = 0; i < count; i++) list.push(items[i]);
     const o = options(opts, 'options');
     const timeout = timeoutArg(o.timeoutMs ?? DEFAULT_SEND_TIMEOUT_MS, 'options.timeoutMs');
-    const fds = items.map((item, i) => {
-      if (item instanceof FdResource) return item.fd; // ERR_KVM_CLOSED for a closed object
+    const bytes = encodePayload(payload);
+    const fds = list.map((item, i) => {
+      const own = ownFd(item, `items[${i}]`); // ERR_KVM_CLOSED for a closed object
+      if (own !== undefined) return own;
       if (typeof item === 'number') return fdNumber(item, `items[${i}]`);
       throw new TypeError(`The "items[${i}]" element must be a GuestMemfd, Vm, Vcpu, Kvm, FdChannel or an fd number; received ${describe(item)}`);
     });
-    const bytes = encodePayload(payload);
     const fd = this.open();
     const sent = native.sendMsg(fd, bytes, fds, timeout);
     if (sent < 0) {
@@ -431,7 +474,7 @@ export class FdListener extends FdResource {
         const c = native.unixAccept(fd);
         if (c >= 0) {
           try {
-            return FdChannel.fromFd(c);
+            return channelOfAccepted(c);
           } catch (e) {
             native.close(c);
             throw e;
@@ -483,14 +526,55 @@ async function waitOn(watch: NativeFdWatch, deadline: number, what: string): Pro
   return code;
 }
 
-class Received implements ReceivedFd {
+/** A {@link ReceivedFd} of this library, seen through its private fields. */
+export interface HeldReceivedFd {
+  /** The fd number. */
   readonly fd: number;
+  /** Whether it has left its message (taken or closed). */
+  readonly closed: boolean;
+  /** Hands the fd over (see {@link ReceivedFd.take}). */
+  take(): number;
+  /** The ReceivedFd itself: the fd's owner until take(). */
+  readonly owner: object;
+}
+
+/**
+ * `value` if it is a ReceivedFd this library made (recognised by its private fields, so no
+ * getter of a look-alike object runs), else undefined.
+ * @internal
+ */
+export function receivedFdOf(value: unknown): HeldReceivedFd | undefined {
+  return heldOf(value);
+}
+
+let heldOf: (value: unknown) => HeldReceivedFd | undefined;
+
+class Received implements ReceivedFd {
+  readonly #fd: number;
   readonly kind: FdKind;
   readonly link: string;
   #held = true;
+  // The message owns the fd until take(): a raw number of it cannot be adopted meanwhile.
+  readonly #ref: WeakRef<object>;
+
+  static {
+    heldOf = (value) => {
+      if (typeof value !== 'object' || value === null || !(#held in value)) return undefined;
+      const r = value;
+      return {
+        fd: r.#fd,
+        get closed() {
+          return !r.#held;
+        },
+        take: () => r.take(),
+        owner: r,
+      };
+    };
+  }
 
   constructor(fd: number) {
-    this.fd = fd;
+    this.#fd = fd;
+    this.#ref = claimFd(fd, this);
     let facts: FdFacts;
     try {
       facts = fdFacts(fd);
@@ -501,20 +585,26 @@ class Received implements ReceivedFd {
     this.kind = facts.kind;
   }
 
+  get fd(): number {
+    return this.#fd;
+  }
+
   get closed(): boolean {
     return !this.#held;
   }
 
   take(): number {
-    if (!this.#held) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${this.fd} was already taken or closed`);
+    if (!this.#held) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${this.#fd} was already taken or closed`);
     this.#held = false;
-    return this.fd;
+    releaseFd(this.#fd, this.#ref);
+    return this.#fd;
   }
 
   close(): void {
     if (!this.#held) return;
     this.#held = false;
-    native.close(this.fd);
+    releaseFd(this.#fd, this.#ref);
+    native.close(this.#fd);
   }
 }
 
@@ -644,6 +734,13 @@ function staleSocket(path: string): string | undefined {
     if (e instanceof KvmError && e.code === 'ECONNREFUSED') return undefined;
     return `'${path}' is a socket in use (connect: ${e instanceof KvmError ? e.code : String(e)})`;
   }
+}
+
+/** A boolean option (default false). */
+function boolOption(value: unknown, name: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') throw new TypeError(`The "${name}" option must be a boolean; received ${describe(value)}`);
+  return value;
 }
 
 function coded<E extends Error>(e: E, code: string): E & { code: string } {

@@ -5,12 +5,12 @@
  */
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from './constants.js';
 import { KvmStateError } from './errors.js';
-import type { ReceivedFd } from './fd-channel.js';
+import { receivedFdOf, type ReceivedFd } from './fd-channel.js';
 import { fdFacts } from './fd-identity.js';
 import { Mapping, checkLength } from './mapping.js';
 import { MapSharedFlag, native } from './native.js';
 import { checkU64, describe, fdNumber, off, options, u64 } from './numbers.js';
-import { FdResource, identityOf } from './resource.js';
+import { FdResource, identityOf, refuseOwned } from './resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
 export interface GuestMemfdStat {
@@ -51,13 +51,19 @@ export interface AdoptOptions {
   /** The size in bytes; must equal the file's size (fstat). */
   size: number | bigint;
   /**
-   * The GuestMemfdFlag bits it was created with. The kernel does not report them: adopt()
-   * checks the MMAP bit (an mmap probe, mapped and unmapped at once, nothing touched), but
-   * INIT_SHARED can only be taken on trust, and it decides whether `Mapping.bytes` is allowed.
-   * Claiming INIT_SHARED for a file created without it makes a host access through `bytes`
-   * raise SIGBUS (the guarded read/write/fill report it instead).
+   * The GuestMemfdFlag bits it was created with. The kernel does not report them, so adopt()
+   * checks them: the MMAP bit with an mmap probe (mapped and unmapped at once, nothing
+   * touched), and for a mappable file the INIT_SHARED bit, which decides whether `Mapping.bytes`
+   * is allowed, with a SIGBUS-guarded one-byte read of its first page (the kernel faults in
+   * shared memory, allocating that page if it was a hole, and refuses private memory).
    */
   flags: number | bigint;
+  /**
+   * Own a duplicate of the fd (fcntl F_DUPFD_CLOEXEC) instead of the fd itself: the caller, the
+   * received message or the library object that owns it keeps the original. Default false:
+   * adopt() takes the fd over, and refuses one that a live library object owns.
+   */
+  dup?: boolean;
 }
 
 /** mmap(2) constants for the MMAP probe. */
@@ -94,30 +100,43 @@ export class GuestMemfd extends FdResource {
    * a parent, a C program. The result maps, allocates and punches like one created by
    * `vm.createGuestMemfd()`, and owns the fd: close() closes it.
    *
-   * Checks before taking it: fstat(2) works (the fd is open), `fdKind()` says guest_memfd (its
-   * filesystem's magic number, and on kernels before 7.2 its anon-inode name), st_size equals `opts.size`, and an mmap probe (MAP_SHARED, one
-   * page, unmapped at once) agrees with the MMAP bit of `opts.flags`. Then it sets FD_CLOEXEC
-   * (fcntl). `fd` may be a {@link ReceivedFd}: it is taken from its message only once every check
-   * passed. On any failure the fd stays the caller's (or the message's).
+   * Takes every argument first (the options' getters run before the fd is looked at). Checks
+   * before taking the fd: fstat(2) works (the fd is open), `fdKind()` says guest_memfd (its
+   * filesystem's magic number, and on kernels before 7.2 its anon-inode name), st_size equals
+   * `opts.size`, an mmap probe (MAP_SHARED, one page, unmapped at once) agrees with the MMAP bit
+   * of `opts.flags`, no live object of this library owns the fd (unless `opts.dup`), and for a
+   * mappable file a guarded one-byte read agrees with the INIT_SHARED bit (see
+   * {@link AdoptOptions.flags}). Then it sets FD_CLOEXEC (fcntl), or with `opts.dup` owns a
+   * close-on-exec duplicate. `fd` may be a {@link ReceivedFd}: it is taken from its message only
+   * once every check passed (with `dup`, never). On any failure the fd stays the caller's (or
+   * the message's).
    *
-   * The flags cannot be read back from the kernel: INIT_SHARED is taken on trust (see
-   * {@link AdoptOptions.flags}). Binding the adopted file to a VM of this process fails
-   * (EINVAL): a guest_memfd belongs to the VM it was created for, for life.
+   * Binding the adopted file to a VM of this process fails (EINVAL): a guest_memfd belongs to
+   * the VM it was created for, for life.
    * @throws TypeError (code 'ERR_KVM_NOT_GUEST_MEMFD') for an fd that is not a guest_memfd;
    * RangeError (code 'ERR_KVM_SIZE_MISMATCH') when the size differs, (code
-   * 'ERR_KVM_FLAGS_MISMATCH') when the MMAP bit is wrong; KvmError (syscall 'fstat') EBADF for a
-   * closed fd; KvmStateError ERR_KVM_CLOSED for a ReceivedFd already taken or closed;
-   * TypeError/RangeError for bad numbers
+   * 'ERR_KVM_FLAGS_MISMATCH') when the MMAP or INIT_SHARED bit is wrong; KvmStateError
+   * ERR_KVM_FD_OWNED for an fd number that a live library object owns (a GuestMemfd, an
+   * FdChannel, a received message's fd not taken), ERR_KVM_CLOSED for a ReceivedFd already
+   * taken or closed; KvmError (syscall 'fstat') EBADF for a closed fd, (syscall 'fcntl') EMFILE
+   * when no fd is left for the duplicate, (syscall 'mmap') when the INIT_SHARED check cannot map
+   * a page; TypeError/RangeError for bad numbers or options, or an `fd` object that is not a
+   * ReceivedFd of this library
    */
   static adopt(fd: number | ReceivedFd, opts: AdoptOptions): GuestMemfd {
-    const received = typeof fd === 'object' && fd !== null ? fd : undefined;
-    if (received && received.closed) {
-      throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${received.fd} was already taken or closed`);
+    // Take every argument before looking at the fd: a getter could close or reuse it.
+    const received = receivedFdOf(fd);
+    if (received === undefined && typeof fd === 'object' && fd !== null) {
+      throw new TypeError(`The "fd" argument must be a file descriptor or a ReceivedFd of this library; received ${describe(fd)}`);
     }
-    const n = received ? fdNumber(received.fd, 'fd.fd') : fdNumber(fd, 'fd');
+    const n = received ? received.fd : fdNumber(fd, 'fd');
     const o = options(opts, 'options');
     const size = u64(o.size, 'options.size');
     const flags = u64(o.flags, 'options.flags');
+    const dup = o.dup ?? false;
+    if (typeof dup !== 'boolean') throw new TypeError(`The "options.dup" option must be a boolean; received ${describe(dup)}`);
+    // No user code runs from here on.
+    if (received?.closed) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${n} was already taken or closed`);
     const st = native.fstat(n); // EBADF for a closed fd
     const facts = fdFacts(n);
     if (facts.kind !== 'guest_memfd') {
@@ -135,9 +154,10 @@ export class GuestMemfd extends FdResource {
         { code: 'ERR_KVM_SIZE_MISMATCH' },
       );
     }
+    let mappable: boolean | undefined;
     if (size > 0n) {
       const probe = native.mmapProbe(n, 0, PAGE_SIZE, PROT_READ_WRITE, MAP_SHARED);
-      const mappable = probe === 0 ? true : probe === ENODEV ? false : undefined;
+      mappable = probe === 0 ? true : probe === ENODEV ? false : undefined;
       const claimed = (flags & GuestMemfdFlag.MMAP) !== 0n;
       if (mappable !== undefined && mappable !== claimed) {
         throw Object.assign(
@@ -147,6 +167,32 @@ export class GuestMemfd extends FdResource {
           ),
           { code: 'ERR_KVM_FLAGS_MISMATCH' },
         );
+      }
+    }
+    if (!dup) refuseOwned(n, 'fd', received?.owner);
+    // INIT_SHARED decides whether `bytes` is handed out: a false claim would let the first host
+    // access kill the process with SIGBUS, so ask the kernel with a guarded read.
+    if (mappable === true) {
+      const claimed = (flags & GuestMemfdFlag.INIT_SHARED) !== 0n;
+      const shared = hostCanRead(n);
+      if (shared !== claimed) {
+        throw Object.assign(
+          new RangeError(
+            `guest_memfd fd ${n} holds ${shared ? 'shared' : 'private'} memory (a guarded read of its first page ` +
+              `${shared ? 'worked' : 'faulted'}), but the flags claimed (0x${flags.toString(16)}) say it was created ` +
+              `${claimed ? 'with' : 'without'} GuestMemfdFlag.INIT_SHARED`,
+          ),
+          { code: 'ERR_KVM_FLAGS_MISMATCH' },
+        );
+      }
+    }
+    if (dup) {
+      const copy = native.dupCloexec(n);
+      try {
+        return new GuestMemfd(copy, size, flags);
+      } catch (e) {
+        native.close(copy);
+        throw e;
       }
     }
     native.setCloexec(n);
@@ -226,6 +272,20 @@ export class GuestMemfd extends FdResource {
         : undefined;
     const flags = beyondEnd ? MapSharedFlag.BEYOND_END : 0;
     return new Mapping(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
+  }
+}
+
+/**
+ * Whether the host may touch the file's memory: a SIGBUS-guarded read of the first byte through
+ * a one-page mapping (unmapped at once). The kernel refuses private guest_memfd memory (SIGBUS)
+ * and faults shared memory in.
+ */
+function hostCanRead(fd: number): boolean {
+  const m = native.mapShared(fd, 0, PAGE_SIZE);
+  try {
+    return native.guardedRead(m.buffer, 0, new Uint8Array(1)) === undefined;
+  } finally {
+    native.unmap(m.buffer);
   }
 }
 

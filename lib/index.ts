@@ -19,7 +19,7 @@ export { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from './fd-channel.js';
 export { fdKind, fdFacts, classifyFd, ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC } from './fd-identity.js';
 export type { FdKind, FdFacts } from './fd-identity.js';
 export type {
-  SendItem, SendOptions, ReceiveOptions, ConnectOptions, ListenOptions, AcceptOptions, ReceivedFd, ReceivedMessage,
+  SendItem, SendOptions, ReceiveOptions, ConnectOptions, ListenOptions, AcceptOptions, FromFdOptions, ReceivedFd, ReceivedMessage,
 } from './fd-channel.js';
 export type { GuestMemfdStat } from './guest-memfd.js';
 export type { MapOptions, AdoptOptions } from './guest-memfd.js';

@@ -31,6 +31,51 @@ export interface MbindOptions {
   flags?: number;
 }
 
+// Every mapping this library made whose address range is still reserved, by start address. The
+// range stays reserved (mapped, or a placeholder after close()) until the mapping's ArrayBuffer
+// is collected, so entries hold the buffer weakly and go when it does: a memslot that points
+// into a range holds the buffer (see rangeHolders()), however its address was given.
+interface RangeEntry {
+  readonly address: bigint;
+  readonly end: bigint;
+  readonly buffer: WeakRef<ArrayBuffer>;
+}
+
+const ranges = new Map<bigint, RangeEntry>();
+const rangeGone = new FinalizationRegistry<RangeEntry>((e) => {
+  // A new mapping may have been made at the same address since the buffer was collected.
+  if (ranges.get(e.address) === e) ranges.delete(e.address);
+});
+
+/**
+ * The ArrayBuffers of every library mapping whose address range overlaps [address, address +
+ * size): while they live, those ranges stay reserved and cannot be reused by other memory. A
+ * memslot keeps them for as long as the kernel may point into the range.
+ * @internal
+ */
+export function rangeHolders(address: bigint, size: bigint): ArrayBuffer[] {
+  const end = address + size;
+  const out: ArrayBuffer[] = [];
+  for (const e of ranges.values()) {
+    if (e.address >= end || e.end <= address) continue;
+    const b = e.buffer.deref();
+    if (b !== undefined) out.push(b);
+  }
+  return out;
+}
+
+/**
+ * A mapping's address and length, read from its private fields (no getter or own property that
+ * user code may have put on the object runs), or undefined if `value` is not a Mapping.
+ * @throws KvmStateError ERR_KVM_CLOSED (naming `name`) if the mapping is closed
+ * @internal
+ */
+export function mappingRange(value: unknown, name: string): { address: bigint; length: number } | undefined {
+  return readRange(value, name);
+}
+
+let readRange: (value: unknown, name: string) => { address: bigint; length: number } | undefined;
+
 /**
  * A MAP_SHARED (guest_memfd) or MAP_PRIVATE|MAP_ANONYMOUS mapping. `bytes` is a Uint8Array
  * over the mapped memory itself: writes through it are writes to the file, with no copy.
@@ -54,6 +99,8 @@ export class Mapping implements Disposable {
   #bytes: Uint8Array | undefined;
   readonly #privateReason: string | undefined;
   readonly #pastEofReason: string | undefined;
+  readonly #address: bigint;
+  readonly #size: number;
   /** The host virtual address of the first byte (for memslot userspace_addr). */
   readonly address: bigint;
   /** The mapping's length in bytes. */
@@ -72,9 +119,20 @@ export class Mapping implements Disposable {
     this.#buffer = m.buffer;
     this.#privateReason = privateReason;
     this.#pastEofReason = pastEofReason;
-    this.address = m.address;
-    this.length = m.buffer.byteLength;
+    this.address = this.#address = m.address;
+    this.length = this.#size = m.buffer.byteLength;
     this.offset = offset;
+    const entry: RangeEntry = { address: m.address, end: m.address + BigInt(this.#size), buffer: new WeakRef(m.buffer) };
+    ranges.set(m.address, entry);
+    rangeGone.register(m.buffer, entry);
+  }
+
+  static {
+    readRange = (value, name) => {
+      if (typeof value !== 'object' || value === null || !(#address in value)) return undefined;
+      if (value.#buffer === undefined) throw new KvmStateError('ERR_KVM_CLOSED', `The "${name}" Mapping is closed`);
+      return { address: value.#address, length: value.#size };
+    };
   }
 
   /**

@@ -113,6 +113,8 @@ export interface NativeAddon {
   open(path: string): number;
   close(fd: number): void;
   setCloexec(fd: number): void;
+  /** fcntl(fd, F_DUPFD_CLOEXEC, 0): a close-on-exec duplicate (native/dup.cc). */
+  dupCloexec(fd: number): number;
   memfdCreate(name: string): number;
   getApiVersion(fd: number): number;
   checkExtension(fd: number, cap: number): number;

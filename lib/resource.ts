@@ -2,6 +2,11 @@
  * The fd lifetime shared by every kernel object (Kvm, Vm, GuestMemfd): one owner per fd,
  * idempotent close(), `[Symbol.dispose]` that never throws, a clear error on use after close,
  * and a FinalizationRegistry that closes a leaked guest_memfd as a safety net only.
+ *
+ * One registry says which library object owns each fd number: every FdResource and every fd a
+ * received message still holds. Taking a number from a user (`GuestMemfd.adopt()`,
+ * `FdChannel.fromFd()`) is refused while a live object owns it, and the safety net closes a
+ * number only while the registry still names the collected object as its owner.
  * @module
  * @internal
  */
@@ -30,16 +35,67 @@ function sameFile(fd: number, id: FdIdentity): boolean {
   return f.link === id.link && f.fsMagic === id.fsMagic && native.inodeOf(fd) === id.ino;
 }
 
-interface Leak extends FdIdentity {
-  fd: number;
+// fd number -> its owner, held weakly so that a leaked owner can still be collected (and its fd
+// closed by the safety net). An entry whose object is gone or closed owns nothing.
+const owners = new Map<number, WeakRef<object>>();
+
+/**
+ * Records `owner` as the owner of `fd`, replacing any earlier entry: the kernel has just given
+ * this number to the library (a new fd, or one a caller handed over after {@link refuseOwned}),
+ * so an older entry can only be an object whose fd was closed behind the library's back.
+ * @returns the entry, to pass to {@link releaseFd}
+ */
+export function claimFd(fd: number, owner: object): WeakRef<object> {
+  const ref = new WeakRef(owner);
+  owners.set(fd, ref);
+  return ref;
 }
 
-// Closes fds of objects that were garbage-collected without close(). The number may have been
-// closed behind the library's back and reused since, even by a file of the same kind, so the
-// link, the filesystem and the inode must all still match. Only files with an inode of their own
-// can be told apart this way (guest_memfd: one inode per file); VM and /dev/kvm fds share one
-// inode per kind, so objects for those are not given to the safety net and a leaked one stays open.
-const leaks = new FinalizationRegistry<Leak>(({ fd, ...id }) => {
+/** Forgets `ref` as the owner of `fd`, unless the number has been claimed by another since. */
+export function releaseFd(fd: number, ref: WeakRef<object>): void {
+  if (owners.get(fd) === ref) owners.delete(fd);
+}
+
+/** The live library object that owns `fd`, if any. */
+export function fdOwner(fd: number): object | undefined {
+  const owner = owners.get(fd)?.deref();
+  if (owner === undefined) owners.delete(fd);
+  return owner;
+}
+
+/**
+ * Refuses to take over `fd` while a live library object other than `except` owns it: a second
+ * owner would close (or punch, or map) a file that is not its own once the first one is done
+ * with the number.
+ * @throws KvmStateError ERR_KVM_FD_OWNED naming the argument and its owner
+ */
+export function refuseOwned(fd: number, name: string, except?: object): void {
+  const owner = fdOwner(fd);
+  if (owner === undefined || owner === except) return;
+  const what = owner.constructor?.name ?? 'object';
+  throw new KvmStateError(
+    'ERR_KVM_FD_OWNED',
+    `The "${name}" argument (fd ${fd}) is owned by a live ${what} of this library: pass { dup: true } to adopt a ` +
+      `duplicate (F_DUPFD_CLOEXEC), or close that object first`,
+  );
+}
+
+interface Leak extends FdIdentity {
+  fd: number;
+  /** The collected object's entry in the owner registry. */
+  ref: WeakRef<object>;
+}
+
+// Closes fds of objects that were garbage-collected without close(). Only a number the registry
+// still gives to the collected object is closed: any other owner since then (the number was
+// closed behind the library's back and reused) keeps it. The link, the filesystem and the inode
+// must match as well, for a number closed and reused outside the library. Only files with an
+// inode of their own can be told apart this way (guest_memfd: one inode per file); VM and
+// /dev/kvm fds share one inode per kind, so objects for those are not given to the safety net
+// and a leaked one stays open.
+const leaks = new FinalizationRegistry<Leak>(({ fd, ref, ...id }) => {
+  if (owners.get(fd) !== ref) return;
+  owners.delete(fd);
   try {
     if (sameFile(fd, id)) native.close(fd);
   } catch {
@@ -47,10 +103,23 @@ const leaks = new FinalizationRegistry<Leak>(({ fd, ...id }) => {
   }
 });
 
+// Set by FdResource's static block: only code inside the class can read its private fields.
+let readOwnFd: (value: unknown, name: string) => number | undefined;
+
 /** Base class of the fd-owning objects. */
 export abstract class FdResource implements Disposable {
   #fd: number;
   readonly #what: string;
+  readonly #ref: WeakRef<object>;
+
+  static {
+    readOwnFd = (value, name) => {
+      if (typeof value !== 'object' || value === null || !(#fd in value)) return undefined;
+      const fd = value.#fd;
+      if (fd < 0) throw new KvmStateError('ERR_KVM_CLOSED', `The "${name}" argument: ${value.#what} is closed`);
+      return fd;
+    };
+  }
 
   /**
    * @param fd the fd this object now owns
@@ -61,7 +130,8 @@ export abstract class FdResource implements Disposable {
   protected constructor(fd: number, what: string, identity?: FdIdentity) {
     this.#fd = fd;
     this.#what = what;
-    if (identity) leaks.register(this, { fd, ...identity }, this);
+    this.#ref = claimFd(fd, this);
+    if (identity) leaks.register(this, { fd, ref: this.#ref, ...identity }, this);
   }
 
   /** The file descriptor. Throws a KvmStateError (ERR_KVM_CLOSED) after close(). */
@@ -92,6 +162,7 @@ export abstract class FdResource implements Disposable {
     if (fd < 0) return;
     this.#fd = -1;
     leaks.unregister(this);
+    releaseFd(fd, this.#ref);
     native.close(fd);
   }
 
@@ -103,4 +174,14 @@ export abstract class FdResource implements Disposable {
       // dispose must not throw; close() already forgot the fd.
     }
   }
+}
+
+/**
+ * The fd of a library object, read from the object's own private field: no getter, proxy or
+ * own property that user code may have put on it runs. `undefined` if `value` is not an
+ * FdResource.
+ * @throws KvmStateError ERR_KVM_CLOSED (naming `name`) if the object is closed
+ */
+export function ownFd(value: unknown, name: string): number | undefined {
+  return readOwnFd(value, name);
 }

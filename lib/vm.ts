@@ -3,13 +3,12 @@
  * @module
  */
 import type { CpuidEntry } from './cpuid.js';
-import { KvmStateError } from './errors.js';
 import { MemslotFlag } from './constants.js';
 import { GuestMemfd } from './guest-memfd.js';
-import { Mapping } from './mapping.js';
+import { mappingRange, rangeHolders, type Mapping } from './mapping.js';
 import { native } from './native.js';
-import { checkU64, fdNumber, options, u32, u64 } from './numbers.js';
-import { FdResource } from './resource.js';
+import { checkU64, describe, fdNumber, options, u32, u64 } from './numbers.js';
+import { FdResource, ownFd } from './resource.js';
 import { Vcpu, VCPU_TOKEN } from './vcpu.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
@@ -68,8 +67,10 @@ export interface Memslot {
   /** Host address. */
   userspaceAddr: bigint;
   /**
-   * The Mapping given as userspaceAddr, if one was: held here so that the garbage collector
-   * cannot return its address range to the system while the slot points at it.
+   * The Mapping given as userspaceAddr, if one was (kept by a later call that changed only the
+   * slot's flags or guest address). Whatever the address was given as, the slot holds every
+   * library mapping its host range overlaps, so that the garbage collector cannot return that
+   * range to the system while the kernel points at it.
    */
   mapping?: Mapping;
   /** The guest_memfd (object or fd number), for GUEST_MEMFD slots. */
@@ -92,6 +93,9 @@ export class Vm extends FdResource {
   /** The VM type given to KVM_CREATE_VM (VmType). */
   readonly type: number;
   readonly #slots = new Map<number, Memslot>();
+  // Per slot: the ArrayBuffers of the library mappings its host range overlaps. While they live
+  // the range stays reserved, so the kernel never points at memory the process reused.
+  readonly #holds = new Map<number, readonly ArrayBuffer[]>();
   readonly #runSize: number;
   readonly #supportedCpuid: () => CpuidEntry[];
 
@@ -182,34 +186,54 @@ export class Vm extends FdResource {
   /**
    * Creates or changes a memslot (ioctl KVM_SET_USER_MEMORY_REGION2). Pass `guestMemfd` to
    * back the slot with a guest_memfd; `userspaceAddr` may be a Mapping of that guest_memfd.
+   * Each field of `region` is read once, all of them before the GuestMemfd's fd or the Mapping's
+   * address is, so a getter that closes either is seen. The slot holds every mapping of this
+   * library that its host range overlaps (however `userspaceAddr` was given) until it is deleted.
    * @throws KvmError: EEXIST when the guest range overlaps another slot; EINVAL for unaligned
    * values, an fd that is not a guest_memfd of this VM, a range past the file's end, a
    * guest_memfd range already bound, GUEST_MEMFD with READONLY or LOG_DIRTY_PAGES, or moving a
-   * guest_memfd slot; EBADF for a closed fd. KvmStateError if this Vm, the GuestMemfd or the
-   * Mapping is closed. TypeError/RangeError for bad numbers, or a Mapping shorter than the slot.
+   * guest_memfd slot; EBADF for a closed fd. KvmStateError ERR_KVM_CLOSED if this Vm, the
+   * GuestMemfd ("guestMemfd") or the Mapping ("userspaceAddr") is closed. TypeError/RangeError
+   * for bad numbers, or a Mapping shorter than the slot.
    */
   setUserMemoryRegion2(region: MemoryRegion2): void {
+    // Take every field once, first: a getter could close the GuestMemfd or the Mapping and reuse
+    // the fd number or the address range, so neither is read before all getters have run.
     const r = options(region, 'region');
-    const slot = u32(r.slot, 'slot');
+    const slotIn = r.slot;
+    const gmIn = r.guestMemfd;
+    const flagsIn = r.flags;
+    const gpaIn = r.guestPhysAddr;
+    const sizeIn = r.memorySize;
+    const uaddrIn = r.userspaceAddr;
+    const offsetIn = r.guestMemfdOffset;
+    const slot = u32(slotIn, 'slot');
+    if (gmIn !== undefined && !(gmIn instanceof GuestMemfd)) fdNumber(gmIn, 'guestMemfd');
+    const flags = u32(flagsIn ?? (gmIn !== undefined ? MemslotFlag.GUEST_MEMFD : 0), 'flags');
+    const gpa = u64(gpaIn, 'guestPhysAddr');
+    const size = u64(sizeIn, 'memorySize');
+    const gmemOffset = u64(offsetIn ?? 0, 'guestMemfdOffset');
+    // No user code runs from here on.
+    const [uaddr, mapping] = userspaceAddr(uaddrIn ?? 0, size);
     let gm: GuestMemfd | number | undefined;
     let gmemFd = 0;
-    if (r.guestMemfd instanceof GuestMemfd) {
-      gm = r.guestMemfd;
-      gmemFd = gm.fd; // throws ERR_KVM_CLOSED if it was closed
-    } else if (r.guestMemfd !== undefined) {
-      gm = gmemFd = fdNumber(r.guestMemfd, 'guestMemfd');
+    if (gmIn !== undefined) {
+      const own = ownFd(gmIn, 'guestMemfd'); // ERR_KVM_CLOSED if it was closed
+      if (own === undefined) {
+        if (typeof gmIn !== 'number') throw new TypeError(`The "guestMemfd" argument must be a GuestMemfd or an fd number; received ${describe(gmIn)}`);
+        gm = gmemFd = gmIn;
+      } else {
+        gm = gmIn as GuestMemfd;
+        gmemFd = own;
+      }
     }
-    const flags = u32(r.flags ?? (gm !== undefined ? MemslotFlag.GUEST_MEMFD : 0), 'flags');
-    const gpa = u64(r.guestPhysAddr, 'guestPhysAddr');
-    const size = u64(r.memorySize, 'memorySize');
-    const uaddr = userspaceAddr(r.userspaceAddr ?? 0, size);
-    const gmemOffset = u64(r.guestMemfdOffset ?? 0, 'guestMemfdOffset');
+    const holds = rangeHolders(uaddr, size);
     native.setUserMemoryRegion2(this.open(), slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
     this.#record({
       slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr,
       guestMemfdOffset: gmemOffset, via: 'region2', ...(gm !== undefined ? { guestMemfd: gm } : {}),
-      ...(r.userspaceAddr instanceof Mapping ? { mapping: r.userspaceAddr } : {}),
-    });
+      ...(mapping ? { mapping } : {}),
+    }, holds);
   }
 
   /**
@@ -220,16 +244,23 @@ export class Vm extends FdResource {
    */
   setUserMemoryRegion(region: MemoryRegion): void {
     const r = options(region, 'region');
-    const slot = u32(r.slot, 'slot');
-    const flags = u32(r.flags ?? 0, 'flags');
-    const gpa = u64(r.guestPhysAddr, 'guestPhysAddr');
-    const size = u64(r.memorySize, 'memorySize');
-    const uaddr = userspaceAddr(r.userspaceAddr, size);
+    const slotIn = r.slot;
+    const flagsIn = r.flags;
+    const gpaIn = r.guestPhysAddr;
+    const sizeIn = r.memorySize;
+    const uaddrIn = r.userspaceAddr;
+    const slot = u32(slotIn, 'slot');
+    const flags = u32(flagsIn ?? 0, 'flags');
+    const gpa = u64(gpaIn, 'guestPhysAddr');
+    const size = u64(sizeIn, 'memorySize');
+    // No user code runs from here on.
+    const [uaddr, mapping] = userspaceAddr(uaddrIn, size);
+    const holds = rangeHolders(uaddr, size);
     native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
     this.#record({
       slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: 0n, via: 'region',
-      ...(r.userspaceAddr instanceof Mapping ? { mapping: r.userspaceAddr } : {}),
-    });
+      ...(mapping ? { mapping } : {}),
+    }, holds);
   }
 
   /**
@@ -243,6 +274,7 @@ export class Vm extends FdResource {
     if (this.#slots.get(s)?.via === 'region2') native.setUserMemoryRegion2(fd, s, 0, 0n, 0n, 0n, 0n, 0);
     else native.setUserMemoryRegion(fd, s, 0, 0n, 0n, 0n);
     this.#slots.delete(s);
+    this.#holds.delete(s);
   }
 
   /** The memslots this object has set and not deleted, by slot id. */
@@ -250,21 +282,36 @@ export class Vm extends FdResource {
     return this.#slots;
   }
 
-  #record(m: Memslot): void {
-    if (m.memorySize === 0n) this.#slots.delete(m.slot);
-    else this.#slots.set(m.slot, m);
+  /** Records what the kernel accepted; `holds` are the mappings the slot's host range overlaps. */
+  #record(m: Memslot, holds: readonly ArrayBuffer[]): void {
+    if (m.memorySize === 0n) {
+      this.#slots.delete(m.slot);
+      this.#holds.delete(m.slot);
+      return;
+    }
+    const old = this.#slots.get(m.slot);
+    if (old && old.userspaceAddr === m.userspaceAddr && old.memorySize === m.memorySize) {
+      // A change of flags or guest address: the kernel keeps pointing at the same host range,
+      // so keep holding all that the slot held, and the Mapping it was given.
+      holds = [...new Set([...(this.#holds.get(m.slot) ?? []), ...holds])];
+      if (m.mapping === undefined && old.mapping !== undefined) m.mapping = old.mapping;
+    }
+    this.#slots.set(m.slot, m);
+    this.#holds.set(m.slot, holds);
   }
 }
 
-function userspaceAddr(value: unknown, size: bigint): bigint {
-  if (value instanceof Mapping) {
-    if (value.closed) throw new KvmStateError('ERR_KVM_CLOSED', 'userspaceAddr: the Mapping is closed');
-    if (BigInt(value.length) < size) {
-      throw new RangeError(
-        `The "userspaceAddr" Mapping is ${value.length} bytes, shorter than memorySize ${size}`,
-      );
+/**
+ * A memslot's host address, and the Mapping if it was given as one (its address and length read
+ * from its private fields).
+ */
+function userspaceAddr(value: unknown, size: bigint): [bigint, Mapping | undefined] {
+  const m = mappingRange(value, 'userspaceAddr'); // ERR_KVM_CLOSED for a closed Mapping
+  if (m !== undefined) {
+    if (BigInt(m.length) < size) {
+      throw new RangeError(`The "userspaceAddr" Mapping is ${m.length} bytes, shorter than memorySize ${size}`);
     }
-    return value.address;
+    return [m.address, value as Mapping];
   }
-  return u64(value, 'userspaceAddr');
+  return [u64(value, 'userspaceAddr'), undefined];
 }

@@ -14,6 +14,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kg::InitCpuid(env, exports);
   kg::InitVcpuRunner(env, exports);
   kg::InitFdPass(env, exports);
+  kg::InitDup(env, exports);
   return exports;
 }
 

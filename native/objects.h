@@ -16,4 +16,5 @@ void InitVcpu(Napi::Env env, Napi::Object exports);        // vcpu.cc: the vCPU 
 void InitCpuid(Napi::Env env, Napi::Object exports);       // cpuid.cc: supported and per-vCPU CPUID
 void InitVcpuRunner(Napi::Env env, Napi::Object exports);  // vcpu_runner.cc: KVM_RUN, threads, kick
 void InitFdPass(Napi::Env env, Napi::Object exports);      // fdpass.cc: SCM_RIGHTS over Unix sockets
+void InitDup(Napi::Env env, Napi::Object exports);         // dup.cc: F_DUPFD_CLOEXEC
 }  // namespace kg
