@@ -76,7 +76,8 @@ export type KvmStateCode =
   | 'ERR_KVM_CONTROL_TRUNCATED'
   | 'ERR_KVM_PAYLOAD_TRUNCATED'
   | 'ERR_KVM_BAD_MESSAGE'
-  | 'ERR_KVM_FD_OWNED';
+  | 'ERR_KVM_FD_OWNED'
+  | 'ERR_KVM_MAPPING_LIMIT';
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {

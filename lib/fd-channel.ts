@@ -664,7 +664,12 @@ function toMessage(m: NativeMessage, maxFds: number): ReceivedMessage {
   let payload: unknown;
   try {
     payload = JSON.parse(decoder.decode(m.bytes));
+    checkDepth(payload);
   } catch (e) {
+    if (e instanceof KvmStateError) {
+      closeAll();
+      throw e;
+    }
     closeAll();
     throw new KvmStateError(
       'ERR_KVM_BAD_MESSAGE',
@@ -673,6 +678,22 @@ function toMessage(m: NativeMessage, maxFds: number): ReceivedMessage {
     );
   }
   return new Message(payload, m.fds.map((fd) => new Received(fd)));
+}
+
+/** How deep a received payload may nest: deeper ones would overflow the stack of code that walks them. */
+export const MAX_PAYLOAD_DEPTH = 1000;
+
+// Walks the parsed payload without recursion, so a hostile nesting cannot overflow this stack.
+function checkDepth(payload: unknown): void {
+  const stack: [unknown, number][] = [[payload, 0]];
+  while (stack.length > 0) {
+    const [v, d] = stack.pop()!;
+    if (typeof v !== 'object' || v === null) continue;
+    if (d >= MAX_PAYLOAD_DEPTH) {
+      throw new KvmStateError('ERR_KVM_BAD_MESSAGE', `FdChannel.receive: the payload nests deeper than MAX_PAYLOAD_DEPTH (${MAX_PAYLOAD_DEPTH}); the fds it carried were closed`);
+    }
+    for (const x of Object.values(v)) stack.push([x, d + 1]);
+  }
 }
 
 const encoder = new TextEncoder();

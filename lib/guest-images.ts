@@ -118,8 +118,9 @@ export function guestImagePath(name: GuestImageName): string {
  *
  * Makes no kernel call; reads the file with readFileSync.
  * @throws TypeError if `name` is not a {@link GuestImageName}.
- * @throws Error if the image file is missing or unreadable (the addon was built without the
- *   guest images, or not built): the message names the path and how to rebuild.
+ * @throws Error (with the read's `code`) if the image file cannot be read: for ENOENT (the addon
+ *   was built without the guest images, or not built) the message says how to rebuild; for
+ *   anything else (EMFILE, EACCES) it says the file is there.
  */
 export function guestImage(name: GuestImageName): Uint8Array {
   if (typeof name !== 'string' || !(guestImageNames as readonly string[]).includes(name)) {
@@ -134,12 +135,13 @@ export function guestImage(name: GuestImageName): Uint8Array {
     try {
       bytes = readFileSync(path);
     } catch (e) {
-      const err = new Error(
-        `kvm-gmem: cannot read the guest image ${path}: ${(e as Error).message}. ` +
-          'The guest images are built with the addon: rebuild with `npm install` (node-gyp) ' +
-          'or `npm run build:cmake` (cmake-js).',
-      );
-      (err as Error & { cause: unknown }).cause = e;
+      const code = (e as NodeJS.ErrnoException).code;
+      // Only a missing file means a build without images; EMFILE, EACCES... are this process's.
+      const hint = code === 'ENOENT'
+        ? 'The guest images are built with the addon: rebuild with `npm install` (node-gyp) or `npm run build:cmake` (cmake-js).'
+        : 'The file is there; the read failed in this process.';
+      const err = new Error(`kvm-gmem: cannot read the guest image ${path}: ${(e as Error).message}. ${hint}`);
+      Object.assign(err, { cause: e, ...(code !== undefined ? { code } : {}) });
       throw err;
     }
     image = new Uint8Array(bytes); // a copy: the cache owns its own ArrayBuffer

@@ -7,7 +7,7 @@ import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from './constants.js';
 import { KvmStateError } from './errors.js';
 import { receivedFdOf, type ReceivedFd } from './fd-channel.js';
 import { fdFacts } from './fd-identity.js';
-import { Mapping, checkLength } from './mapping.js';
+import { Mapping, checkLength, checkMappingRoom } from './mapping.js';
 import { MapSharedFlag, native } from './native.js';
 import { checkU64, describe, fdNumber, off, options, u64 } from './numbers.js';
 import { FdResource, identityOf, refuseOwned } from './resource.js';
@@ -271,6 +271,7 @@ export class GuestMemfd extends FdResource {
           'a host access there would raise SIGBUS (use the guarded read/write/fill)'
         : undefined;
     const flags = beyondEnd ? MapSharedFlag.BEYOND_END : 0;
+    checkMappingRoom();
     return new Mapping(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
   }
 }

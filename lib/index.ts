@@ -15,7 +15,7 @@ export { Kvm, KVM_DEVICE } from './kvm.js';
 export { Vm } from './vm.js';
 export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './vm.js';
 export { GuestMemfd } from './guest-memfd.js';
-export { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from './fd-channel.js';
+export { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from './fd-channel.js';
 export { fdKind, fdFacts, classifyFd, ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC } from './fd-identity.js';
 export type { FdKind, FdFacts } from './fd-identity.js';
 export type {
@@ -23,7 +23,7 @@ export type {
 } from './fd-channel.js';
 export type { GuestMemfdStat } from './guest-memfd.js';
 export type { MapOptions, AdoptOptions } from './guest-memfd.js';
-export { Mapping, MAX_MAPPING_LENGTH } from './mapping.js';
+export { Mapping, MAX_MAPPING_LENGTH, MAX_LIVE_MAPPINGS } from './mapping.js';
 export type { MemoryPolicy, MbindOptions } from './mapping.js';
 export { KvmError, KvmStateError, GuestMemoryFaultError, sigbusCodeName } from './errors.js';
 export type { KvmErrorInfo, KvmStateCode, GuestMemoryFaultInfo } from './errors.js';

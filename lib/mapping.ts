@@ -3,6 +3,7 @@
  * without copying.
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { types } from 'node:util';
 import { GuestMemoryFaultError, KvmStateError } from './errors.js';
 import { native, type NativeFault, type NativeMapping } from './native.js';
@@ -42,6 +43,37 @@ interface RangeEntry {
 }
 
 const ranges = new Map<bigint, RangeEntry>();
+
+/**
+ * The most address ranges the library keeps reserved at once: half the kernel's per-process
+ * limit (vm.max_map_count, 65530 by default). Past the limit mmap fails with ENOMEM everywhere in
+ * the process, and V8 aborts when its own next mmap does; the other half stays for V8 and the rest.
+ */
+export const MAX_LIVE_MAPPINGS = Math.floor(readMaxMapCount() / 2);
+
+function readMaxMapCount(): number {
+  try {
+    const v = Number(readFileSync('/proc/sys/vm/max_map_count', 'utf8').trim());
+    return Number.isSafeInteger(v) && v > 0 ? v : 65530;
+  } catch {
+    return 65530;
+  }
+}
+
+/**
+ * Refuses a new mapping when the library already keeps {@link MAX_LIVE_MAPPINGS} ranges (closed
+ * mappings count until their buffers are collected).
+ * @throws KvmStateError ERR_KVM_MAPPING_LIMIT
+ * @internal
+ */
+export function checkMappingRoom(): void {
+  if (ranges.size < MAX_LIVE_MAPPINGS) return;
+  throw new KvmStateError(
+    'ERR_KVM_MAPPING_LIMIT',
+    `kvm-gmem keeps ${ranges.size} mappings, its limit (half of vm.max_map_count): close mappings and drop ` +
+      'references to them (a closed mapping keeps its address range until collected), or raise vm.max_map_count',
+  );
+}
 const rangeGone = new FinalizationRegistry<RangeEntry>((e) => {
   // A new mapping may have been made at the same address since the buffer was collected.
   if (ranges.get(e.address) === e) ranges.delete(e.address);
@@ -143,6 +175,7 @@ export class Mapping implements Disposable {
    */
   static anonymous(length: number | bigint): Mapping {
     const len = checkLength(length);
+    checkMappingRoom();
     return new Mapping(native.mapAnonymous(len), 0n);
   }
 
