@@ -8,6 +8,7 @@
         "native/fd.cc",
         "native/system.cc",
         "native/vm.cc",
+        "native/private_fd.cc",
         "native/guest_memfd.cc",
         "native/fdpass.cc",
         "native/mapping.cc",

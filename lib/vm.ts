@@ -170,10 +170,12 @@ export class Vm extends FdResource {
   }
 
   /**
-   * Creates a guest_memfd bound to this VM for life (ioctl KVM_CREATE_GUEST_MEMFD), and sets
-   * FD_CLOEXEC on it.
+   * Creates a guest_memfd bound to this VM for life (ioctl KVM_CREATE_GUEST_MEMFD), close-on-exec
+   * from its first moment in the process (made on a short-lived thread with a private fd table),
+   * so no child spawned from any thread can inherit it.
    * @throws KvmError: EINVAL for a size that is 0 or not page-aligned, or an unsupported flag;
-   * TypeError/RangeError for bad numbers; ERR_KVM_CLOSED after close()
+   * (syscall 'pthread_create') EAGAIN when no thread can be created; TypeError/RangeError for bad
+   * numbers; ERR_KVM_CLOSED after close()
    */
   createGuestMemfd(opts: GuestMemfdOptions): GuestMemfd {
     const o = options(opts, 'options');

@@ -1,35 +1,44 @@
 // The VM fd: guest_memfd creation and memslots (legacy and region2).
-#include <fcntl.h>
 #include <sys/ioctl.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cinttypes>
 
 #include "args.h"
 #include "objects.h"
+#include "private_fd.h"
 #include "uapi.h"
 
 namespace kg {
 
-// KVM_CREATE_GUEST_MEMFD. The kernel creates the file without O_CLOEXEC (there is no flag
-// for it in the struct), so set FD_CLOEXEC at once: a child spawned later must never
-// inherit guest memory. If that fails the fd is closed, never handed out half-set.
+struct GuestMemfdCall {
+  int vmfd;
+  kvm_create_guest_memfd args;
+};
+
+static int IoctlCreateGuestMemfd(void* p) {
+  auto* c = static_cast<GuestMemfdCall*>(p);
+  return ioctl(c->vmfd, KVM_CREATE_GUEST_MEMFD, &c->args);
+}
+
+// KVM_CREATE_GUEST_MEMFD. The kernel creates the file without O_CLOEXEC (there is no flag for
+// it in the struct), and setting FD_CLOEXEC afterwards would leave it open to a child forked
+// from another thread meanwhile: so the ioctl runs where no fork can see it (private_fd.cc) and
+// the fd arrives close-on-exec.
 static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
-  int vmfd = ArgFd(info, 0, "vmFd");
-  kvm_create_guest_memfd args{};
-  args.size = ArgU64(info, 1, "size");
-  args.flags = ArgU64(info, 2, "flags");
-  int fd = ioctl(vmfd, KVM_CREATE_GUEST_MEMFD, &args);
+  GuestMemfdCall c{};
+  c.vmfd = ArgFd(info, 0, "vmFd");
+  c.args.size = ArgU64(info, 1, "size");
+  c.args.flags = ArgU64(info, 2, "flags");
+  FdError e;
+  int fd = CreateFdPrivately(c.vmfd, IoctlCreateGuestMemfd, &c, &e);
   if (fd < 0) {
-    ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_GUEST_MEMFD",
-             Fmt("vm fd %d, size=%" PRIu64 ", flags=0x%" PRIx64, vmfd, args.size, args.flags));
-  }
-  // FD_CLOEXEC is the only fd flag, so it is set outright (no F_GETFD round trip).
-  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
-    int err = errno;
-    close(fd);
-    ThrowSys(info.Env(), err, "fcntl", nullptr, Fmt("guest_memfd %d, F_SETFD FD_CLOEXEC", fd));
+    std::string detail =
+        Fmt("vm fd %d, size=%" PRIu64 ", flags=0x%" PRIx64, c.vmfd, c.args.size, c.args.flags);
+    if (e.syscall == nullptr) ThrowSys(info.Env(), e.err, "ioctl", "KVM_CREATE_GUEST_MEMFD", detail);
+    // The machinery around the ioctl failed (no thread, no memory): named for what it was doing.
+    ThrowSys(info.Env(), e.err, e.syscall, nullptr,
+             "a private fd table for KVM_CREATE_GUEST_MEMFD: " + detail);
   }
   return Napi::Number::New(info.Env(), fd);
 }
