@@ -32,6 +32,7 @@ function sameFile(fd: number, id: FdIdentity): boolean {
 
 interface Leak extends FdIdentity {
   fd: number;
+  owned: number;
 }
 
 // Closes fds of objects that were garbage-collected without close(). The number may have been
@@ -39,8 +40,9 @@ interface Leak extends FdIdentity {
 // link, the filesystem and the inode must all still match. Only files with an inode of their own
 // can be told apart this way (guest_memfd: one inode per file); VM and /dev/kvm fds share one
 // inode per kind, so objects for those are not given to the safety net and a leaked one stays open.
-const leaks = new FinalizationRegistry<Leak>(({ fd, ...id }) => {
+const leaks = new FinalizationRegistry<Leak>(({ fd, owned, ...id }) => {
   try {
+    native.disownFd(owned);
     if (sameFile(fd, id)) native.close(fd);
   } catch {
     // The fd is gone already; nothing to do.
@@ -51,6 +53,9 @@ const leaks = new FinalizationRegistry<Leak>(({ fd, ...id }) => {
 export abstract class FdResource implements Disposable {
   #fd: number;
   readonly #what: string;
+  // This environment's record of the fd (native ownFd), which closes it at the environment's
+  // teardown (a Worker ending) if close() never ran: a FinalizationRegistry does not run then.
+  readonly #owned: number;
 
   /**
    * @param fd the fd this object now owns
@@ -61,7 +66,8 @@ export abstract class FdResource implements Disposable {
   protected constructor(fd: number, what: string, identity?: FdIdentity) {
     this.#fd = fd;
     this.#what = what;
-    if (identity) leaks.register(this, { fd, ...identity }, this);
+    this.#owned = native.ownFd(fd, identity !== undefined);
+    if (identity) leaks.register(this, { fd, owned: this.#owned, ...identity }, this);
   }
 
   /** The file descriptor. Throws a KvmStateError (ERR_KVM_CLOSED) after close(). */
@@ -92,6 +98,7 @@ export abstract class FdResource implements Disposable {
     if (fd < 0) return;
     this.#fd = -1;
     leaks.unregister(this);
+    native.disownFd(this.#owned);
     native.close(fd);
   }
 
