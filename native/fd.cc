@@ -115,11 +115,10 @@ static Napi::Value OwnFd(const Napi::CallbackInfo& info) {
 }
 
 // disownFd(token): forgets what ownFd recorded (the object closed its fd, or gave it up) and
-// closes the duplicate. Unknown tokens are ignored.
+// closes the duplicate. Unknown tokens (0: nothing was recorded) are ignored.
 static Napi::Value DisownFd(const Napi::CallbackInfo& info) {
   auto* fds = static_cast<EnvFds*>(info.Data());
-  double d = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
-  auto it = d >= 1 && d <= 9007199254740991.0 ? fds->owned.find(static_cast<uint64_t>(d)) : fds->owned.end();
+  auto it = fds->owned.find(ArgU64(info, 0, "token"));
   if (it != fds->owned.end()) {
     if (it->second.ref >= 0) close(it->second.ref);
     fds->owned.erase(it);
