@@ -167,12 +167,14 @@ describe('a Worker blocked in a synchronous call', () => {
     const base = fds();
     const one = start(1);
     await one.ready;
-    await sleep(300); // well inside the blocking call
+    let returned = false; // the blocking call came back: it must not, the peer never gives way
+    one.w.on('message', (m) => { if (m === 'returned') returned = true; });
+    await sleep(500); // well inside the blocking call (a run there is kicked every 100 ms meanwhile)
     const t0 = Date.now();
     const settled = await Promise.race([one.w.terminate().then(() => true), sleep(${SETTLE_MS}).then(() => false)]);
     const ms = Date.now() - t0;
     if (!settled) {
-      out({ settled, ms });
+      out({ settled, ms, returned });
       process.exit(7); // hangs as well, if the worker cannot be stopped
     }
     await one.exited;
@@ -180,7 +182,7 @@ describe('a Worker blocked in a synchronous call', () => {
     const two = start(2);
     await two.ready;
     await sleep(300);
-    out({ settled, ms, left });
+    out({ settled, ms, left, returned });
     process.exit(7);
   `;
 
@@ -189,7 +191,7 @@ describe('a Worker blocked in a synchronous call', () => {
     const c = run(guestWorker(`parentPort.postMessage('running'); vcpu.run(); parentPort.postMessage('returned');`), main, 50_000);
     expect(c.signal, `the child hung (killed after 50 s): ${c.stdout}`).toBeNull();
     expect(c.stderr).toBe('');
-    expect(last(c)).toMatchObject({ settled: true, left: 0 });
+    expect(last(c)).toMatchObject({ settled: true, left: 0, returned: false });
     expect(last(c).ms as number).toBeLessThan(SETTLE_MS);
     expect(c.status).toBe(7);
   });
@@ -209,7 +211,7 @@ describe('a Worker blocked in a synchronous call', () => {
     const c = run(worker, main, 50_000);
     expect(c.signal, `the child hung (killed after 50 s): ${c.stdout}`).toBeNull();
     expect(c.stderr).toBe('');
-    expect(last(c)).toMatchObject({ settled: true, left: 0 });
+    expect(last(c)).toMatchObject({ settled: true, left: 0, returned: false });
     expect(last(c).ms as number).toBeLessThan(SETTLE_MS);
     expect(c.status).toBe(7);
   });
