@@ -39,7 +39,8 @@ interface Leak extends FdIdentity {
 // closed behind the library's back and reused since, even by a file of the same kind, so the
 // link, the filesystem and the inode must all still match. Only files with an inode of their own
 // can be told apart this way (guest_memfd: one inode per file); VM and /dev/kvm fds share one
-// inode per kind, so objects for those are not given to the safety net and a leaked one stays open.
+// inode per kind, so objects for those are not given to the safety net and a leaked one stays open
+// until its environment ends (the main thread's at exit, a Worker's when it ends; see ownFd).
 const leaks = new FinalizationRegistry<Leak>(({ fd, owned, ...id }) => {
   try {
     native.disownFd(owned);
