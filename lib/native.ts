@@ -112,6 +112,10 @@ export interface NativeAddon {
   ): void;
   open(path: string): number;
   close(fd: number): void;
+  /** Records an fd a library object owns, for this environment's teardown: a token for disownFd. */
+  ownFd(fd: number, ownInode: boolean): number;
+  /** Forgets what ownFd recorded (the fd was closed or given up). */
+  disownFd(token: number): void;
   setCloexec(fd: number): void;
   /** fcntl(fd, F_DUPFD_CLOEXEC, 0): a close-on-exec duplicate (native/dup.cc). */
   dupCloexec(fd: number): number;

@@ -84,6 +84,8 @@ interface Leak extends FdIdentity {
   fd: number;
   /** The collected object's entry in the owner registry. */
   ref: WeakRef<object>;
+  /** Its record in this environment's native fd record (see ownFd). */
+  owned: number;
 }
 
 // Closes fds of objects that were garbage-collected without close(). Only a number the registry
@@ -92,8 +94,14 @@ interface Leak extends FdIdentity {
 // must match as well, for a number closed and reused outside the library. Only files with an
 // inode of their own can be told apart this way (guest_memfd: one inode per file); VM and
 // /dev/kvm fds share one inode per kind, so objects for those are not given to the safety net
-// and a leaked one stays open.
-const leaks = new FinalizationRegistry<Leak>(({ fd, ref, ...id }) => {
+// and a leaked one stays open until its environment ends (the main thread's at exit, a Worker's
+// when it ends; see ownFd).
+const leaks = new FinalizationRegistry<Leak>(({ fd, ref, owned, ...id }) => {
+  try {
+    native.disownFd(owned);
+  } catch {
+    // Nothing recorded: nothing to forget.
+  }
   if (owners.get(fd) !== ref) return;
   owners.delete(fd);
   try {
@@ -110,6 +118,9 @@ let readOwnFd: (value: unknown, name: string) => number | undefined;
 export abstract class FdResource implements Disposable {
   #fd: number;
   readonly #what: string;
+  // This environment's record of the fd (native ownFd), which closes it at the environment's
+  // teardown (a Worker ending) if close() never ran: a FinalizationRegistry does not run then.
+  readonly #owned: number;
   readonly #ref: WeakRef<object>;
 
   static {
@@ -131,7 +142,8 @@ export abstract class FdResource implements Disposable {
     this.#fd = fd;
     this.#what = what;
     this.#ref = claimFd(fd, this);
-    if (identity) leaks.register(this, { fd, ref: this.#ref, ...identity }, this);
+    this.#owned = native.ownFd(fd, identity !== undefined);
+    if (identity) leaks.register(this, { fd, ref: this.#ref, owned: this.#owned, ...identity }, this);
   }
 
   /** The file descriptor. Throws a KvmStateError (ERR_KVM_CLOSED) after close(). */
@@ -163,6 +175,7 @@ export abstract class FdResource implements Disposable {
     this.#fd = -1;
     leaks.unregister(this);
     releaseFd(fd, this.#ref);
+    native.disownFd(this.#owned);
     native.close(fd);
   }
 

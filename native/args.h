@@ -45,6 +45,12 @@ std::string Fmt(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 [[noreturn]] void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request,
                            const std::string& detail);
 
+// Whether `env` is being torn down: a Worker's terminate() or process.exit() has asked it to stop.
+// Node then refuses every call into JavaScript; a native call that blocks on the environment's
+// own thread asks this now and then and returns, since nothing else can end its wait.
+// Only on the environment's own thread.
+bool EnvStopping(napi_env env);
+
 // Registers the JavaScript function that builds KvmError objects (called once by lib/).
 void InitErrors(Napi::Env env, Napi::Object exports);
 

@@ -7,7 +7,8 @@
 //   unixAccept(fd)            accept4(SOCK_CLOEXEC), non-blocking: -1 when nobody is waiting
 //   socketType(fd)            getsockopt SO_DOMAIN / SO_TYPE / SO_ACCEPTCONN
 //   sendMsg(fd, bytes, fds, timeoutMs)   sendmsg with SCM_RIGHTS (MSG_NOSIGNAL | MSG_DONTWAIT,
-//                             poll(POLLOUT) while the peer's queue is full, up to timeoutMs)
+//                             poll(POLLOUT) while the peer's queue is full, up to timeoutMs, or
+//                             until the calling environment stops)
 //   recvMsg(fd, maxBytes, maxFds)        recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
 //   FdWatch                   waits for an fd to become readable on a thread of its own
 //
@@ -50,6 +51,8 @@ constexpr uint32_t kScmMaxFd = 253;
 // The largest payload either call accepts (the kernel's own limit for a SEQPACKET message is
 // the socket's send buffer, about 208 KiB by default).
 constexpr uint32_t kMaxBytes = 16u << 20;
+// How often a send that waits for room asks whether its environment is stopping.
+constexpr int kStopCheckMs = 100;
 
 int64_t NowMs() {
   timespec ts;
@@ -197,7 +200,8 @@ Napi::Value SocketType(const Napi::CallbackInfo& info) {
 // sendMsg(fd, bytes, fds, timeoutMs) -> bytes sent, or -1 if the peer's queue stayed full for
 // timeoutMs. One sendmsg(MSG_NOSIGNAL | MSG_DONTWAIT) with the fds as one SCM_RIGHTS control
 // message (none when fds is empty); while it gives EAGAIN, poll(POLLOUT) waits for room, up to
-// timeoutMs (-1: no limit). On a SEQPACKET socket a message goes whole or not at all.
+// timeoutMs (-1: no limit), or -1 as well once the calling environment is stopping (a Worker's
+// terminate(), process.exit()). On a SEQPACKET socket a message goes whole or not at all.
 // Errors: EPIPE when the peer is gone, EBADF for a closed fd in `fds`, ETOOMANYREFS...
 Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -252,15 +256,18 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     if (err != EAGAIN && err != EWOULDBLOCK) {
       ThrowSys(env, err, "sendmsg", nullptr, Fmt("fd %d, %zu bytes, %u fds (SCM_RIGHTS)", fd, len, n));
     }
-    int wait = -1;
+    int wait = kStopCheckMs;
     if (deadline >= 0) {
       int64_t left = deadline - NowMs();
       if (left <= 0) return Napi::Number::New(env, -1);
-      wait = static_cast<int>(left);
+      if (left < wait) wait = static_cast<int>(left);
     }
     pollfd p{fd, POLLOUT, 0};
     int pr = poll(&p, 1, wait);
     if (pr < 0 && errno != EINTR) ThrowSys(env, errno, "poll", nullptr, Fmt("fd %d, POLLOUT", fd));
+    // This wait is on the JavaScript thread, where a Worker's terminate() cannot reach: give up
+    // (as a timeout: nothing was sent) once the environment is stopping.
+    if (pr == 0 && EnvStopping(env)) return Napi::Number::New(env, -1);
     // On POLLOUT, POLLERR or POLLHUP the next sendmsg says what happened.
   }
 }
@@ -522,12 +529,15 @@ class FdWatch : public Napi::ObjectWrap<FdWatch> {
     fd_ = efd_ = -1;
   }
 
+  // At environment teardown (a worker ending, process exit): a wait in flight is answered
+  // kClosed, and the dup and the eventfd are closed now, not whenever the object is finalized.
   static void OnEnvCleanup(void* arg) {
     auto* self = static_cast<FdWatch*>(arg);
     self->hook_ = false;
     self->closed_ = true;
     self->StopThread();
     self->ReleaseTsfn();
+    self->CloseFds();
   }
 
   // Never throws: it runs from the thread-safe function, also during environment teardown.

@@ -22,6 +22,14 @@
 // Kicking: set kvm_run.immediate_exit, then send the thread a signal. If the thread is inside
 // KVM_RUN the pending signal makes KVM return EINTR; if it has not entered yet, immediate_exit
 // makes KVM return EINTR at once. Either way the run ends with EINTR (KVM_EXIT_INTR).
+//
+// A synchronous run() on a Worker's thread blocks that thread in KVM_RUN, and a Worker's
+// terminate() (or process.exit() on the main thread, which terminates every worker) only asks V8
+// to stop running JavaScript: nothing reaches a thread inside a system call, and the terminate
+// never settles. So while such a run lasts, a process-wide watchdog thread sends it the kick
+// signal every kWatchMs; the run comes back with EINTR, asks whether its environment is stopping,
+// and either returns or enters KVM_RUN again (the guest never notices). The main thread's runs
+// are left alone: nothing but a signal can stop them there anyway.
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -33,6 +41,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -92,13 +101,38 @@ void ReleaseFromBuffer(Napi::Env, void*, RunMapping* m) { m->Release(); }
 std::mutex g_runners_mu;
 std::vector<int> g_runners;
 
+// How often the watchdog kicks a synchronous run on a worker's thread (see the top of the file).
+constexpr auto kWatchMs = std::chrono::milliseconds(100);
+
+bool OnMainThread() { return syscall(SYS_gettid) == getpid(); }
+
 struct RunResult {
   int err;  // 0, or the errno of KVM_RUN
 };
 
 }  // namespace
 
+class VcpuRunner;
+
+// The runners whose synchronous runs the watchdog kicks, and the watchdog thread. Never
+// destroyed: the detached thread may outlive static destructors at exit.
+struct Watchdog {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<VcpuRunner*> runners;
+  bool started = false;
+  static Watchdog& Get() {
+    static Watchdog* w = new Watchdog;
+    return *w;
+  }
+  bool Add(VcpuRunner* r);
+  void Remove(VcpuRunner* r);
+  void Loop();
+};
+
 class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
+  friend struct Watchdog;
+
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "VcpuRunner",
@@ -171,6 +205,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
   ~VcpuRunner() override {
     closed_ = true;
+    Unwatch();
     StopThread();
     ReleaseTsfn();
     RemoveHook();
@@ -226,12 +261,62 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void SetImmediateExit(uint8_t v) { __atomic_store_n(&run_[1], v, __ATOMIC_SEQ_CST); }
 
   // run() -> 0 or the errno of KVM_RUN, on the calling thread. Errors are returned, not thrown:
-  // EINTR (a signal) and EFAULT with KVM_EXIT_MEMORY_FAULT are exits the caller decodes.
+  // EINTR (a signal) and EFAULT with KVM_EXIT_MEMORY_FAULT are exits the caller decodes. On a
+  // worker's thread the watchdog's kicks are not exits: the run goes on unless the environment is
+  // stopping.
   Napi::Value Run(const Napi::CallbackInfo& info) {
-    CheckIdle(info.Env(), "run");
+    Napi::Env env = info.Env();
+    CheckIdle(env, "run");
     SetImmediateExit(0);
-    int rc = ioctl(fd_, KVM_RUN, 0);
-    return Napi::Number::New(info.Env(), rc < 0 ? errno : 0);
+    if (!watchDecided_) {  // once: the environment's thread never changes
+      watchDecided_ = true;
+      if (!OnMainThread()) Watch();
+    }
+    for (;;) {
+      if (watched_) {
+        std::lock_guard<std::mutex> lk(syncMu_);
+        syncActive_ = true;
+      }
+      int rc = ioctl(fd_, KVM_RUN, 0);
+      int err = rc < 0 ? errno : 0;
+      if (!watched_) return Napi::Number::New(env, err);
+      bool ticked;
+      {
+        std::lock_guard<std::mutex> lk(syncMu_);
+        syncActive_ = false;
+        ticked = ticked_;
+        ticked_ = false;
+      }
+      if (err == EINTR && ticked && !EnvStopping(env)) continue;
+      return Napi::Number::New(env, err);
+    }
+  }
+
+  // Puts this runner in the watchdog's care (see the top of the file), from the thread that runs
+  // it: the thread every run() of this runner's environment comes from.
+  void Watch() {
+    sigset_t kick;
+    sigemptyset(&kick);
+    sigaddset(&kick, KickSignal());
+    pthread_sigmask(SIG_UNBLOCK, &kick, nullptr);  // a thread may have been started with it blocked
+    syncThread_ = pthread_self();
+    watched_ = Watchdog::Get().Add(this);
+  }
+
+  void Unwatch() {
+    if (!watched_) return;
+    Watchdog::Get().Remove(this);
+    watched_ = false;
+  }
+
+  // From the watchdog thread, under its lock: kicks a synchronous run in flight. syncMu_ makes
+  // the signal reach the thread only while it is inside run(), never once it went back to
+  // JavaScript (where a signal could cut some other system call short).
+  void TickIfRunning() {
+    std::lock_guard<std::mutex> lk(syncMu_);
+    if (!syncActive_) return;
+    ticked_ = true;
+    pthread_kill(syncThread_, KickSignal());
   }
 
   // runAsync(polled?) -> Promise<0 | errno>: the same call on the vCPU's own thread. With
@@ -290,6 +375,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (closed_) return info.Env().Undefined();
     closed_ = true;
+    Unwatch();
     StopThread();
     if (busy_ && handoff_.load() == kReady) {  // finished for a poller that will not come back
       handoff_.store(kIdle);
@@ -477,7 +563,54 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   std::atomic<bool> request_{false};
   std::atomic<bool> quit_{false};
   bool sleeping_ = false;  // under mu_
+
+  // A synchronous run on a worker's thread, and the watchdog's kicks of it.
+  bool watchDecided_ = false;  // on the environment's thread, like watched_
+  bool watched_ = false;       // in the watchdog's list
+  pthread_t syncThread_{};     // the thread of this runner's environment
+  std::mutex syncMu_;
+  bool syncActive_ = false;    // under syncMu_: inside run(), around KVM_RUN
+  bool ticked_ = false;        // under syncMu_: the watchdog kicked this run
 };
+
+bool Watchdog::Add(VcpuRunner* r) {
+  std::lock_guard<std::mutex> lk(mu);
+  if (!started) {
+    // No signal meant for the process may land on this thread.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    try {
+      std::thread([this] { Loop(); }).detach();
+      started = true;
+    } catch (const std::system_error&) {
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (!started) return false;  // runs here stay unkickable, as they were before the watchdog
+  }
+  runners.push_back(r);
+  cv.notify_one();
+  return true;
+}
+
+void Watchdog::Remove(VcpuRunner* r) {
+  std::lock_guard<std::mutex> lk(mu);
+  for (auto it = runners.begin(); it != runners.end(); ++it) {
+    if (*it == r) {
+      runners.erase(it);
+      break;
+    }
+  }
+}
+
+void Watchdog::Loop() {
+  std::unique_lock<std::mutex> lk(mu);
+  for (;;) {
+    if (runners.empty()) cv.wait(lk);
+    else cv.wait_for(lk, kWatchMs);
+    for (VcpuRunner* r : runners) r->TickIfRunning();
+  }
+}
 
 void InitVcpuRunner(Napi::Env env, Napi::Object exports) {
   exports.Set("VcpuRunner", VcpuRunner::Define(env));

@@ -14,7 +14,7 @@ const hostile: unknown[] = [
 
 // Arity of each function that takes only fds and numbers (the others are tested below).
 const numeric: Record<string, number> = {
-  close: 1, setCloexec: 1, getApiVersion: 1, checkExtension: 2, createVm: 2, getVcpuMmapSize: 1,
+  close: 1, ownFd: 1, disownFd: 1, setCloexec: 1, getApiVersion: 1, checkExtension: 2, createVm: 2, getVcpuMmapSize: 1,
   createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, inodeOf: 1, fallocate: 4,
   mapShared: 3, mapAnonymous: 1, createVcpu: 2, mmapProbe: 5, dupCloexec: 1,
   unixAccept: 1, socketType: 1, recvMsg: 3, fsMagic: 1, getSupportedCpuid: 1, getCpuid2: 1,
