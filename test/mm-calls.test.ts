@@ -154,10 +154,13 @@ describe('NUMA policy (mbind, get_mempolicy, move_pages)', () => {
   });
 
   it('pageNodes: touched pages of anonymous memory are on a node, untouched ones -ENOENT', () => {
-    const node = numaNodes()[0]!;
+    // Without a policy a page lands on the node of the CPU that touched it: any online node.
+    const online = numaNodes();
     using m = Mapping.anonymous(4 * PAGE_SIZE);
     m.bytes.fill(1, 0, 3 * PAGE_SIZE);
-    expect(m.pageNodes([0, PAGE_SIZE, 2n * BigInt(PAGE_SIZE), 3 * PAGE_SIZE])).toEqual([node, node, node, -ENOENT]);
+    const got = m.pageNodes([0, PAGE_SIZE, 2n * BigInt(PAGE_SIZE), 3 * PAGE_SIZE]);
+    for (const n of got.slice(0, 3)) expect(online).toContain(n);
+    expect(got[3]).toBe(-ENOENT);
     expect(m.pageNodes([])).toEqual([]);
     expect(() => m.pageNodes([4 * PAGE_SIZE])).toThrow(RangeError);
     expect(() => m.pageNodes(['0' as never])).toThrow(TypeError);
@@ -165,12 +168,11 @@ describe('NUMA policy (mbind, get_mempolicy, move_pages)', () => {
   });
 
   it('pageNodes on guest_memfd: pages the file holds are on a node, private memory is -ENOENT', (ctx) => {
-    const node = numaNodes()[0]!;
     using vm = gmemVm(ctx, SHARED);
     using g = vm.createGuestMemfd({ size: 4 * PAGE_SIZE, flags: SHARED });
     using m = g.map();
     m.bytes[0] = 1;
-    expect(m.pageNodes([0])).toEqual([node]);
+    expect(numaNodes()).toContain(m.pageNodes([0])[0]);
     using p = vm.createGuestMemfd({ size: 4 * PAGE_SIZE, flags: MMAP });
     using pm = p.map();
     expect(pm.pageNodes([0, PAGE_SIZE])).toEqual([-ENOENT, -ENOENT]);
