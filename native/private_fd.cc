@@ -201,6 +201,17 @@ int CreateFdPrivately(int keep, int (*make)(void* ctx), void* ctx, FdError* erro
   }
   close(sv[0]);
   close(sv[1]);
+  // The socket pair took the lowest numbers: move the fd down to the lowest free one, as a plain
+  // creation would have given (still close-on-exec: F_DUPFD_CLOEXEC).
+  if (fd >= 0) {
+    int low = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (low >= 0 && low < fd) {
+      close(fd);
+      fd = low;
+    } else if (low >= 0) {
+      close(low);
+    }
+  }
   return fd;
 }
 
