@@ -365,8 +365,11 @@ export class FdChannel extends FdResource {
    * file, or ECONNRESET as `cause`), ERR_KVM_TIMEOUT after `timeoutMs`, ERR_KVM_CONTROL_TRUNCATED
    * for a message with more fds than `maxFds` (MSG_CTRUNC), ERR_KVM_PAYLOAD_TRUNCATED for a
    * payload over MAX_PAYLOAD bytes (MSG_TRUNC), ERR_KVM_BAD_MESSAGE for a payload that is not
-   * UTF-8 JSON, ERR_KVM_CLOSED when this channel is closed (also while waiting); KvmError
-   * (syscall 'recvmsg' or 'poll') for other failures; TypeError/RangeError for bad options
+   * UTF-8 JSON (an empty message from a live peer included), ERR_KVM_CLOSED when this channel is
+   * closed (also while waiting); KvmError (syscall 'recvmsg') EMFILE/ENFILE when the fd table
+   * filled up while the message's fds were installed (the message is consumed, the fds it
+   * brought closed), or (syscall 'recvmsg' or 'poll') for other failures; TypeError/RangeError
+   * for bad options
    */
   async receive(opts: ReceiveOptions = {}): Promise<ReceivedMessage> {
     const o = options(opts, 'options');
@@ -641,6 +644,15 @@ function toMessage(m: NativeMessage, maxFds: number): ReceivedMessage {
       }
     }
   };
+  if ((m.flags & MSG_CTRUNC) !== 0 && m.closed < m.room) {
+    // Room was left, so the kernel stopped installing fds for another reason than maxFds (the fd
+    // table had a free number again by the time the addon asked, or a security module refused).
+    throw new KvmStateError(
+      'ERR_KVM_CONTROL_TRUNCATED',
+      `FdChannel.receive: the kernel installed only ${m.closed} of the message's fds with room for ${m.room} (MSG_CTRUNC); ` +
+        `the fd table was full for a moment or a security module refused one; the ${m.closed} fds received were closed`,
+    );
+  }
   if ((m.flags & MSG_CTRUNC) !== 0 || (m.closed > 0 && (m.flags & MSG_TRUNC) === 0)) {
     const how = (m.flags & MSG_CTRUNC) !== 0 ? 'the control data was truncated (MSG_CTRUNC)' : `${m.closed} arrived`;
     throw new KvmStateError(
@@ -657,7 +669,8 @@ function toMessage(m: NativeMessage, maxFds: number): ReceivedMessage {
     );
   }
   if (m.bytes.length === 0) {
-    if (m.fds.length === 0) throw new KvmStateError('ERR_KVM_PEER_CLOSED', 'FdChannel.receive: the peer closed the connection');
+    if (m.eof) throw new KvmStateError('ERR_KVM_PEER_CLOSED', 'FdChannel.receive: the peer closed the connection');
+    if (m.fds.length === 0) throw new KvmStateError('ERR_KVM_BAD_MESSAGE', 'FdChannel.receive: an empty message (no payload, no fds) from a peer still connected');
     closeAll();
     throw new KvmStateError('ERR_KVM_BAD_MESSAGE', `FdChannel.receive: an empty message with ${m.fds.length} fds (they were closed)`);
   }

@@ -85,6 +85,10 @@ export interface NativeMessage {
   flags: number;
   /** How many received fds the addon closed (truncation, or more than maxFds). */
   closed: number;
+  /** A 0-byte result that is the peer's end of stream (RCV_SHUTDOWN), not an empty message. */
+  eof: boolean;
+  /** How many fds the control buffer had room for (maxFds, or one more after rounding). */
+  room: number;
 }
 
 /** getsockopt SO_DOMAIN / SO_TYPE / SO_ACCEPTCONN. */

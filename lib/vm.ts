@@ -8,7 +8,7 @@ import { GuestMemfd } from './guest-memfd.js';
 import { mappingRange, rangeHolders, type Mapping } from './mapping.js';
 import { native } from './native.js';
 import { checkU64, describe, fdNumber, options, u32, u64 } from './numbers.js';
-import { FdResource, ownFd } from './resource.js';
+import { claimFd, FdResource, ownFd, releaseFd } from './resource.js';
 import { Vcpu, VCPU_TOKEN } from './vcpu.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
@@ -17,6 +17,13 @@ export interface GuestMemfdOptions {
   size: number | bigint;
   /** GuestMemfdFlag bits (default 0). */
   flags?: number | bigint;
+}
+
+/** A vCPU fd whose Vcpu object could not be built: its owner entry and environment record. */
+interface Parked {
+  fd: number;
+  ref: WeakRef<object>;
+  owned: number;
 }
 
 /** A host address for a memslot: a number, a bigint, or a Mapping (its address is used). */
@@ -98,6 +105,10 @@ export class Vm extends FdResource {
   readonly #holds = new Map<number, readonly ArrayBuffer[]>();
   readonly #runSize: number;
   readonly #supportedCpuid: () => CpuidEntry[];
+  // vCPUs the kernel made whose Vcpu could not be built (EMFILE for the runner's fd, ENOMEM for
+  // kvm_run's mapping): KVM cannot destroy a vCPU, so the fd waits here for the next
+  // createVcpu() of that id instead of leaving the id taken for good.
+  readonly #parked = new Map<number, Parked>();
 
   /**
    * @internal Use kvm.createVm(). `runSize` is KVM_GET_VCPU_MMAP_SIZE; `supportedCpuid` asks the
@@ -129,13 +140,36 @@ export class Vm extends FdResource {
    */
   createVcpu(id: number): Vcpu {
     const vcpuId = u32(id, 'id');
-    const fd = native.createVcpu(this.open(), vcpuId);
+    const vmFd = this.open();
+    const parked = this.#parked.get(vcpuId);
+    const fd = parked?.fd ?? native.createVcpu(vmFd, vcpuId);
+    let vcpu: Vcpu;
     try {
-      return new Vcpu(VCPU_TOKEN, fd, vcpuId, this, this.#runSize);
+      vcpu = new Vcpu(VCPU_TOKEN, fd, vcpuId, this, this.#runSize);
     } catch (e) {
-      native.close(fd);
+      if (!parked) this.#parked.set(vcpuId, { fd, ref: claimFd(fd, this), owned: native.ownFd(fd, false) });
       throw e;
     }
+    if (parked) {
+      this.#parked.delete(vcpuId);
+      native.disownFd(parked.owned); // the Vcpu owns the fd now (it claimed it in its constructor)
+    }
+    return vcpu;
+  }
+
+  /** Closes the VM fd and the fds of vCPUs parked by a failed createVcpu(). */
+  override close(): void {
+    for (const [id, p] of this.#parked) {
+      this.#parked.delete(id);
+      releaseFd(p.fd, p.ref);
+      native.disownFd(p.owned);
+      try {
+        native.close(p.fd);
+      } catch {
+        // Closed behind the library's back: nothing left to release.
+      }
+    }
+    super.close();
   }
 
   /**

@@ -273,13 +273,14 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
 }
 
 // recvMsg(fd, maxBytes, maxFds) -> undefined when no message is waiting (EAGAIN), else
-// { bytes, fds, flags, closed }: one recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) into a buffer of
+// { bytes, fds, flags, closed, eof, room }: one recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) into a buffer of
 // maxBytes and room for maxFds fds. `flags` is msg_flags (MSG_TRUNC 0x20, MSG_CTRUNC 0x8).
 // Every control message is parsed; all SCM_RIGHTS fds are gathered. When the control data was
 // truncated (MSG_CTRUNC), the payload was truncated (MSG_TRUNC) or more than maxFds fds came,
 // every fd the kernel installed is closed here: `fds` is then empty and `closed` counts them.
-// A 0-byte result with no fds is what the peer's close looks like on a SEQPACKET socket.
-// Errors: ECONNRESET (the peer closed with messages of ours unread), EBADF, ENOTSOCK...
+// `eof` tells the peer's close (or shutdown) from an empty message; `room` is how many fds the
+// control buffer could hold. Errors: EMFILE/ENFILE when the fd table filled up while the
+// message's fds were installed (the message is consumed, its fds closed); ECONNRESET (the peer closed with messages of ours unread), EBADF, ENOTSOCK...
 Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
@@ -332,11 +333,34 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   }
   // The kernel echoes MSG_CMSG_CLOEXEC (our own request) back in msg_flags: leave it out.
   int flags = msg.msg_flags & ~MSG_CMSG_CLOEXEC;
+  // MSG_CTRUNC with room left for more fds: the kernel stopped installing them (scm_detach_fds
+  // gives up at the first failure), not for want of room. Ask the fd table why before the fds
+  // received are closed: EMFILE/ENFILE when it is full.
+  size_t room = control.empty() ? 0 : (control.size() * 8 - CMSG_LEN(0)) / sizeof(int);
+  int installErrno = 0;
+  if ((flags & MSG_CTRUNC) != 0 && fds.size() < room) {
+    int probe = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (probe < 0) installErrno = errno;
+    else close(probe);
+  }
   uint32_t closed = 0;
   if ((flags & (MSG_CTRUNC | MSG_TRUNC)) != 0 || fds.size() > maxFds) {
     CloseAll(fds);
     closed = static_cast<uint32_t>(fds.size());
     fds.clear();
+  }
+  if (installErrno != 0) {
+    ThrowSys(env, installErrno, "recvmsg", nullptr,
+             Fmt("fd %d: the kernel installed %u of the message's fds, then the fd table was full (SCM_RIGHTS); "
+                 "the message was consumed and the %u fds closed",
+                 fd, closed, closed));
+  }
+  // A 0-byte result with no fds is either the peer's end of stream or an empty message from a
+  // live peer (SEQPACKET keeps message boundaries): only the former leaves RCV_SHUTDOWN set.
+  bool eof = false;
+  if (r == 0 && fds.empty() && closed == 0) {
+    pollfd p{fd, POLLRDHUP, 0};
+    eof = poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP)) != 0;
   }
   try {
     Napi::Object o = Napi::Object::New(env);
@@ -349,6 +373,8 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     o.Set("fds", fa);
     o.Set("flags", Napi::Number::New(env, flags));
     o.Set("closed", Napi::Number::New(env, closed));
+    o.Set("eof", Napi::Boolean::New(env, eof));
+    o.Set("room", Napi::Number::New(env, static_cast<double>(room)));
     return o;
   } catch (...) {
     CloseAll(fds);  // nothing reached JavaScript: the fds must not leak
@@ -453,7 +479,8 @@ class FdWatch : public Napi::ObjectWrap<FdWatch> {
       pthread_sigmask(SIG_SETMASK, &old, nullptr);
       ReleaseTsfn();
       RemoveHook();
-      throw Napi::Error::New(env, std::string("cannot start the fd watch thread: ") + e.what());
+      // EAGAIN when the process is out of threads (pids cgroup, RLIMIT_NPROC, memory for the stack).
+      ThrowSys(env, e.code().value(), "pthread_create", nullptr, "the fd watch thread");
     }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }

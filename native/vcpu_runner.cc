@@ -182,8 +182,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) {
       int err = errno;
-      close(fd_);
-      fd_ = -1;
+      CloseFd();  // unlists it too: a stale entry would refuse this vCPU's next runner
       ThrowSys(env, err, "mmap", nullptr, Fmt("vcpu fd %d, length=%u, MAP_SHARED (kvm_run)", vcpufd, size));
     }
     run_ = static_cast<uint8_t*>(p);
@@ -196,8 +195,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       munmap(p, size_);
       delete mapping_;
       mapping_ = nullptr;
-      close(fd_);
-      fd_ = -1;
+      CloseFd();
       throw;
     }
     buffer_ = Napi::Persistent(ab);
@@ -414,7 +412,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       pthread_sigmask(SIG_SETMASK, &old, nullptr);
       ReleaseTsfn();
       RemoveHook();
-      throw Napi::Error::New(env, std::string("cannot start the vCPU thread: ") + e.what());
+      // EAGAIN when the process is out of threads (pids cgroup, RLIMIT_NPROC, memory for the stack).
+      ThrowSys(env, e.code().value(), "pthread_create", nullptr, "the vCPU thread");
     }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }

@@ -2,13 +2,13 @@
 // an untyped error, a wrong one, or an abort.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { FdChannel, MAX_PAYLOAD } from '../lib/index.js';
-const MAX_LIVE_MAPPINGS = 32765, MAX_PAYLOAD_DEPTH = 1000;
+import { FdChannel, MAX_LIVE_MAPPINGS, MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../lib/index.js';
 import { native } from '../lib/native.js';
-import { hangBound } from './kvm-host.js';
+import { hangBound, openKvm } from './kvm-host.js';
 import { ROOT } from './paths.js';
 
 const lib = JSON.stringify(`${ROOT}dist/index.js`);
+const nativeLib = JSON.stringify(`${ROOT}dist/native.js`);
 const run = (script: string, prefix: string[] = []) =>
   spawnSync(prefix[0] ?? process.execPath, [...prefix.slice(1), ...(prefix.length ? [process.execPath] : []), '--input-type=module', '-e', script], {
     encoding: 'utf8', timeout: hangBound(60_000),
@@ -59,5 +59,122 @@ describe('limits', () => {
     expect(out.code).toBe('EMFILE');
     expect(out.message).not.toMatch(/rebuild/);
     expect(out.message).toMatch(/the read failed in this process/);
+  });
+
+  // A child whose address-space limit leaves no room for an 8 MiB thread stack: pthread_create
+  // fails with EAGAIN there, as it does when a pids cgroup or the memory runs out.
+  const noThreads = `
+    import { spawnSync } from 'node:child_process';
+    import { readFileSync } from 'node:fs';
+    const vmSize = () => Number(/^VmSize:\\s+(\\d+) kB$/m.exec(readFileSync('/proc/self/status', 'utf8'))[1]) * 1024;
+    const limitAs = (v) => {
+      const r = spawnSync('prlimit', ['--as=' + v + ':unlimited', '--pid', String(process.pid)], { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error('prlimit: ' + r.stderr);
+    };
+    const noThreads = async (f) => {
+      limitAs(vmSize() + (4 << 20));
+      try { await f(); return 'no error'; } catch (e) { return { name: e.name, code: e.code, syscall: e.syscall }; }
+      finally { limitAs('unlimited'); }
+    };
+  `;
+
+  it('a receive with no thread left rejects with KvmError EAGAIN (pthread_create), and works once threads are back', () => {
+    const r = run(`${noThreads}
+      import { FdChannel } from ${lib};
+      const [a, b] = FdChannel.pair();
+      const err = await noThreads(() => b.receive({ timeoutMs: 100 }));
+      a.send({ after: 1 });
+      const m = await b.receive({ timeoutMs: 5000 });
+      console.log(JSON.stringify({ err, payload: m.payload }));
+    `);
+    expect(r.status, r.stderr).toBe(0);
+    // Before: a plain Error "cannot start the fd watch thread" with no code.
+    expect(JSON.parse(r.stdout)).toEqual({ err: { name: 'KvmError', code: 'EAGAIN', syscall: 'pthread_create' }, payload: { after: 1 } });
+  });
+
+  it('runAsync() with no thread left rejects with KvmError EAGAIN (pthread_create), and runs once threads are back', (ctx) => {
+    openKvm(ctx).close();
+    const r = run(`${noThreads}
+      import { Kvm } from ${lib};
+      const kvm = Kvm.open();
+      const vm = kvm.createVm();
+      const vcpu = vm.createVcpu(0);
+      const err = await noThreads(() => vcpu.runAsync());
+      // The same vCPU starts its thread later: a HLT guest exits at once.
+      const exit = await vcpu.runAsync().then((x) => x.reason, (e) => 'threw ' + e.code);
+      console.log(JSON.stringify({ err, started: !String(exit).startsWith('threw') }));
+    `);
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ err: { name: 'KvmError', code: 'EAGAIN', syscall: 'pthread_create' }, started: true });
+  });
+
+  it('an empty message from a live peer is ERR_KVM_BAD_MESSAGE, not the peer closing; the channel goes on', async () => {
+    const [a, b] = FdChannel.pair();
+    try {
+      native.sendMsg(a.fd, new Uint8Array(0), [], 1000); // the raw wire: a 0-byte SEQPACKET message
+      // Before: ERR_KVM_PEER_CLOSED, though the peer was still there.
+      await expect(b.receive({ timeoutMs: 5000 })).rejects.toMatchObject({ code: 'ERR_KVM_BAD_MESSAGE' });
+      a.send({ next: 2 });
+      const m = await b.receive({ timeoutMs: 5000 });
+      expect(m.payload).toEqual({ next: 2 });
+      a.close();
+      await expect(b.receive({ timeoutMs: 5000 })).rejects.toMatchObject({ code: 'ERR_KVM_PEER_CLOSED' });
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it('EMFILE while a message\'s fds are installed is KvmError EMFILE, no fd is left behind, and the next message arrives', () => {
+    const r = run(`
+      import { openSync, closeSync, readdirSync } from 'node:fs';
+      import { FdChannel } from ${lib};
+      import { native } from ${nativeLib};
+      const count = () => readdirSync('/proc/self/fd').length;
+      const [a, b] = FdChannel.pair();
+      const carried = Array.from({ length: 8 }, () => openSync('/dev/null', 'r'));
+      native.sendMsg(a.fd, new TextEncoder().encode('{"n":1}'), carried, 1000);
+      native.sendMsg(a.fd, new TextEncoder().encode('{"n":2}'), carried.slice(0, 1), 1000);
+      const filler = [];
+      try { for (;;) filler.push(openSync('/dev/null', 'r')); } catch {}
+      for (const fd of filler.splice(0, 3)) closeSync(fd); // room for 3 of the 8
+      const before = count();
+      const err = await b.receive({ timeoutMs: 5000 }).then(() => 'received', (e) => ({ name: e.name, code: e.code, syscall: e.syscall }));
+      const leaked = count() - before;
+      for (const fd of filler) closeSync(fd);
+      const m = await b.receive({ timeoutMs: 5000 });
+      console.log(JSON.stringify({ err, leaked, next: m.payload, fds: m.fds.length }));
+    `, ['prlimit', '--nofile=256:256']);
+    expect(r.status, r.stderr).toBe(0);
+    // Before: ERR_KVM_CONTROL_TRUNCATED, "more fds than maxFds", with maxFds at 253.
+    expect(JSON.parse(r.stdout)).toEqual({ err: { name: 'KvmError', code: 'EMFILE', syscall: 'recvmsg' }, leaked: 0, next: { n: 2 }, fds: 1 });
+  });
+
+  it('createVcpu() under EMFILE does not use up the id: the retry makes that vCPU', (ctx) => {
+    openKvm(ctx).close();
+    const r = run(`
+      import { openSync, closeSync } from 'node:fs';
+      import { Kvm } from ${lib};
+      const kvm = Kvm.open();
+      const vm = kvm.createVm();
+      const filler = [];
+      const fill = () => { try { for (;;) filler.push(openSync('/dev/null', 'r')); } catch {} };
+      const attempt = (id) => { try { const v = vm.createVcpu(id); v.close(); return 'made'; } catch (e) { return e.code; } };
+      const results = [];
+      // 0 free: KVM_CREATE_VCPU itself fails. 1 free: the kernel makes the vCPU, then the library
+      // has no fd left for its own use of it (a vCPU is never destroyed: the id is taken).
+      for (const free of [0, 1]) {
+        const id = 10 + free;
+        fill();
+        for (const fd of filler.splice(0, free)) closeSync(fd);
+        results.push(attempt(id));
+        for (const fd of filler.splice(0, 16)) closeSync(fd);
+        results.push(attempt(id));
+      }
+      console.log(JSON.stringify(results));
+    `, ['prlimit', '--nofile=256:256']);
+    expect(r.status, r.stderr).toBe(0);
+    // Before: the retry after the second EMFILE gave EEXIST.
+    expect(JSON.parse(r.stdout)).toEqual(['EMFILE', 'made', 'EMFILE', 'made']);
   });
 });
