@@ -16,7 +16,7 @@
 import { lstatSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
 import { getSystemErrorMap } from 'node:util';
 import { KvmError, KvmStateError } from './errors.js';
-import { fdFacts, type FdFacts, type FdKind } from './fd-identity.js';
+import { ANON_INODE_FS_MAGIC, fdFacts, type FdFacts, type FdKind } from './fd-identity.js';
 import type { GuestMemfd } from './guest-memfd.js';
 import type { Kvm } from './kvm.js';
 import { native, type NativeFdWatch, type NativeMessage } from './native.js';
@@ -136,7 +136,7 @@ export interface ReceivedFd {
 /**
  * A received message: the payload and the fds, in the order they were sent. Dispose it (or
  * close the fds) when done: the fds not taken are closed then. An undisposed message keeps its
- * fds open until the process exits.
+ * fds open until its environment ends (the process exits, or the Worker that received it ends).
  */
 export interface ReceivedMessage extends Disposable {
   /** JSON.parse of the payload. */
@@ -559,6 +559,8 @@ class Received implements ReceivedFd {
   #held = true;
   // The message owns the fd until take(): a raw number of it cannot be adopted meanwhile.
   readonly #ref: WeakRef<object>;
+  // This environment's record of the fd: a Worker that ends with the message unread closes it.
+  #owned = 0;
 
   static {
     heldOf = (value) => {
@@ -586,6 +588,9 @@ class Received implements ReceivedFd {
     }
     this.link = facts.link;
     this.kind = facts.kind;
+    // A file with an inode of its own is recognised by it; a shared anonymous inode (VM, vCPU)
+    // needs a duplicate to be told apart at teardown.
+    this.#owned = native.ownFd(fd, facts.fsMagic !== 0 && facts.fsMagic !== ANON_INODE_FS_MAGIC);
   }
 
   get fd(): number {
@@ -600,6 +605,7 @@ class Received implements ReceivedFd {
     if (!this.#held) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${this.#fd} was already taken or closed`);
     this.#held = false;
     releaseFd(this.#fd, this.#ref);
+    native.disownFd(this.#owned);
     return this.#fd;
   }
 
@@ -607,6 +613,7 @@ class Received implements ReceivedFd {
     if (!this.#held) return;
     this.#held = false;
     releaseFd(this.#fd, this.#ref);
+    native.disownFd(this.#owned);
     native.close(this.#fd);
   }
 }

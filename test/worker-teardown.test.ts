@@ -157,6 +157,52 @@ describe('a Worker that ends without closing', () => {
   });
 });
 
+describe('a Worker that ends with a received message unread', () => {
+  it('closes the fds the message still holds (4 memfds), however the worker ends', () => {
+    const worker = `
+      import { FdChannel } from ${lib('fd-channel')};
+      import { native } from ${lib('native')};
+      import { parentPort, workerData } from 'node:worker_threads';
+      const [a, b] = FdChannel.pair();
+      const sent = [0, 1, 2, 3].map((i) => native.memfdCreate('teardown-' + i));
+      native.sendMsg(a.fd, new TextEncoder().encode('{"unread":true}'), sent, 1000); // the raw wire
+      for (const fd of sent) native.close(fd);
+      const msg = await b.receive({ timeoutMs: 5000 });
+      a.close();
+      b.close();
+      globalThis.keep = msg; // neither disposed nor collectable
+      parentPort.postMessage(msg.fds.length);
+      parentPort.once('message', () => {
+        if (workerData === 'exit') process.exit(3);
+        parentPort.close();
+      });
+    `;
+    const main = `
+      await new Promise((r) => new Worker('', { eval: true }).once('exit', r));
+      const base = fds();
+      const counts = [];
+      for (const how of ['return', 'exit', 'terminate']) {
+        const w = start(how);
+        const held = await w.ready;
+        const during = fds() - base;
+        if (how === 'terminate') await w.w.terminate(); else w.w.postMessage('go');
+        await w.exited;
+        counts.push({ how, held, during, left: fds() - base });
+      }
+      out(counts);
+    `;
+    const c = run(worker, main, 50_000);
+    expect(c.signal, `the child hung (killed after 50 s): ${c.stdout}`).toBeNull();
+    expect(c.stderr).toBe('');
+    const counts = JSON.parse(c.stdout.trim().split('\n').filter((l) => l.startsWith('['))[0]!) as { held: number; during: number; left: number }[];
+    for (const r of counts) {
+      expect(r.held).toBe(4);
+      expect(r.during).toBeGreaterThanOrEqual(4);
+      expect(r).toMatchObject({ left: 0 }); // before: the 4 memfds stayed open
+    }
+  });
+});
+
 describe('a Worker blocked in a synchronous call', () => {
   // Worker 1 is terminated while blocked: terminate() must settle within SETTLE_MS, and its fds
   // be closed. Worker 2 is left blocked and the process exits: process.exit() terminates every
