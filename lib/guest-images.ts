@@ -2,8 +2,8 @@
  * Guest programs: small x86-64 programs for the library's vCPUs, with the guest -> host call
  * convention ("ucall") they use.
  *
- * The programs are GNU assembler sources in native/guest/<name>.S, assembled by the build
- * (node-gyp and cmake-js alike, through native/guest/mkimage.sh) into flat binary images beside
+ * The programs are GNU assembler sources in guest/<name>.S, assembled by the build
+ * (node-gyp and cmake-js alike, through guest/mkimage.sh) into flat binary images beside
  * the addon: `<addonDir>/guest/<name>.bin`. An image is raw code and data: the entry point is at
  * offset 0, it is position-independent (it reaches its own data RIP-relative only) and it may be
  * loaded at any 16-byte-aligned guest address below 4 GiB.
@@ -19,7 +19,7 @@
  * ({@link UCALL_STRUCT_SIZE} bytes, layout in {@link UcallOffset}) in its own memory and executes
  * `out %eax, %dx` with DX = {@link UCALL_PORT} and EAX = the struct's guest address. The host
  * reads the struct, may write a reply into its args, and resumes the vCPU. The numbers here are
- * the ones in native/guest/ucall.h; a test checks that they agree.
+ * the ones in guest/ucall.h; a test checks that they agree.
  * @module
  */
 import { readFileSync } from 'node:fs';
@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { addonDir } from './native.js';
 
 /**
- * The guest programs built with the addon, one per native/guest/<name>.S. All arguments are
+ * The guest programs built with the addon, one per guest/<name>.S. All arguments are
  * register values set by the host before the first KVM_RUN; "hlt forever" means the program
  * halts (a KVM_EXIT_HLT when the VM has no in-kernel irqchip) and halts again if resumed.
  *

@@ -1,6 +1,6 @@
 /**
  * The host side of the guest-to-host call convention (a mirror of the kernel KVM selftests'
- * ucall; the guest side and the ABI are native/guest/ucall.h).
+ * ucall; the guest side and the ABI are guest/ucall.h).
  *
  * A guest makes a call by filling a `struct ucall` in its memory and writing its address to
  * UCALL_PORT with a 32-bit OUT. The host reads the struct through the memslot's mapping, may

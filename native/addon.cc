@@ -1,5 +1,5 @@
 // The addon's entry point: gathers each kernel object's functions into one exports object.
-#include "objects.h"
+#include "addon.h"
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kg::InitErrors(env, exports);

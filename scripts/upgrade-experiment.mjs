@@ -29,7 +29,7 @@ const mtime = (p) => (fs.existsSync(p) ? fs.statSync(p).mtimeMs : 0);
 
 const addon = path.join(root, 'build', 'Release', 'kvm_gmem.node');
 const image = path.join(root, 'build', 'Release', 'guest', 'upgrade.bin');
-if (!process.env.KVM_GMEM_ADDON && (mtime(image) === 0 || mtime(addon) < newest(path.join(root, 'native'), () => true))) {
+if (!process.env.KVM_GMEM_ADDON && (mtime(image) === 0 || mtime(addon) < Math.max(newest(path.join(root, 'native'), () => true), newest(path.join(root, 'guest'), () => true)))) {
   console.error('upgrade-experiment: building the addon and the guest images (npm run build:native)');
   await $`npm run build:native`.pipe(process.stderr);
 }

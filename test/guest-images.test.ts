@@ -1,5 +1,5 @@
-// The guest programs: the build made an image for every native/guest/*.S, the images are what the
-// sources and native/guest/mkimage.sh make now, and lib/guest-images.ts agrees with ucall.h.
+// The guest programs: the build made an image for every guest/*.S, the images are what the
+// sources and guest/mkimage.sh make now, and lib/guest-images.ts agrees with ucall.h.
 // No guest runs here (that needs vCPUs); the disassembly shows the instructions are there.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -24,7 +24,7 @@ import {
 import { addonPath } from '../lib/native.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const guestDir = join(root, 'native', 'guest');
+const guestDir = join(root, 'guest');
 
 /** True when `tool --version` runs. */
 function have(tool: string): boolean {
@@ -38,7 +38,7 @@ const noToolchain = 'cc, objcopy and objdump are not all installed on this machi
 const scratch = mkdtempSync(join(tmpdir(), 'kvm-gmem-guest-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-/** Runs native/guest/mkimage.sh on `src`; returns the image, or throws with the script's stderr. */
+/** Runs guest/mkimage.sh on `src`; returns the image, or throws with the script's stderr. */
 function mkimage(src: string, name: string): Uint8Array {
   const bin = join(scratch, `${name}.bin`);
   const r = spawnSync('sh', [join(guestDir, 'mkimage.sh'), src, join(scratch, `${name}.o`), bin], { encoding: 'utf8' });
@@ -67,7 +67,7 @@ describe('guest images', () => {
     expect(image.length).toBe(statSync(path).size);
   });
 
-  it('has one image name per native/guest/*.S, and a source per image name', () => {
+  it('has one image name per guest/*.S, and a source per image name', () => {
     const sources = readdirSync(guestDir)
       .filter((f) => f.endsWith('.S'))
       .map((f) => f.slice(0, -2))
@@ -166,7 +166,7 @@ describe('guest images are the sources, assembled', () => {
   it.for(guestImageNames)('%s.bin is what mkimage.sh makes from its source now (position-independent, no relocations)', (name, ctx) => {
     if (!haveToolchain) ctx.skip(noToolchain);
     // A difference means the build's image is stale (rebuild) or another tool made it.
-    expect(guestImage(name), `${guestImagePath(name)} vs native/guest/${name}.S`).toEqual(mkimage(join(guestDir, `${name}.S`), name));
+    expect(guestImage(name), `${guestImagePath(name)} vs guest/${name}.S`).toEqual(mkimage(join(guestDir, `${name}.S`), name));
   });
 
   it('ucall.h: every macro assembles without relocations, with any register as argument', (ctx) => {

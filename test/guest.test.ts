@@ -1,6 +1,6 @@
 // Real guests on guest_memfd memory: what the guest sees of the host's writes and the host of the
 // guest's, punching memory under a running guest, and the exits KVM gives for I/O, MMIO, HLT and
-// a triple fault. Every guest is assembly from native/guest/, assembled by the build.
+// a triple fault. Every guest is assembly from guest/, assembled by the build.
 import { describe, expect, it } from 'vitest';
 import {
   bootGuest, ExitReason, getUcall, GuestAssertionError, guestImage, Mapping, replyUcall, runUntilUcall, runUntilUcallSync,

@@ -32,7 +32,7 @@ async function nextSync(vcpu: Vcpu) {
   }
 }
 
-describe('the upgrade guest (native/guest/upgrade.S)', () => {
+describe('the upgrade guest (guest/upgrade.S)', () => {
   it('fills its region with the address pattern, ticks, checks it on request, and reports a corrupted u64 by address', async (ctx) => {
     const size = 4 * MiB;
     using vm = gmemVm(ctx, SHARED);

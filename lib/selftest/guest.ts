@@ -112,7 +112,7 @@ export interface MemtestJob {
 }
 
 /**
- * Drives the `memtest` guest image (native/guest/memtest.S): each job checks a range for one
+ * Drives the `memtest` guest image (guest/memtest.S): each job checks a range for one
  * byte value and fills it with another; a mismatch is a guest ABORT (GuestAssertionError with the
  * address and the value found).
  */

@@ -1,6 +1,6 @@
 /**
  * What the old VMM, the new VMM and the orchestrator of the live-upgrade experiment share: the
- * guest's memory layout and calls (native/guest/upgrade.S), the memory pattern, the vCPU state as
+ * guest's memory layout and calls (guest/upgrade.S), the memory pattern, the vCPU state as
  * JSON, the handover message and the messages each VMM process sends its parent.
  * @module
  * @internal

@@ -4,7 +4,7 @@
  * to its parent. Its job (JSON {@link OldVmmConfig} in argv[2]):
  *
  * 1. creates a VM whose whole memory is one guest_memfd (MMAP|INIT_SHARED) bound at GPA 0 with
- *    its own mapping, and boots the `upgrade` guest in it (native/guest/upgrade.S): the guest
+ *    its own mapping, and boots the `upgrade` guest in it (guest/upgrade.S): the guest
  *    fills its data region with the address pattern (or the host writes it first, for sizes where
  *    the guest would take too long) and counts, ticking every `period` steps;
  * 2. once it has seen `readyTicks` ticks, says `ready` to the orchestrator and keeps the guest

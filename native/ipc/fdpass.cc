@@ -40,8 +40,8 @@
 #include <thread>
 #include <vector>
 
-#include "args.h"
-#include "objects.h"
+#include "util/args.h"
+#include "addon.h"
 
 namespace kg {
 namespace {

@@ -1,4 +1,4 @@
-#include "args.h"
+#include "util/args.h"
 
 #include <cmath>
 #include <cstdarg>

@@ -5,9 +5,9 @@
 
 #include <cerrno>
 
-#include "args.h"
-#include "objects.h"
-#include "uapi.h"
+#include "util/args.h"
+#include "addon.h"
+#include "uapi/kvm.h"
 
 namespace kg {
 

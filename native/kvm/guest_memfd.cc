@@ -5,8 +5,8 @@
 #include <cerrno>
 #include <cinttypes>
 
-#include "args.h"
-#include "objects.h"
+#include "util/args.h"
+#include "addon.h"
 
 namespace kg {
 

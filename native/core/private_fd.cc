@@ -13,7 +13,7 @@
 // those few microseconds (closing a file there is what a fork does too), and none at all after.
 // A fresh thread per call keeps no state: nothing to pass the VM fd to, no fd of the library's
 // open between calls, nothing to restart after fork().
-#include "private_fd.h"
+#include "core/private_fd.h"
 
 #include <fcntl.h>
 #include <pthread.h>

@@ -10,9 +10,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "args.h"
-#include "mapping.h"
-#include "objects.h"
+#include "util/args.h"
+#include "mm/mapping.h"
+#include "addon.h"
 
 namespace kg {
 namespace {

@@ -1,5 +1,5 @@
-// Plain file-descriptor calls shared by every kernel object: close, close-on-exec, fstatfs, and
-// the per-environment record of the fds library objects own (ownFd, disownFd).
+// Plain file-descriptor calls shared by every kernel object: close, close-on-exec, dup, fstatfs,
+// and the per-environment record of the fds library objects own (ownFd, disownFd).
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -13,8 +13,8 @@
 #include <cstdint>
 #include <unordered_map>
 
-#include "args.h"
-#include "objects.h"
+#include "util/args.h"
+#include "addon.h"
 
 namespace kg {
 
@@ -31,6 +31,17 @@ static Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
     ThrowSys(info.Env(), errno, "fcntl", nullptr, Fmt("fd %d, F_SETFD FD_CLOEXEC", fd));
   }
   return info.Env().Undefined();
+}
+
+// dupCloexec(fd): a close-on-exec copy (F_DUPFD_CLOEXEC), for adopting an fd someone else keeps.
+static Napi::Value DupCloexec(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) {
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "fcntl", nullptr, Fmt("fd %d, F_DUPFD_CLOEXEC", fd));
+  }
+  return Napi::Number::New(info.Env(), copy);
 }
 
 // memfd_create(name, MFD_CLOEXEC): a plain memory file, the "not a guest_memfd" fd that the
@@ -138,6 +149,7 @@ void InitFd(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("fsMagic", Napi::Function::New(env, FsMagic, "fsMagic"));
   exports.Set("setCloexec", Napi::Function::New(env, SetCloexec, "setCloexec"));
+  exports.Set("dupCloexec", Napi::Function::New(env, DupCloexec, "dupCloexec"));
 }
 
 }  // namespace kg

@@ -4,10 +4,10 @@
 #include <cerrno>
 #include <cinttypes>
 
-#include "args.h"
-#include "objects.h"
-#include "private_fd.h"
-#include "uapi.h"
+#include "util/args.h"
+#include "addon.h"
+#include "core/private_fd.h"
+#include "uapi/kvm.h"
 
 namespace kg {
 

@@ -36,9 +36,9 @@
 #include <cstring>
 #include <mutex>
 
-#include "args.h"
-#include "mapping.h"
-#include "objects.h"
+#include "util/args.h"
+#include "mm/mapping.h"
+#include "addon.h"
 
 namespace kg {
 namespace {

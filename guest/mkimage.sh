@@ -1,9 +1,9 @@
 #!/bin/sh
-# Builds one guest image: native/guest/<name>.S -> <name>.o -> <name>.bin (flat binary).
+# Builds one guest image: guest/<name>.S -> <name>.o -> <name>.bin (flat binary).
 # Run by both builds (binding.gyp's guest_images rule, CMakeLists.txt's guest_images target), so
 # they make byte-identical images.
 #
-#   sh native/guest/mkimage.sh <source.S> <object.o> <image.bin>
+#   sh guest/mkimage.sh <source.S> <object.o> <image.bin>
 #
 # The source is preprocessed and assembled by the C compiler (so #include "ucall.h" and
 # #define work); -nostdinc keeps host headers out. The image is the object's .text section,

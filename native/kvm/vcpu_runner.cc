@@ -52,9 +52,9 @@
 
 #include <linux/kcmp.h>
 
-#include "args.h"
-#include "objects.h"
-#include "uapi.h"
+#include "util/args.h"
+#include "addon.h"
+#include "uapi/kvm.h"
 
 namespace kg {
 namespace {

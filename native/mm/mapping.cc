@@ -22,9 +22,9 @@
 #include <string>
 #include <unordered_map>
 
-#include "args.h"
-#include "mapping.h"
-#include "objects.h"
+#include "util/args.h"
+#include "mm/mapping.h"
+#include "addon.h"
 
 namespace kg {
 namespace {

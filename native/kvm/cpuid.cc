@@ -7,9 +7,9 @@
 #include <cstring>
 #include <vector>
 
-#include "args.h"
-#include "objects.h"
-#include "uapi.h"
+#include "util/args.h"
+#include "addon.h"
+#include "uapi/kvm.h"
 
 namespace kg {
 

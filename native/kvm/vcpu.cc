@@ -8,9 +8,9 @@
 #include <cerrno>
 #include <cstddef>
 
-#include "args.h"
-#include "objects.h"
-#include "uapi.h"
+#include "util/args.h"
+#include "addon.h"
+#include "uapi/kvm.h"
 
 namespace kg {
 
