@@ -5,6 +5,9 @@
       "sources": [
         "native/addon.cc",
         "native/util/args.cc",
+        "native/util/errors.cc",
+        "native/util/limits.cc",
+        "native/util/thread.cc",
         "native/core/fd.cc",
         "native/core/private_fd.cc",
         "native/kvm/system.cc",
@@ -16,7 +19,8 @@
         "native/mm/mapping.cc",
         "native/mm/guarded.cc",
         "native/mm/calls.cc",
-        "native/ipc/fdpass.cc"
+        "native/ipc/fdpass.cc",
+        "native/ipc/fd_watch.cc"
       ],
       "include_dirs": ["native", "<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],

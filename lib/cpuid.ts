@@ -4,6 +4,7 @@
  * `vcpu.getCpuid2()`).
  * @module
  */
+import { native } from './native.js';
 import { u32 } from './numbers.js';
 
 /** One CPUID leaf (and subleaf) as KVM describes it: struct kvm_cpuid_entry2, padding left out. */
@@ -33,7 +34,7 @@ export const CpuidFlag = {
 /** Bytes per struct kvm_cpuid_entry2. */
 export const CPUID_ENTRY_SIZE = 40;
 /** The most entries KVM takes in one table (KVM_MAX_CPUID_ENTRIES). */
-export const MAX_CPUID_ENTRIES = 256;
+export const MAX_CPUID_ENTRIES: number = native.limits.maxCpuidEntries;
 
 const FIELDS = ['function', 'index', 'flags', 'eax', 'ebx', 'ecx', 'edx'] as const;
 

@@ -77,7 +77,11 @@ export type KvmStateCode =
   | 'ERR_KVM_PAYLOAD_TRUNCATED'
   | 'ERR_KVM_BAD_MESSAGE'
   | 'ERR_KVM_FD_OWNED'
-  | 'ERR_KVM_MAPPING_LIMIT';
+  | 'ERR_KVM_MAPPING_LIMIT'
+  | 'ERR_KVM_VCPU_HAS_RUNNER'
+  | 'ERR_KVM_BUSY'
+  | 'ERR_KVM_THREAD_LIMIT'
+  | 'ERR_KVM_ADDON_INIT';
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
@@ -98,6 +102,12 @@ export class KvmStateError extends Error {
    * 'ERR_KVM_FD_OWNED' when an fd number given to be taken over (`GuestMemfd.adopt()`,
    * `FdChannel.fromFd()`) is owned by a live object of this library: adopt a duplicate
    * (`{ dup: true }`) instead.
+   *
+   * From the addon's own checks: 'ERR_KVM_VCPU_HAS_RUNNER' when a vCPU file already has a runner
+   * in this process (two would block each other in KVM_RUN); 'ERR_KVM_BUSY' when a wait is
+   * already in flight on an fd watch; 'ERR_KVM_THREAD_LIMIT' when more threads than the addon has
+   * slots for are inside guarded accesses at once; 'ERR_KVM_ADDON_INIT' when the addon cannot set
+   * itself up in an environment (the `cause` of the load error).
    */
   readonly code: KvmStateCode;
   /** Builds the error; `options.cause` is kept as `cause`, as for any Error. */

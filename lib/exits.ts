@@ -8,7 +8,7 @@
  */
 import { ExitReason, MemoryFaultFlag, exitReasonName } from './constants.js';
 
-/** Byte offsets in struct kvm_run (x86_64), checked against native/uapi.h by a test. */
+/** Byte offsets in struct kvm_run (x86_64), checked against native/uapi/kvm.h by a test. */
 export const RunLayout = {
   immediate_exit: 1,
   exit_reason: 8,

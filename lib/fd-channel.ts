@@ -5,7 +5,7 @@
  *
  * The socket is AF_UNIX SOCK_SEQPACKET: message boundaries are kept, so one `send()` is one
  * `receive()`, and the fds travel in the same sendmsg(2) as the payload (SCM_RIGHTS). Node cannot
- * send arbitrary fds itself, so the system calls are the addon's (native/fdpass.cc).
+ * send arbitrary fds itself, so the system calls are the addon's (native/ipc/fdpass.cc).
  *
  * A message on the wire is exactly the UTF-8 JSON text of the payload (at most
  * {@link MAX_PAYLOAD} bytes) plus at most {@link MAX_FDS} fds in one SCM_RIGHTS control message;
@@ -28,20 +28,20 @@ import type { Vm } from './vm.js';
 /** The most fds one message may carry, on send and (by default) on receive. */
 export const MAX_FDS = 64;
 
-/** The largest payload, in bytes of UTF-8 JSON text (64 KiB). */
-export const MAX_PAYLOAD = 64 * 1024;
+/** The largest payload, in bytes of UTF-8 JSON text (64 KiB; the addon enforces it too). */
+export const MAX_PAYLOAD: number = native.limits.maxPayload;
 
 /** How long `send()` waits, by default, for room in the peer's receive queue (milliseconds). */
 export const DEFAULT_SEND_TIMEOUT_MS = 10_000;
 
 /** The kernel's own limit on fds in one SCM_RIGHTS message (SCM_MAX_FD); `maxFds` may go up to it. */
-const SCM_MAX_FD = 253;
+const SCM_MAX_FD = native.limits.maxFdsPerMessage;
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
 const MSG_CTRUNC = 0x8;
 const MSG_TRUNC = 0x20;
 /** The longest socket path (sun_path is 108 bytes with its NUL). */
-const MAX_PATH_BYTES = 107;
+const MAX_PATH_BYTES = native.limits.maxSocketPathBytes;
 
 
 /** Something `send()` can pass: a library object (its fd is sent, the object keeps it) or a raw fd. */

@@ -72,7 +72,7 @@ const MAP_SHARED = 1;
 const ENODEV = 19;
 
 /** The largest `align` map() accepts. */
-const MAX_ALIGN = 1n << 30n;
+const MAX_ALIGN = BigInt(native.limits.maxMapAlign);
 
 /**
  * A guest_memfd. Created by `vm.createGuestMemfd()`; bound into a VM with

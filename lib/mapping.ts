@@ -10,7 +10,7 @@ import { native, type NativeFault, type NativeMapping } from './native.js';
 import { checkU64, describe, options, u32, u64 } from './numbers.js';
 
 /** Node 20's largest ArrayBuffer (buffer.constants.MAX_LENGTH): the largest mapping exposed. */
-export const MAX_MAPPING_LENGTH = 2 ** 32;
+export const MAX_MAPPING_LENGTH: number = native.limits.maxMappingLength;
 
 /** A NUMA memory policy as get_mempolicy(2) reports it (see {@link Mapping.memPolicy}). */
 export interface MemoryPolicy {
@@ -297,7 +297,7 @@ export class Mapping implements Disposable {
     const o = this.#offset(o0.offset ?? 0);
     const l = o0.length === undefined ? this.length - o : this.#length(o0.length, o);
     const maxnode = u32(o0.maxnode ?? 64, 'maxnode');
-    if (maxnode > 1025) throw new RangeError(`The "maxnode" option must be at most 1025; received ${maxnode}`);
+    if (maxnode > native.limits.maxMaxnode) throw new RangeError(`The "maxnode" option must be at most ${native.limits.maxMaxnode}; received ${maxnode}`);
     const flags = u32(o0.flags ?? 0, 'flags');
     native.mbind(buffer, o, l, m, mask, maxnode, flags);
   }

@@ -9,7 +9,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
-import { KvmError } from './errors.js';
+import { KvmError, KvmStateError, type KvmStateCode } from './errors.js';
 
 /** u64 as the addon accepts it: a non-negative safe integer or a bigint. */
 export type U64In = number | bigint;
@@ -20,7 +20,7 @@ export interface NativeMapping {
   address: bigint;
 }
 
-/** Bits of mapShared's `flags` argument (native/mapping.cc). */
+/** Bits of mapShared's `flags` argument (native/mm/mapping.cc). */
 export const MapSharedFlag = {
   /** Skip the end-of-file check: the range may extend past the end of the file. */
   BEYOND_END: 1 << 0,
@@ -55,7 +55,7 @@ export interface NativeStat {
   nlink: number;
 }
 
-/** A vCPU's runner (native/vcpu_runner.cc): the kvm_run mapping, KVM_RUN, its thread, the kick. */
+/** A vCPU's runner (native/kvm/vcpu_runner.cc): the kvm_run mapping, KVM_RUN, its thread, the kick. */
 export interface NativeVcpuRunner {
   /** The kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE bytes). */
   readonly buffer: ArrayBuffer;
@@ -75,7 +75,7 @@ export interface NativeVcpuRunner {
   close(): void;
 }
 
-/** What recvMsg returns for a message (native/fdpass.cc). */
+/** What recvMsg returns for a message (native/ipc/fdpass.cc). */
 export interface NativeMessage {
   /** The payload bytes received (at most maxBytes). */
   bytes: Uint8Array;
@@ -98,7 +98,7 @@ export interface NativeSocketType {
   listening: boolean;
 }
 
-/** Waits for an fd (its own dup of it) to become readable on a thread of its own (native/fdpass.cc). */
+/** Waits for an fd (its own dup of it) to become readable on a thread of its own (native/ipc/fd_watch.cc). */
 export interface NativeFdWatch {
   /** Resolves 1 readable (or hung up), 0 timeout, 2 closed, or -errno; timeoutMs -1 = no limit. One at a time. */
   wait(timeoutMs: number): Promise<number>;
@@ -106,14 +106,40 @@ export interface NativeFdWatch {
   close(): void;
 }
 
-/** Byte offsets and sizes of the uapi structs, from native/uapi.h. */
+/** Byte offsets and sizes of the uapi structs, from native/uapi/kvm.h. */
 export type NativeLayout = Record<string, Record<string, number>>;
 
-/** The addon's exports (native/*.cc). Each is one system call, no policy. */
+/** The limits the addon enforces (native/util/limits.h); lib reads its own from here. */
+export interface NativeLimits {
+  /** Payload bytes of one sendMsg/recvMsg message. */
+  readonly maxPayload: number;
+  /** Fds in one SCM_RIGHTS message (the kernel's SCM_MAX_FD). */
+  readonly maxFdsPerMessage: number;
+  /** Bytes of a Unix socket path, without its NUL. */
+  readonly maxSocketPathBytes: number;
+  /** The longest mapping mapShared/mapAnonymous expose (and mmapProbe tries). */
+  readonly maxMappingLength: number;
+  /** The largest `align` of mapShared. */
+  readonly maxMapAlign: number;
+  /** The largest mbind `maxnode`. */
+  readonly maxMaxnode: number;
+  /** Offsets in one pageNodes query. */
+  readonly maxPageQueries: number;
+  /** Threads inside guarded accesses at once. */
+  readonly maxGuardedThreads: number;
+  /** Entries in one CPUID table (KVM_MAX_CPUID_ENTRIES). */
+  readonly maxCpuidEntries: number;
+}
+
+/** The addon's exports (native/, one Init per file). Each is one system call, no policy. */
 export interface NativeAddon {
   setErrorFactory(
     f: (errno: number, syscall: string, request: string | undefined, detail: string, description: string) => Error,
   ): void;
+  /** Installs the builder of the addon's state errors (code: a KvmStateCode). */
+  setStateErrorFactory(f: (code: KvmStateCode, message: string) => Error): void;
+  /** The limits the addon enforces. */
+  readonly limits: NativeLimits;
   open(path: string): number;
   close(fd: number): void;
   /** Records an fd a library object owns, for this environment's teardown: a token for disownFd. */
@@ -121,7 +147,7 @@ export interface NativeAddon {
   /** Forgets what ownFd recorded (the fd was closed or given up). */
   disownFd(token: number): void;
   setCloexec(fd: number): void;
-  /** fcntl(fd, F_DUPFD_CLOEXEC, 0): a close-on-exec duplicate (native/dup.cc). */
+  /** fcntl(fd, F_DUPFD_CLOEXEC, 0): a close-on-exec duplicate (native/core/fd.cc). */
   dupCloexec(fd: number): number;
   memfdCreate(name: string): number;
   getApiVersion(fd: number): number;
@@ -222,6 +248,7 @@ function load(): NativeAddon {
     (errno, syscall, request, detail, description) =>
       new KvmError({ errno, syscall, detail, description, ...(request ? { request } : {}) }),
   );
+  addon.setStateErrorFactory((code, message) => new KvmStateError(code, message));
   return addon;
 }
 

@@ -1,7 +1,7 @@
 /**
  * x86-64 vCPU register state as typed objects, and their encoding into the kernel's structs
  * (struct kvm_regs, kvm_sregs, kvm_fpu of arch/x86/include/uapi/asm/kvm.h). The byte offsets
- * come from the addon's `uapiLayout()`, which native/uapi.h pins with static_asserts; a test
+ * come from the addon's `uapiLayout()`, which native/uapi/kvm.h pins with static_asserts; a test
  * checks every offset used here against it.
  *
  * Numbers follow the project's convention: 64-bit fields are bigints on the way out and accept
@@ -89,7 +89,7 @@ export interface Fpu {
   mxcsr: number;
 }
 
-/** Byte sizes and offsets of the structs, as native/uapi.h defines them. */
+/** Byte sizes and offsets of the structs, as native/uapi/kvm.h defines them. */
 export const Layout = {
   regs: { size: 144 },
   segment: { size: 24, base: 0, limit: 8, selector: 12, type: 14, present: 15, unusable: 22 },

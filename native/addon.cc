@@ -1,20 +1,25 @@
-// The addon's entry point: gathers each kernel object's functions into one exports object.
+// The addon's entry point: gathers each file's functions into one exports object.
 #include "addon.h"
+
+void kg::ExportFunctions(Napi::Env env, Napi::Object exports, std::initializer_list<Export> list) {
+  for (const Export& e : list) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+}
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   kg::InitErrors(env, exports);
+  kg::InitLimits(env, exports);
   kg::InitFd(env, exports);
   kg::InitSystem(env, exports);
   kg::InitVm(env, exports);
   kg::InitGuestMemfd(env, exports);
-  kg::InitMapping(env, exports);
-  kg::InitGuarded(env, exports);
-  kg::InitMm(env, exports);
   kg::InitVcpu(env, exports);
   kg::InitCpuid(env, exports);
   kg::InitVcpuRunner(env, exports);
+  kg::InitMapping(env, exports);
+  kg::InitGuarded(env, exports);
+  kg::InitMm(env, exports);
   kg::InitFdPass(env, exports);
-  kg::InitDup(env, exports);
+  kg::InitFdWatch(env, exports);
   return exports;
 }
 

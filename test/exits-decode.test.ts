@@ -1,6 +1,6 @@
 // The exit decoder on kvm_run pages written by hand. These exits (memory_fault, internal_error,
 // system_event, fail_entry, unknown numbers) cannot be provoked on this host's KVM, so this file
-// checks only that each field is read from the offset native/uapi.h gives it; the exits KVM does
+// checks only that each field is read from the offset native/uapi/kvm.h gives it; the exits KVM does
 // produce here are decoded from real runs in guest.test.ts and run-async.test.ts.
 import { describe, expect, it } from 'vitest';
 import { ExitReason, MemoryFaultFlag, RunLayout } from '../lib/index.js';

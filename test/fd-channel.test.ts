@@ -71,6 +71,23 @@ function child(body: string, end?: FdChannel, extra: number[] = []): Promise<Chi
 }
 
 /** The child finished cleanly; returns what it printed (JSON), if anything. */
+/**
+ * Sends one raw message of `length` bytes of `fill`, with `fds`, over the socket `sock` from a
+ * sender that is not the library (test/fixtures/raw-send.c, built here with cc as the build's
+ * guest images are): the addon itself never sends more than MAX_PAYLOAD bytes.
+ */
+function rawSend(sock: number, length: number, fill: number, fds: number[]): void {
+  const bin = join(dir, 'raw-send');
+  if (!existsSync(bin)) {
+    const cc = spawnSync('cc', ['-O1', '-o', bin, join(root, 'test', 'fixtures', 'raw-send.c')], { encoding: 'utf8' });
+    expect(cc.status, `cc raw-send.c: ${cc.stderr}`).toBe(0);
+  }
+  const args = [String(length), String(fill), ...fds.map((_, i) => String(4 + i))];
+  const r = spawnSync(bin, args, { stdio: ['ignore', 'pipe', 'pipe', sock, ...fds], encoding: 'utf8' });
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+}
+
 function ok(r: ChildResult): unknown {
   expect(r.stderr).toBe('');
   expect(r.code).toBe(0);
@@ -374,7 +391,7 @@ describe('FdChannel errors, limits and hygiene', () => {
     const m1 = native.memfdCreate('x1');
     const m2 = native.memfdCreate('x2');
     // Raw messages no FdChannel would send.
-    native.sendMsg(a.fd, new Uint8Array(MAX_PAYLOAD + 1).fill(0x20), [m1, m2], 0);
+    rawSend(a.fd, MAX_PAYLOAD + 1, 0x20, [m1, m2]);
     native.sendMsg(a.fd, new Uint8Array(0), [m1], 0);
     native.sendMsg(a.fd, new TextEncoder().encode('{nope'), [m1, m2], 0);
     native.sendMsg(a.fd, new Uint8Array([0x22, 0xff, 0x22]), [m2], 0); // not UTF-8

@@ -2,7 +2,7 @@
 // arguments, throws a TypeError/RangeError (or a KvmError from the kernel) and the process
 // lives on. lib/ checks first, but the addon must hold on its own.
 import { describe, expect, it } from 'vitest';
-import { KvmError } from '../lib/index.js';
+import { KvmError, KvmStateError } from '../lib/index.js';
 import { native } from '../lib/native.js';
 
 // Values that are never a valid fd, u32 or u64; none can name an open fd of this process.
@@ -57,7 +57,7 @@ function survives(f: () => unknown): void {
 describe('native addon argument checks', () => {
   it('covers every exported function', () => {
     const tested = new Set([
-      ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory',
+      ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory', 'setStateErrorFactory', 'limits',
       'uapiLayout', 'VcpuRunner', 'socketPair', 'unixListen', 'unixConnect', 'sendMsg', 'FdWatch', 'setCpuid2',
     ]);
     expect(Object.keys(native).filter((k) => !tested.has(k))).toEqual([]);
@@ -270,7 +270,7 @@ describe('native addon argument checks', () => {
       expect(native.socketType(a)).toEqual({ domain: 1, type: 5, listening: false });
       expect(native.recvMsg(a, 16, 4)).toBeUndefined(); // nothing waiting: EAGAIN is an answer
       expect(() => native.recvMsg(a, 0, 4)).toThrow(RangeError);
-      expect(() => native.recvMsg(a, (16 << 20) + 1, 4)).toThrow(RangeError);
+      expect(() => native.recvMsg(a, native.limits.maxPayload + 1, 4)).toThrow(RangeError);
       expect(() => native.recvMsg(a, 16, 254)).toThrow(RangeError);
       expect(() => native.unixAccept(a)).toThrow(KvmError); // EINVAL: not listening
       // sendMsg(fd, bytes, fds, timeoutMs): each argument checked.
@@ -291,7 +291,7 @@ describe('native addon argument checks', () => {
         expect(() => native.sendMsg(a, new Uint8Array(1), [el as number], 0), `fds element ${String(el)}`).toThrow();
       }
       expect(() => native.sendMsg(a, new Uint8Array(1), new Array(254).fill(0), 0)).toThrow(RangeError); // > SCM_MAX_FD
-      expect(() => native.sendMsg(a, new Uint8Array((16 << 20) + 1), [], 0)).toThrow(RangeError);
+      expect(() => native.sendMsg(a, new Uint8Array(native.limits.maxPayload + 1), [], 0)).toThrow(RangeError);
       expect(() => native.sendMsg(a, new Uint8Array(1), [], -2)).toThrow(RangeError);
       expect(() => native.sendMsg(a, new Uint8Array(1), [0x7ffffff0], 0)).toThrow(KvmError); // EBADF
       const detached = new Uint8Array(4);
@@ -322,6 +322,7 @@ describe('native addon argument checks', () => {
       await expect(w.wait(0)).resolves.toBe(0); // timeout
       const p = w.wait(-1);
       expect(() => w.wait(-1)).toThrow(/already in flight/);
+      expect(() => w.wait(-1)).toThrow(expect.objectContaining({ name: 'KvmStateError', code: 'ERR_KVM_BUSY' }));
       native.sendMsg(b, new Uint8Array([1]), [], 0);
       await expect(p).resolves.toBe(1); // readable
       native.recvMsg(a, 16, 0); // nothing left to read
@@ -329,6 +330,7 @@ describe('native addon argument checks', () => {
       w.close();
       await expect(q).resolves.toBe(2); // closed while waiting
       expect(() => w.wait(0)).toThrow(/closed/);
+      expect(() => w.wait(0)).toThrow(expect.objectContaining({ name: 'KvmStateError', code: 'ERR_KVM_CLOSED' }));
       w.close();
     } finally {
       native.close(a);
@@ -336,7 +338,21 @@ describe('native addon argument checks', () => {
     }
   });
 
-  it('setErrorFactory requires a function', () => {
+  it('setErrorFactory and setStateErrorFactory require a function; state errors are KvmStateErrors', () => {
     expect(() => native.setErrorFactory(1 as never)).toThrow(TypeError);
+    expect(() => native.setStateErrorFactory(1 as never)).toThrow(TypeError);
+    const [a, b] = native.socketPair();
+    const w = new native.FdWatch(a);
+    w.close();
+    try {
+      w.wait(0);
+      expect.unreachable();
+    } catch (e) {
+      expect(e).toBeInstanceOf(KvmStateError);
+      expect(e).toMatchObject({ code: 'ERR_KVM_CLOSED', message: 'wait: the fd watch is closed' });
+    } finally {
+      native.close(a);
+      native.close(b);
+    }
   });
 });

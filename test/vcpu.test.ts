@@ -1,5 +1,5 @@
 // The vCPU object: creation (KVM_CREATE_VCPU), its fd and kvm_run mapping, register state
-// round trips (KVM_GET/SET_REGS, SREGS, FPU), the struct layouts against native/uapi.h, bad input,
+// round trips (KVM_GET/SET_REGS, SREGS, FPU), the struct layouts against native/uapi/kvm.h, bad input,
 // and use after close.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
@@ -169,7 +169,7 @@ describe('vCPU register state', () => {
 });
 
 describe('uapi layouts', () => {
-  it('the TypeScript offsets equal the addon\'s (native/uapi.h, pinned by static_asserts)', () => {
+  it('the TypeScript offsets equal the addon\'s (native/uapi/kvm.h, pinned by static_asserts)', () => {
     const n = native.uapiLayout();
     expect(n.kvm_regs!.size).toBe(Layout.regs.size);
     expect(n.kvm_regs!.rip).toBe(REG_NAMES.indexOf('rip') * 8);
@@ -200,6 +200,9 @@ describe('the native vCPU runner', () => {
     using s = setup(ctx);
     using vcpu = s.vm.createVcpu(0);
     expect(() => new native.VcpuRunner(vcpu.fd, vcpu.kvmRun.length)).toThrow(/already has a runner/);
+    expect(() => new native.VcpuRunner(vcpu.fd, vcpu.kvmRun.length)).toThrow(
+      expect.objectContaining({ name: 'KvmStateError', code: 'ERR_KVM_VCPU_HAS_RUNNER' }),
+    );
     const VcpuClass = vcpu.constructor as new (...a: unknown[]) => unknown;
     expect(() => new VcpuClass(Symbol('x'), vcpu.fd, 0, s.vm, 4096)).toThrow(/vm.createVcpu/);
     // Another vCPU of the same VM is another file: it gets its own runner.

@@ -13,8 +13,9 @@
 #include <cstdint>
 #include <unordered_map>
 
-#include "util/args.h"
 #include "addon.h"
+#include "util/args.h"
+#include "util/errors.h"
 
 namespace kg {
 
@@ -141,15 +142,11 @@ void InitFd(Napi::Env env, Napi::Object exports) {
   auto* fds = new EnvFds();
   if (napi_add_env_cleanup_hook(env, CloseOwnedAtTeardown, fds) != napi_ok) {
     delete fds;
-    throw Napi::Error::New(env, "kvm-gmem: cannot add the environment cleanup hook");
+    ThrowState(env, "ERR_KVM_ADDON_INIT", "kvm-gmem: cannot add the environment cleanup hook");
   }
   exports.Set("ownFd", Napi::Function::New(env, OwnFd, "ownFd", fds));
   exports.Set("disownFd", Napi::Function::New(env, DisownFd, "disownFd", fds));
-  exports.Set("close", Napi::Function::New(env, Close, "close"));
-  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
-  exports.Set("fsMagic", Napi::Function::New(env, FsMagic, "fsMagic"));
-  exports.Set("setCloexec", Napi::Function::New(env, SetCloexec, "setCloexec"));
-  exports.Set("dupCloexec", Napi::Function::New(env, DupCloexec, "dupCloexec"));
+  ExportFunctions(env, exports, {{"close", Close}, {"memfdCreate", MemfdCreate}, {"fsMagic", FsMagic}, {"setCloexec", SetCloexec}, {"dupCloexec", DupCloexec}});
 }
 
 }  // namespace kg

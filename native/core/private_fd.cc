@@ -66,16 +66,27 @@ int KeepOnly(int a, int b) {
   return 0;
 }
 
-// Sends fd over sock (SCM_RIGHTS, one byte of payload). Returns 0 or errno.
-int SendFd(int sock, int fd) {
+// A message of one byte with room for one fd, the same at both ends. Never copied: msg points
+// into it.
+struct OneFdMessage {
   char byte = 0;
   iovec iov{&byte, 1};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  OneFdMessage() {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  OneFdMessage(const OneFdMessage&) = delete;
+  OneFdMessage& operator=(const OneFdMessage&) = delete;
+};
+
+// Sends fd over sock (SCM_RIGHTS, one byte of payload). Returns 0 or errno.
+int SendFd(int sock, int fd) {
+  OneFdMessage m;
+  msghdr& msg = m.msg;
   cmsghdr* c = CMSG_FIRSTHDR(&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
@@ -91,14 +102,8 @@ int SendFd(int sock, int fd) {
 // Receives the one fd the thread sent (already queued: the thread has been joined), close-on-exec
 // from the start. Returns it, or -1 with *error set; any other fd that came along is closed.
 int ReceiveFd(int sock, FdError* error) {
-  char byte;
-  iovec iov{&byte, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  OneFdMessage m;
+  msghdr& msg = m.msg;
   ssize_t r;
   do {
     r = recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);

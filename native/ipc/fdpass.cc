@@ -10,81 +10,61 @@
 //                             poll(POLLOUT) while the peer's queue is full, up to timeoutMs, or
 //                             until the calling environment stops)
 //   recvMsg(fd, maxBytes, maxFds)        recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC)
-//   FdWatch                   waits for an fd to become readable on a thread of its own
+//   FdWatch                   (fd_watch.cc) waits for an fd to become readable
 //
 // Every socket is created close-on-exec, and every received fd arrives close-on-exec
 // (MSG_CMSG_CLOEXEC sets it atomically in the kernel). recvMsg parses every control message and,
 // when the message cannot be handed out whole (control data truncated, payload truncated, more
 // fds than the caller asked for), closes every fd the kernel installed before it returns.
-//
-// Waiting: FdWatch polls a dup of the fd (so a closed and reused number can never be polled) on a
-// long-lived thread of its own, never on the libuv pool (a receive may wait for minutes, and four
-// pool threads are shared with fs, dns and crypto), and hands the result back through a
-// thread-safe function. An eventfd wakes the thread for close().
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <condition_variable>
-#include <mutex>
-#include <optional>
-#include <thread>
 #include <vector>
 
-#include "util/args.h"
 #include "addon.h"
+#include "util/args.h"
+#include "util/errors.h"
+#include "util/limits.h"
+#include "util/thread.h"
 
 namespace kg {
 namespace {
 
-// The kernel's SCM_MAX_FD: at most this many fds in one SCM_RIGHTS message.
-constexpr uint32_t kScmMaxFd = 253;
-// The largest payload either call accepts (the kernel's own limit for a SEQPACKET message is
-// the socket's send buffer, about 208 KiB by default).
-constexpr uint32_t kMaxBytes = 16u << 20;
+using limits::kMaxFdsPerMessage;
+using limits::kMaxPayload;
+static_assert(limits::kMaxSocketPathBytes == sizeof(sockaddr_un::sun_path) - 1, "sun_path holds the path and its NUL");
 // How often a send that waits for room asks whether its environment is stopping.
 constexpr int kStopCheckMs = 100;
-
-int64_t NowMs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
 
 // A Unix socket address for `path` (not abstract: the path has no NUL byte).
 sockaddr_un UnixAddr(const Napi::CallbackInfo& info, const std::string& path, socklen_t* len) {
   sockaddr_un a;
   memset(&a, 0, sizeof a);
   a.sun_family = AF_UNIX;
-  if (path.empty() || path.size() >= sizeof a.sun_path) {
-    throw Napi::RangeError::New(info.Env(), Fmt("The \"path\" argument must be 1 to %zu bytes long (got %zu)",
-                                                sizeof a.sun_path - 1, path.size()));
+  if (path.empty() || path.size() > limits::kMaxSocketPathBytes) {
+    throw Napi::RangeError::New(info.Env(), Fmt("The \"path\" argument must be 1 to %u bytes long (got %zu)",
+                                                limits::kMaxSocketPathBytes, path.size()));
   }
   memcpy(a.sun_path, path.data(), path.size());
   *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
   return a;
 }
 
-void CloseAll(const std::vector<int>& fds) {
-  for (int fd : fds) close(fd);  // Linux releases the fd even on EINTR: never retry
+// A socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK) for `path`, and its address.
+int SeqpacketSocket(const Napi::CallbackInfo& info, const std::string& path, sockaddr_un* addr, socklen_t* len) {
+  *addr = UnixAddr(info, path, len);
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) ThrowSys(info.Env(), errno, "socket", nullptr, "AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK");
+  return fd;
 }
 
-// A timeout in milliseconds: an integer in [-1, 2^31 - 1], -1 meaning no limit.
-int ArgTimeout(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  int32_t t = ArgI32(info, i, name);
-  if (t < -1) {
-    throw Napi::RangeError::New(info.Env(), Fmt("The \"%s\" argument must be -1 (no limit) or >= 0 (got %d)", name, t));
-  }
-  return t;
+void CloseAll(const std::vector<int>& fds) {
+  for (int fd : fds) close(fd);  // Linux releases the fd even on EINTR: never retry
 }
 
 // socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC) -> [fd, fd].
@@ -113,10 +93,9 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   std::string path = ArgString(info, 0, "path");
   int32_t backlog = ArgI32(info, 1, "backlog");
   if (backlog < 1) throw Napi::RangeError::New(env, Fmt("The \"backlog\" argument must be >= 1 (got %d)", backlog));
+  sockaddr_un addr;
   socklen_t len;
-  sockaddr_un addr = UnixAddr(info, path, &len);
-  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) ThrowSys(env, errno, "socket", nullptr, "AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK");
+  int fd = SeqpacketSocket(info, path, &addr, &len);
   if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     int err = errno;
     close(fd);
@@ -136,10 +115,9 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
 Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = ArgString(info, 0, "path");
+  sockaddr_un addr;
   socklen_t len;
-  sockaddr_un addr = UnixAddr(info, path, &len);
-  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (fd < 0) ThrowSys(env, errno, "socket", nullptr, "AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK");
+  int fd = SeqpacketSocket(info, path, &addr, &len);
   // A Unix connect completes at once or fails; EINTR cannot leave it half done.
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) {
     int err = errno;
@@ -211,8 +189,8 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   int timeout = ArgTimeout(info, 3, "timeoutMs");
   Napi::Array arr = info[2].As<Napi::Array>();
   uint32_t n = arr.Length();
-  if (n > kScmMaxFd) {
-    throw Napi::RangeError::New(env, Fmt("The \"fds\" argument must hold at most %u fds (got %u)", kScmMaxFd, n));
+  if (n > kMaxFdsPerMessage) {
+    throw Napi::RangeError::New(env, Fmt("The \"fds\" argument must hold at most %u fds (got %u)", kMaxFdsPerMessage, n));
   }
   std::vector<int> fds(n);
   for (uint32_t i = 0; i < n; i++) {
@@ -227,8 +205,8 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     fds[i] = static_cast<int>(d);
   }
   size_t len = bytes.ByteLength();
-  if (len > kMaxBytes) {
-    throw Napi::RangeError::New(env, Fmt("The \"bytes\" argument must be at most %u bytes (got %zu)", kMaxBytes, len));
+  if (len > kMaxPayload) {
+    throw Napi::RangeError::New(env, Fmt("The \"bytes\" argument must be at most %u bytes (got %zu)", kMaxPayload, len));
   }
   // Copy the payload: reading JavaScript memory is done before any system call that may wait.
   std::vector<uint8_t> data(bytes.Data(), bytes.Data() + len);
@@ -247,7 +225,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     c->cmsg_len = CMSG_LEN(sizeof(int) * n);
     memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * n);
   }
-  int64_t deadline = timeout < 0 ? -1 : NowMs() + timeout;
+  int64_t deadline = timeout < 0 ? -1 : MonotonicMs() + timeout;
   for (;;) {
     ssize_t r = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (r >= 0) return Napi::Number::New(env, static_cast<double>(r));
@@ -258,7 +236,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     }
     int wait = kStopCheckMs;
     if (deadline >= 0) {
-      int64_t left = deadline - NowMs();
+      int64_t left = deadline - MonotonicMs();
       if (left <= 0) return Napi::Number::New(env, -1);
       if (left < wait) wait = static_cast<int>(left);
     }
@@ -286,11 +264,11 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   uint32_t maxBytes = ArgU32(info, 1, "maxBytes");
   uint32_t maxFds = ArgU32(info, 2, "maxFds");
-  if (maxBytes < 1 || maxBytes > kMaxBytes) {
-    throw Napi::RangeError::New(env, Fmt("The \"maxBytes\" argument must be in [1, %u] (got %u)", kMaxBytes, maxBytes));
+  if (maxBytes < 1 || maxBytes > kMaxPayload) {
+    throw Napi::RangeError::New(env, Fmt("The \"maxBytes\" argument must be in [1, %u] (got %u)", kMaxPayload, maxBytes));
   }
-  if (maxFds > kScmMaxFd) {
-    throw Napi::RangeError::New(env, Fmt("The \"maxFds\" argument must be in [0, %u] (got %u)", kScmMaxFd, maxFds));
+  if (maxFds > kMaxFdsPerMessage) {
+    throw Napi::RangeError::New(env, Fmt("The \"maxFds\" argument must be in [0, %u] (got %u)", kMaxFdsPerMessage, maxFds));
   }
   std::vector<uint8_t> data(maxBytes);
   // Aligned control buffer; CMSG_SPACE rounds up, so it may hold one fd more than maxFds: the
@@ -382,243 +360,10 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   }
 }
 
-struct WaitResult {
-  int code;  // FdWatch::kReadable, kTimeout, kClosed, or -errno
-};
-
 }  // namespace
 
-// new FdWatch(fd): waits for `fd` (a dup of it, close-on-exec) to become readable, on a thread
-// of its own. wait(timeoutMs) -> Promise<1 readable | 0 timeout | 2 closed | -errno>: readable
-// includes POLLHUP and POLLERR (the next read says what happened); -EBADF for POLLNVAL.
-// One wait at a time. close() stops the thread (a wait in flight settles with 2) and closes
-// the dup. Idempotent.
-class FdWatch : public Napi::ObjectWrap<FdWatch> {
- public:
-  static constexpr int kTimeout = 0, kReadable = 1, kClosed = 2;
-
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "FdWatch",
-                       {
-                           InstanceMethod<&FdWatch::Wait>("wait"),
-                           InstanceMethod<&FdWatch::Close>("close"),
-                       });
-  }
-
-  FdWatch(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatch>(info) {
-    Napi::Env env = info.Env();
-    int fd = ArgFd(info, 0, "fd");
-    fd_ = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (fd_ < 0) ThrowSys(env, errno, "fcntl", nullptr, Fmt("fd %d, F_DUPFD_CLOEXEC", fd));
-    efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd_ < 0) {
-      int err = errno;
-      close(fd_);
-      fd_ = -1;
-      ThrowSys(env, err, "eventfd", nullptr, "EFD_CLOEXEC | EFD_NONBLOCK");
-    }
-  }
-
-  ~FdWatch() override {
-    closed_ = true;
-    StopThread();
-    ReleaseTsfn();
-    RemoveHook();
-    CloseFds();
-  }
-
- private:
-  Napi::Value Wait(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    int timeout = ArgTimeout(info, 0, "timeoutMs");
-    if (closed_) {
-      Napi::Error e = Napi::Error::New(env, "wait: the fd watch is closed");
-      e.Set("code", Napi::String::New(env, "ERR_KVM_CLOSED"));
-      throw e;
-    }
-    if (busy_) throw Napi::Error::New(env, "wait: a wait is already in flight on this fd watch");
-    if (!thread_.joinable()) StartThread(env);
-    Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
-    Napi::Promise promise = deferred.Promise();
-    deferred_.emplace(std::move(deferred));
-    busy_ = true;
-    Ref();           // the watch must outlive the wait it started
-    tsfn_.Ref(env);  // and a wait in flight keeps the event loop alive, like pending I/O
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      timeout_ = timeout;
-      request_ = true;
-      cv_.notify_one();
-    }
-    return promise;
-  }
-
-  Napi::Value Close(const Napi::CallbackInfo& info) {
-    if (closed_) return info.Env().Undefined();
-    closed_ = true;
-    StopThread();   // a wait in flight is answered kClosed through the thread-safe function
-    ReleaseTsfn();  // which still delivers what is queued
-    RemoveHook();
-    CloseFds();
-    return info.Env().Undefined();
-  }
-
-  void StartThread(Napi::Env env) {
-    tsfn_ = Tsfn::New(env, "kvm-gmem fd watch", 0, 1, this);
-    tsfn_.Unref(env);
-    tsfnLive_ = true;
-    env_ = env;
-    if (napi_add_env_cleanup_hook(env, OnEnvCleanup, this) == napi_ok) hook_ = true;
-    // No signal meant for the process may land on this thread.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    try {
-      thread_ = std::thread([this] { Loop(); });
-    } catch (const std::system_error& e) {
-      pthread_sigmask(SIG_SETMASK, &old, nullptr);
-      ReleaseTsfn();
-      RemoveHook();
-      // EAGAIN when the process is out of threads (pids cgroup, RLIMIT_NPROC, memory for the stack).
-      ThrowSys(env, e.code().value(), "pthread_create", nullptr, "the fd watch thread");
-    }
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  }
-
-  void Loop() {
-    for (;;) {
-      int timeout;
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [this] { return request_ || quit_; });
-        if (!request_) return;  // quitting with no wait in flight
-        request_ = false;
-        timeout = timeout_;
-      }
-      int code = PollOnce(timeout);
-      auto* r = new WaitResult{code};
-      if (tsfn_.BlockingCall(r) != napi_ok) delete r;
-    }
-  }
-
-  // Waits for the fd or the eventfd (close). A wait is always answered, even when quitting.
-  int PollOnce(int timeout) {
-    int64_t deadline = timeout < 0 ? -1 : NowMs() + timeout;
-    for (;;) {
-      if (quit_.load()) return kClosed;
-      pollfd p[2] = {{fd_, POLLIN, 0}, {efd_, POLLIN, 0}};
-      int wait = -1;
-      if (deadline >= 0) {
-        int64_t left = deadline - NowMs();
-        wait = left > 0 ? static_cast<int>(left) : 0;
-      }
-      int n = poll(p, 2, wait);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return -errno;
-      }
-      if (p[1].revents != 0 || quit_.load()) return kClosed;
-      if (p[0].revents & POLLNVAL) return -EBADF;
-      if (p[0].revents != 0) return kReadable;
-      if (n == 0 && deadline >= 0 && NowMs() >= deadline) return kTimeout;
-    }
-  }
-
-  void StopThread() {
-    if (!thread_.joinable()) return;
-    quit_.store(true);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      cv_.notify_one();
-    }
-    uint64_t one = 1;
-    if (write(efd_, &one, sizeof one) < 0) {
-      // The counter cannot overflow from one write per close; quit_ is set either way.
-    }
-    thread_.join();
-  }
-
-  void ReleaseTsfn() {
-    if (!tsfnLive_) return;
-    tsfnLive_ = false;
-    tsfn_.Release();
-  }
-
-  void RemoveHook() {
-    if (!hook_) return;
-    hook_ = false;
-    napi_remove_env_cleanup_hook(env_, OnEnvCleanup, this);
-  }
-
-  void CloseFds() {
-    if (fd_ >= 0) close(fd_);
-    if (efd_ >= 0) close(efd_);
-    fd_ = efd_ = -1;
-  }
-
-  // At environment teardown (a worker ending, process exit): a wait in flight is answered
-  // kClosed, and the dup and the eventfd are closed now, not whenever the object is finalized.
-  static void OnEnvCleanup(void* arg) {
-    auto* self = static_cast<FdWatch*>(arg);
-    self->hook_ = false;
-    self->closed_ = true;
-    self->StopThread();
-    self->ReleaseTsfn();
-    self->CloseFds();
-  }
-
-  // Never throws: it runs from the thread-safe function, also during environment teardown.
-  void Settle(Napi::Env env, int code) {
-    busy_ = false;
-    try {
-      if (tsfnLive_) tsfn_.Unref(env);
-      std::optional<Napi::Promise::Deferred> d = std::move(deferred_);
-      deferred_.reset();
-      if (d) d->Resolve(Napi::Number::New(env, code));
-    } catch (...) {
-    }
-    try {
-      Unref();
-    } catch (...) {
-    }
-  }
-
-  static void CallJs(Napi::Env env, Napi::Function, FdWatch* self, WaitResult* r) {
-    int code = r->code;
-    delete r;
-    if (env == nullptr || self == nullptr) return;  // the function is being torn down
-    self->Settle(env, code);
-  }
-
-  using Tsfn = Napi::TypedThreadSafeFunction<FdWatch, WaitResult, &FdWatch::CallJs>;
-
-  int fd_ = -1;
-  int efd_ = -1;
-  bool closed_ = false;
-  bool busy_ = false;
-  std::optional<Napi::Promise::Deferred> deferred_;
-  Tsfn tsfn_;
-  bool tsfnLive_ = false;
-  bool hook_ = false;
-  napi_env env_ = nullptr;
-
-  std::thread thread_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool request_ = false;  // under mu_
-  int timeout_ = -1;      // under mu_
-  std::atomic<bool> quit_{false};
-};
-
 void InitFdPass(Napi::Env env, Napi::Object exports) {
-  exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
-  exports.Set("unixListen", Napi::Function::New(env, UnixListen, "unixListen"));
-  exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));
-  exports.Set("unixAccept", Napi::Function::New(env, UnixAccept, "unixAccept"));
-  exports.Set("socketType", Napi::Function::New(env, SocketType, "socketType"));
-  exports.Set("sendMsg", Napi::Function::New(env, SendMsg, "sendMsg"));
-  exports.Set("recvMsg", Napi::Function::New(env, RecvMsg, "recvMsg"));
-  exports.Set("FdWatch", FdWatch::Define(env));
+  ExportFunctions(env, exports, {{"socketPair", SocketPair}, {"unixListen", UnixListen}, {"unixConnect", UnixConnect}, {"unixAccept", UnixAccept}, {"socketType", SocketType}, {"sendMsg", SendMsg}, {"recvMsg", RecvMsg}});
 }
 
 }  // namespace kg

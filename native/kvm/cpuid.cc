@@ -7,9 +7,10 @@
 #include <cstring>
 #include <vector>
 
-#include "util/args.h"
 #include "addon.h"
 #include "uapi/kvm.h"
+#include "util/args.h"
+#include "util/errors.h"
 
 namespace kg {
 
@@ -78,9 +79,7 @@ static Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
 }
 
 void InitCpuid(Napi::Env env, Napi::Object exports) {
-  exports.Set("getSupportedCpuid", Napi::Function::New(env, GetSupportedCpuid, "getSupportedCpuid"));
-  exports.Set("getCpuid2", Napi::Function::New(env, GetCpuid2, "getCpuid2"));
-  exports.Set("setCpuid2", Napi::Function::New(env, SetCpuid2, "setCpuid2"));
+  ExportFunctions(env, exports, {{"getSupportedCpuid", GetSupportedCpuid}, {"getCpuid2", GetCpuid2}, {"setCpuid2", SetCpuid2}});
 }
 
 }  // namespace kg

@@ -5,8 +5,9 @@
 #include <cerrno>
 #include <cinttypes>
 
-#include "util/args.h"
 #include "addon.h"
+#include "util/args.h"
+#include "util/errors.h"
 
 namespace kg {
 
@@ -60,9 +61,7 @@ static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
 }
 
 void InitGuestMemfd(Napi::Env env, Napi::Object exports) {
-  exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
-  exports.Set("inodeOf", Napi::Function::New(env, InodeOf, "inodeOf"));
-  exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
+  ExportFunctions(env, exports, {{"fstat", Fstat}, {"inodeOf", InodeOf}, {"fallocate", Fallocate}});
 }
 
 }  // namespace kg

@@ -5,9 +5,10 @@
 
 #include <cerrno>
 
-#include "util/args.h"
 #include "addon.h"
 #include "uapi/kvm.h"
+#include "util/args.h"
+#include "util/errors.h"
 
 namespace kg {
 
@@ -19,11 +20,16 @@ static Napi::Value Open(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
+// An ioctl on the system fd without an argument, whose answer is its return value.
+static Napi::Value QueryIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   int fd = ArgFd(info, 0, "fd");
-  int r = ioctl(fd, KVM_GET_API_VERSION, 0);
-  if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_GET_API_VERSION", Fmt("fd %d", fd));
+  int r = ioctl(fd, request, 0);
+  if (r < 0) ThrowSys(info.Env(), errno, "ioctl", name, Fmt("fd %d", fd));
   return Napi::Number::New(info.Env(), r);
+}
+
+static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
+  return QueryIoctl(info, KVM_GET_API_VERSION, "KVM_GET_API_VERSION");
 }
 
 // KVM_CHECK_EXTENSION works on the system fd and on a VM fd (per-VM answers).
@@ -48,18 +54,11 @@ static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
 }
 
 static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  int r = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0);
-  if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_GET_VCPU_MMAP_SIZE", Fmt("fd %d", fd));
-  return Napi::Number::New(info.Env(), r);
+  return QueryIoctl(info, KVM_GET_VCPU_MMAP_SIZE, "KVM_GET_VCPU_MMAP_SIZE");
 }
 
 void InitSystem(Napi::Env env, Napi::Object exports) {
-  exports.Set("open", Napi::Function::New(env, Open, "open"));
-  exports.Set("getApiVersion", Napi::Function::New(env, GetApiVersion, "getApiVersion"));
-  exports.Set("checkExtension", Napi::Function::New(env, CheckExtension, "checkExtension"));
-  exports.Set("createVm", Napi::Function::New(env, CreateVm, "createVm"));
-  exports.Set("getVcpuMmapSize", Napi::Function::New(env, GetVcpuMmapSize, "getVcpuMmapSize"));
+  ExportFunctions(env, exports, {{"open", Open}, {"getApiVersion", GetApiVersion}, {"checkExtension", CheckExtension}, {"createVm", CreateVm}, {"getVcpuMmapSize", GetVcpuMmapSize}});
 }
 
 }  // namespace kg

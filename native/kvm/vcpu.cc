@@ -8,9 +8,10 @@
 #include <cerrno>
 #include <cstddef>
 
-#include "util/args.h"
 #include "addon.h"
 #include "uapi/kvm.h"
+#include "util/args.h"
+#include "util/errors.h"
 
 namespace kg {
 
@@ -23,46 +24,35 @@ static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-// The byte buffer argument for a struct of `size` bytes: a Uint8Array of exactly that length.
-static uint8_t* ArgStruct(const Napi::CallbackInfo& info, size_t i, const char* name, size_t size) {
-  if (i >= info.Length() || !info[i].IsTypedArray() ||
-      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument must be a Uint8Array", name));
-  }
-  Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
-  if (a.ByteLength() != size) {
-    throw Napi::RangeError::New(info.Env(), Fmt("The \"%s\" argument must be exactly %zu bytes (got %zu)",
-                                                name, size, a.ByteLength()));
-  }
-  return a.Data();
-}
+// The register struct calls: (fd, bytes), bytes a Uint8Array of exactly the struct's size.
+// GET fills it, SET reads it. One callback serves them all, told which by its data.
+struct StructCall {
+  const char* name;  // the export
+  unsigned long request;
+  const char* requestName;
+  size_t size;
+};
+constexpr StructCall kStructCalls[] = {
+    {"getRegs", KVM_GET_REGS, "KVM_GET_REGS", sizeof(kvm_regs)},
+    {"setRegs", KVM_SET_REGS, "KVM_SET_REGS", sizeof(kvm_regs)},
+    {"getSregs", KVM_GET_SREGS, "KVM_GET_SREGS", sizeof(kvm_sregs)},
+    {"setSregs", KVM_SET_SREGS, "KVM_SET_SREGS", sizeof(kvm_sregs)},
+    {"getFpu", KVM_GET_FPU, "KVM_GET_FPU", sizeof(kvm_fpu)},
+    {"setFpu", KVM_SET_FPU, "KVM_SET_FPU", sizeof(kvm_fpu)},
+};
 
-// One get/set pair per register struct: (fd, bytes). GET fills `bytes`, SET reads it.
-template <unsigned long Request, size_t Size>
-static Napi::Value StructIoctl(const Napi::CallbackInfo& info, const char* request) {
+static Napi::Value StructIoctl(const Napi::CallbackInfo& info) {
+  const auto* call = static_cast<const StructCall*>(info.Data());
   int fd = ArgFd(info, 0, "fd");
-  uint8_t* p = ArgStruct(info, 1, "bytes", Size);
-  if (ioctl(fd, Request, p) != 0) ThrowSys(info.Env(), errno, "ioctl", request, Fmt("vcpu fd %d", fd));
+  Napi::Uint8Array bytes = ArgBytes(info, 1, "bytes");
+  if (bytes.ByteLength() != call->size) {
+    throw Napi::RangeError::New(info.Env(), Fmt("The \"bytes\" argument must be exactly %zu bytes (got %zu)",
+                                                call->size, bytes.ByteLength()));
+  }
+  if (ioctl(fd, call->request, bytes.Data()) != 0) {
+    ThrowSys(info.Env(), errno, "ioctl", call->requestName, Fmt("vcpu fd %d", fd));
+  }
   return info.Env().Undefined();
-}
-
-static Napi::Value GetRegs(const Napi::CallbackInfo& i) {
-  return StructIoctl<KVM_GET_REGS, sizeof(kvm_regs)>(i, "KVM_GET_REGS");
-}
-static Napi::Value SetRegs(const Napi::CallbackInfo& i) {
-  return StructIoctl<KVM_SET_REGS, sizeof(kvm_regs)>(i, "KVM_SET_REGS");
-}
-static Napi::Value GetSregs(const Napi::CallbackInfo& i) {
-  return StructIoctl<KVM_GET_SREGS, sizeof(kvm_sregs)>(i, "KVM_GET_SREGS");
-}
-static Napi::Value SetSregs(const Napi::CallbackInfo& i) {
-  return StructIoctl<KVM_SET_SREGS, sizeof(kvm_sregs)>(i, "KVM_SET_SREGS");
-}
-static Napi::Value GetFpu(const Napi::CallbackInfo& i) {
-  return StructIoctl<KVM_GET_FPU, sizeof(kvm_fpu)>(i, "KVM_GET_FPU");
-}
-static Napi::Value SetFpu(const Napi::CallbackInfo& i) {
-  return StructIoctl<KVM_SET_FPU, sizeof(kvm_fpu)>(i, "KVM_SET_FPU");
 }
 
 // The struct sizes and offsets the TypeScript side decodes with, straight from uapi.h.
@@ -129,14 +119,10 @@ static Napi::Value UapiLayout(const Napi::CallbackInfo& info) {
 }
 
 void InitVcpu(Napi::Env env, Napi::Object exports) {
-  exports.Set("createVcpu", Napi::Function::New(env, CreateVcpu, "createVcpu"));
-  exports.Set("getRegs", Napi::Function::New(env, GetRegs, "getRegs"));
-  exports.Set("setRegs", Napi::Function::New(env, SetRegs, "setRegs"));
-  exports.Set("getSregs", Napi::Function::New(env, GetSregs, "getSregs"));
-  exports.Set("setSregs", Napi::Function::New(env, SetSregs, "setSregs"));
-  exports.Set("getFpu", Napi::Function::New(env, GetFpu, "getFpu"));
-  exports.Set("setFpu", Napi::Function::New(env, SetFpu, "setFpu"));
-  exports.Set("uapiLayout", Napi::Function::New(env, UapiLayout, "uapiLayout"));
+  ExportFunctions(env, exports, {{"createVcpu", CreateVcpu}, {"uapiLayout", UapiLayout}});
+  for (const StructCall& c : kStructCalls) {
+    exports.Set(c.name, Napi::Function::New(env, StructIoctl, c.name, const_cast<StructCall*>(&c)));
+  }
 }
 
 }  // namespace kg

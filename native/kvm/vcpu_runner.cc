@@ -52,9 +52,11 @@
 
 #include <linux/kcmp.h>
 
-#include "util/args.h"
 #include "addon.h"
 #include "uapi/kvm.h"
+#include "util/args.h"
+#include "util/errors.h"
+#include "util/thread.h"
 
 namespace kg {
 namespace {
@@ -106,10 +108,6 @@ constexpr auto kWatchMs = std::chrono::milliseconds(100);
 
 bool OnMainThread() { return syscall(SYS_gettid) == getpid(); }
 
-struct RunResult {
-  int err;  // 0, or the errno of KVM_RUN
-};
-
 }  // namespace
 
 class VcpuRunner;
@@ -130,8 +128,9 @@ struct Watchdog {
   void Loop();
 };
 
-class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
+class VcpuRunner : public ThreadedWrap<VcpuRunner> {
   friend struct Watchdog;
+  friend class ThreadedWrap<VcpuRunner>;
 
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -151,7 +150,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   // new VcpuRunner(vcpuFd, mmapSize): maps the vCPU's kvm_run area (mmapSize bytes, what
   // KVM_GET_VCPU_MMAP_SIZE said). The runner works on a duplicate of vcpuFd, so closing or reusing
   // the caller's number can never redirect a run to another file.
-  VcpuRunner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuRunner>(info) {
+  VcpuRunner(const Napi::CallbackInfo& info) : ThreadedWrap<VcpuRunner>(info) {
     Napi::Env env = info.Env();
     int vcpufd = ArgFd(info, 0, "vcpuFd");
     uint32_t size = ArgU32(info, 1, "mmapSize");
@@ -176,8 +175,9 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     if (!Register()) {
       close(fd_);
       fd_ = -1;
-      throw Napi::Error::New(env, Fmt("vcpu fd %d: this vCPU already has a runner (two would block each "
-                                      "other in KVM_RUN, where no kick reaches the waiting one)", vcpufd));
+      ThrowState(env, "ERR_KVM_VCPU_HAS_RUNNER",
+                 Fmt("vcpu fd %d: this vCPU already has a runner (two would block each other in KVM_RUN, "
+                     "where no kick reaches the waiting one)", vcpufd));
     }
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) {
@@ -202,26 +202,17 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   }
 
   ~VcpuRunner() override {
-    closed_ = true;
     Unwatch();
-    StopThread();
-    ReleaseTsfn();
-    RemoveHook();
+    Shutdown();
     CloseFd();
     if (mapping_ != nullptr) mapping_->Release();  // the buffer's hold may outlive this object
   }
 
  private:
   void CheckIdle(Napi::Env env, const char* what) {
-    if (closed_) {
-      Napi::Error e = Napi::Error::New(env, std::string(what) + ": the vCPU runner is closed");
-      e.Set("code", Napi::String::New(env, "ERR_KVM_CLOSED"));
-      throw e;
-    }
+    if (closed_) ThrowState(env, "ERR_KVM_CLOSED", std::string(what) + ": the vCPU runner is closed");
     if (busy_) {
-      Napi::Error e = Napi::Error::New(env, std::string(what) + ": the vCPU is running (runAsync in flight)");
-      e.Set("code", Napi::String::New(env, "ERR_KVM_VCPU_RUNNING"));
-      throw e;
+      ThrowState(env, "ERR_KVM_VCPU_RUNNING", std::string(what) + ": the vCPU is running (runAsync in flight)");
     }
   }
 
@@ -323,15 +314,10 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     Napi::Env env = info.Env();
     CheckIdle(env, "runAsync");
     bool polled = info.Length() > 0 && info[0].ToBoolean().Value();
-    if (!thread_.joinable()) StartThread(env);
-    Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
-    Napi::Promise promise = deferred.Promise();
+    EnsureThread(env, "kvm-gmem vCPU", "the vCPU thread");
     SetImmediateExit(0);
-    busy_ = true;
+    Napi::Promise promise = Begin(env);
     handoff_.store(polled ? kPolled : kSleeping);
-    deferred_.emplace(std::move(deferred));
-    Ref();              // the runner must outlive the run it started
-    tsfn_.Ref(env);     // and a run in flight keeps the event loop alive, like pending I/O
     request_.store(true);
     {
       // Only a thread that went to sleep needs the futex wake; a spinning one sees the flag.
@@ -395,30 +381,9 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return tid > 0 ? Napi::Number::New(info.Env(), tid) : info.Env().Undefined();
   }
 
-  void StartThread(Napi::Env env) {
-    tsfn_ = Tsfn::New(env, "kvm-gmem vCPU", 0, 1, this);
-    tsfn_.Unref(env);
-    tsfnLive_ = true;
-    env_ = env;
-    if (napi_add_env_cleanup_hook(env, OnEnvCleanup, this) == napi_ok) hook_ = true;
-    // The thread starts with every signal blocked but the kick: a signal meant for the process
-    // (SIGCHLD, SIGINT...) must not land here and cut a run short.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    try {
-      thread_ = std::thread([this] { Loop(); });
-    } catch (const std::system_error& e) {
-      pthread_sigmask(SIG_SETMASK, &old, nullptr);
-      ReleaseTsfn();
-      RemoveHook();
-      // EAGAIN when the process is out of threads (pids cgroup, RLIMIT_NPROC, memory for the stack).
-      ThrowSys(env, e.code().value(), "pthread_create", nullptr, "the vCPU thread");
-    }
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  }
-
-  void Loop() {
+  // The thread starts with every signal blocked but the kick: a signal meant for the process
+  // (SIGCHLD, SIGINT...) must not land here and cut a run short.
+  void ThreadMain() {
     tid_.store(static_cast<int>(syscall(SYS_gettid)));
     sigset_t kick;
     sigemptyset(&kick);
@@ -433,8 +398,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       result_.store(err);
       int expected = kPolled;
       if (handoff_.compare_exchange_strong(expected, kReady)) continue;  // the poller takes it
-      auto* r = new RunResult{err};
-      if (tsfn_.BlockingCall(r) != napi_ok) delete r;
+      Post(err);
     }
   }
 
@@ -445,12 +409,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   // an idle virtual CPU, tens of microseconds.
   bool WaitForRequest() {
     constexpr int64_t kPollNs = 50 * 1000;
-    int64_t deadline = NowNs() + kPollNs;
+    int64_t deadline = MonotonicNs() + kPollNs;
     for (unsigned i = 1;; i++) {
       if (request_.load(std::memory_order_acquire)) break;
       if (quit_.load(std::memory_order_relaxed)) break;
       if (i % 16 == 0) {
-        if (NowNs() > deadline) break;
+        if (MonotonicNs() > deadline) break;
         sched_yield();
       } else {
         __builtin_ia32_pause();
@@ -463,77 +427,15 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return request_.exchange(false);
   }
 
-  static int64_t NowNs() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
-  }
-
   void KickThread() {
     SetImmediateExit(1);
     if (thread_.joinable()) pthread_kill(thread_.native_handle(), KickSignal());
   }
 
-  void StopThread() {
-    if (!thread_.joinable()) return;
-    quit_.store(true);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      cv_.notify_one();
-    }
+  // Before the join in StopThread(): a run in flight may be inside KVM_RUN.
+  void InterruptForStop() {
     if (busy_) KickThread();
-    thread_.join();
   }
-
-  // Releasing lets the thread-safe function drain its queue first, so a result posted just
-  // before the thread stopped still settles its promise.
-  void ReleaseTsfn() {
-    if (!tsfnLive_) return;
-    tsfnLive_ = false;
-    tsfn_.Release();
-  }
-
-  void RemoveHook() {
-    if (!hook_) return;
-    hook_ = false;
-    napi_remove_env_cleanup_hook(env_, OnEnvCleanup, this);
-  }
-
-  // At environment teardown (process exit, worker end) a vCPU may be spinning in the guest:
-  // stop its thread before Node tears down the thread-safe function it posts to.
-  static void OnEnvCleanup(void* arg) {
-    auto* self = static_cast<VcpuRunner*>(arg);
-    self->hook_ = false;
-    self->closed_ = true;
-    self->StopThread();
-    self->ReleaseTsfn();
-  }
-
-  // Never throws: it runs from the thread-safe function and from poll(), also while an
-  // environment is being torn down, when resolving can fail (then there is nobody to tell).
-  void Settle(Napi::Env env, int err) {
-    busy_ = false;
-    try {
-      if (tsfnLive_) tsfn_.Unref(env);
-      std::optional<Napi::Promise::Deferred> d = std::move(deferred_);
-      deferred_.reset();
-      if (d) d->Resolve(Napi::Number::New(env, err));
-    } catch (...) {
-    }
-    try {
-      Unref();
-    } catch (...) {
-    }
-  }
-
-  static void CallJs(Napi::Env env, Napi::Function, VcpuRunner* self, RunResult* r) {
-    int err = r->err;
-    delete r;
-    if (env == nullptr || self == nullptr) return;  // the function is being torn down
-    self->Settle(env, err);
-  }
-
-  using Tsfn = Napi::TypedThreadSafeFunction<VcpuRunner, RunResult, &VcpuRunner::CallJs>;
 
   int fd_ = -1;
   uint8_t* run_ = nullptr;
@@ -541,26 +443,13 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   RunMapping* mapping_ = nullptr;
   Napi::Reference<Napi::ArrayBuffer> buffer_;
 
-  // Main-thread state.
-  bool closed_ = false;
-  bool busy_ = false;
-  std::optional<Napi::Promise::Deferred> deferred_;
-  Tsfn tsfn_;
-  bool tsfnLive_ = false;
-  bool hook_ = false;
-  napi_env env_ = nullptr;
-
   // Shared with the vCPU thread.
-  std::thread thread_;
   std::atomic<int> tid_{0};
-  std::mutex mu_;
-  std::condition_variable cv_;
   // Who hands a finished run back (see the top of this file).
   static constexpr int kIdle = 0, kPolled = 1, kSleeping = 2, kReady = 3;
   std::atomic<int> handoff_{kIdle};
   std::atomic<int> result_{0};
   std::atomic<bool> request_{false};
-  std::atomic<bool> quit_{false};
   bool sleeping_ = false;  // under mu_
 
   // A synchronous run on a worker's thread, and the watchdog's kicks of it.
@@ -575,16 +464,11 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 bool Watchdog::Add(VcpuRunner* r) {
   std::lock_guard<std::mutex> lk(mu);
   if (!started) {
-    // No signal meant for the process may land on this thread.
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
     try {
-      std::thread([this] { Loop(); }).detach();
+      StartThreadBlocked([this] { Loop(); }).detach();
       started = true;
     } catch (const std::system_error&) {
     }
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
     if (!started) return false;  // runs here stay unkickable, as they were before the watchdog
   }
   runners.push_back(r);

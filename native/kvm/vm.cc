@@ -4,10 +4,11 @@
 #include <cerrno>
 #include <cinttypes>
 
-#include "util/args.h"
 #include "addon.h"
 #include "core/private_fd.h"
 #include "uapi/kvm.h"
+#include "util/args.h"
+#include "util/errors.h"
 
 namespace kg {
 
@@ -43,26 +44,38 @@ static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-// KVM_SET_USER_MEMORY_REGION2(vmFd, slot, flags, gpa, size, userspaceAddr, gmemOffset, gmemFd).
-// A size of 0 deletes the slot. gmemFd is passed through unchecked on purpose: the kernel's
-// answer for a foreign fd (EINVAL) or a closed one (EBADF) is what callers test for.
-static Napi::Value SetUserMemoryRegion2(const Napi::CallbackInfo& info) {
-  int vmfd = ArgFd(info, 0, "vmFd");
-  kvm_userspace_memory_region2 r{};
+// The fields both memslot calls share, from arguments 1-5 (argument 0 is the VM fd).
+template <typename Region>
+static Region ArgRegion(const Napi::CallbackInfo& info) {
+  Region r{};
   r.slot = ArgU32(info, 1, "slot");
   r.flags = ArgU32(info, 2, "flags");
   r.guest_phys_addr = ArgU64(info, 3, "guestPhysAddr");
   r.memory_size = ArgU64(info, 4, "memorySize");
   r.userspace_addr = ArgU64(info, 5, "userspaceAddr");
+  return r;
+}
+
+template <typename Region>
+static std::string RegionDetail(int vmfd, const Region& r) {
+  return Fmt("vm fd %d, slot=%u, flags=0x%x, guest_phys_addr=0x%" PRIx64 ", memory_size=0x%" PRIx64
+             ", userspace_addr=0x%" PRIx64,
+             vmfd, r.slot, r.flags, r.guest_phys_addr, r.memory_size, r.userspace_addr);
+}
+
+// KVM_SET_USER_MEMORY_REGION2(vmFd, slot, flags, gpa, size, userspaceAddr, gmemOffset, gmemFd).
+// A size of 0 deletes the slot. gmemFd is passed through unchecked on purpose: the kernel's
+// answer for a foreign fd (EINVAL) or a closed one (EBADF) is what callers test for.
+static Napi::Value SetUserMemoryRegion2(const Napi::CallbackInfo& info) {
+  int vmfd = ArgFd(info, 0, "vmFd");
+  auto r = ArgRegion<kvm_userspace_memory_region2>(info);
   r.guest_memfd_offset = ArgU64(info, 6, "guestMemfdOffset");
   r.guest_memfd = ArgU32(info, 7, "guestMemfd");
   if (ioctl(vmfd, KVM_SET_USER_MEMORY_REGION2, &r) != 0) {
-    ThrowSys(info.Env(), errno, "ioctl", "KVM_SET_USER_MEMORY_REGION2",
-             Fmt("vm fd %d, slot=%u, flags=0x%x, guest_phys_addr=0x%" PRIx64
-                 ", memory_size=0x%" PRIx64 ", userspace_addr=0x%" PRIx64
-                 ", guest_memfd=%u, guest_memfd_offset=0x%" PRIx64,
-                 vmfd, r.slot, r.flags, r.guest_phys_addr, r.memory_size, r.userspace_addr,
-                 r.guest_memfd, r.guest_memfd_offset));
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "ioctl", "KVM_SET_USER_MEMORY_REGION2",
+             RegionDetail(vmfd, r) +
+                 Fmt(", guest_memfd=%u, guest_memfd_offset=0x%" PRIx64, r.guest_memfd, r.guest_memfd_offset));
   }
   return info.Env().Undefined();
 }
@@ -70,27 +83,16 @@ static Napi::Value SetUserMemoryRegion2(const Napi::CallbackInfo& info) {
 // KVM_SET_USER_MEMORY_REGION(vmFd, slot, flags, gpa, size, userspaceAddr): the legacy call.
 static Napi::Value SetUserMemoryRegion(const Napi::CallbackInfo& info) {
   int vmfd = ArgFd(info, 0, "vmFd");
-  kvm_userspace_memory_region r{};
-  r.slot = ArgU32(info, 1, "slot");
-  r.flags = ArgU32(info, 2, "flags");
-  r.guest_phys_addr = ArgU64(info, 3, "guestPhysAddr");
-  r.memory_size = ArgU64(info, 4, "memorySize");
-  r.userspace_addr = ArgU64(info, 5, "userspaceAddr");
+  auto r = ArgRegion<kvm_userspace_memory_region>(info);
   if (ioctl(vmfd, KVM_SET_USER_MEMORY_REGION, &r) != 0) {
-    ThrowSys(info.Env(), errno, "ioctl", "KVM_SET_USER_MEMORY_REGION",
-             Fmt("vm fd %d, slot=%u, flags=0x%x, guest_phys_addr=0x%" PRIx64
-                 ", memory_size=0x%" PRIx64 ", userspace_addr=0x%" PRIx64,
-                 vmfd, r.slot, r.flags, r.guest_phys_addr, r.memory_size, r.userspace_addr));
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "ioctl", "KVM_SET_USER_MEMORY_REGION", RegionDetail(vmfd, r));
   }
   return info.Env().Undefined();
 }
 
 void InitVm(Napi::Env env, Napi::Object exports) {
-  exports.Set("createGuestMemfd", Napi::Function::New(env, CreateGuestMemfd, "createGuestMemfd"));
-  exports.Set("setUserMemoryRegion2",
-              Napi::Function::New(env, SetUserMemoryRegion2, "setUserMemoryRegion2"));
-  exports.Set("setUserMemoryRegion",
-              Napi::Function::New(env, SetUserMemoryRegion, "setUserMemoryRegion"));
+  ExportFunctions(env, exports, {{"createGuestMemfd", CreateGuestMemfd}, {"setUserMemoryRegion2", SetUserMemoryRegion2}, {"setUserMemoryRegion", SetUserMemoryRegion}});
 }
 
 }  // namespace kg

@@ -10,21 +10,20 @@
 #include <cstdint>
 #include <vector>
 
-#include "util/args.h"
-#include "mm/mapping.h"
 #include "addon.h"
+#include "mm/mapping.h"
+#include "util/args.h"
+#include "util/errors.h"
+#include "util/limits.h"
 
 namespace kg {
 namespace {
 
-// Nodemasks are passed to the kernel in a buffer of this many bits (MAX_NUMNODES is at most
-// 1024 on x86_64); the kernel reads BITS_TO_LONGS(maxnode - 1) words from it.
-constexpr size_t kMaskWords = 16;
-constexpr uint32_t kMaxMaxnode = kMaskWords * 64 + 1;
-
-// Bounded so that a huge array from JavaScript cannot make the addon allocate without limit
-// (an allocation failure here would abort the process); a 4 GiB mapping has 2^20 pages.
-constexpr uint32_t kMaxPageQueries = 1u << 20;
+// Nodemasks are passed in a buffer of kMaskWords words; the kernel reads BITS_TO_LONGS(maxnode - 1).
+using limits::kMaskWords;
+using limits::kMaxMaxnode;
+// Bounded so that a huge array cannot make the addon allocate without limit (a failure aborts).
+using limits::kMaxPageQueries;
 
 // The advice values madvise() may be given from here: those known (include/uapi/asm-generic/
 // mman-common.h, Linux 6.18) to advise the kernel about this process's own mapping, which at
@@ -102,17 +101,15 @@ Napi::Value MaskToBigInt(Napi::Env env, const unsigned long (&mask)[kMaskWords])
 // whether the advice suits the mapping; its errors are thrown as they are.
 static Napi::Value Madvise(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Napi::ArrayBuffer ab = LiveBuffer(info, 0);
-  uint64_t offset = ArgU64(info, 1, "offset");
-  uint64_t length = ArgU64(info, 2, "length");
+  LiveRange range = ArgLiveRange(info);
   int32_t advice = ArgI32(info, 3, "advice");
-  CheckRange(env, offset, length, ab.ByteLength());
+  char* p = reinterpret_cast<char*>(range.Check(env));
+  uint64_t length = range.length;
   if (!KnownAdvice(advice)) {
     throw Napi::RangeError::New(env, Fmt("The \"advice\" argument %d is refused: only the MADV_* values 0-4, 8-25 "
                                          "and 103 are passed on (others poison, offline or guard the memory, or "
                                          "are unknown here)", advice));
   }
-  char* p = static_cast<char*>(ab.Data()) + offset;
   if (madvise(p, static_cast<size_t>(length), advice) != 0) {
     ThrowSys(env, errno, "madvise", nullptr,
              Fmt("address=%p, length=0x%" PRIx64 ", advice=%d", static_cast<void*>(p), length, advice));
@@ -125,20 +122,18 @@ static Napi::Value Madvise(const Napi::CallbackInfo& info) {
 // MPOL_MF_* flags.
 static Napi::Value Mbind(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Napi::ArrayBuffer ab = LiveBuffer(info, 0);
-  uint64_t offset = ArgU64(info, 1, "offset");
-  uint64_t length = ArgU64(info, 2, "length");
+  LiveRange range = ArgLiveRange(info);
   uint32_t mode = ArgU32(info, 3, "mode");
   unsigned long mask[kMaskWords];
   ArgNodemask(info, 4, mask);
   uint32_t maxnode = ArgU32(info, 5, "maxnode");
   uint32_t flags = ArgU32(info, 6, "flags");
-  CheckRange(env, offset, length, ab.ByteLength());
+  char* p = reinterpret_cast<char*>(range.Check(env));
+  uint64_t length = range.length;
   if (maxnode > kMaxMaxnode) {
     // The kernel would read past the nodemask buffer.
     throw Napi::RangeError::New(env, Fmt("The \"maxnode\" argument must be at most %u", kMaxMaxnode));
   }
-  char* p = static_cast<char*>(ab.Data()) + offset;
   // maxnode 0 means no nodemask: pass NULL, as the kernel's own callers do. With a pointer the
   // kernel takes maxnode - 1 (wrapped to ULONG_MAX) as the mask's size and refuses it (EINVAL).
   unsigned long* nodes = maxnode == 0 ? nullptr : mask;
@@ -166,9 +161,9 @@ static Napi::Value GetMempolicy(const Napi::CallbackInfo& info) {
   int mode = 0;
   unsigned long mask[kMaskWords] = {};
   constexpr unsigned long kMpolFAddr = 1 << 1;  // MPOL_F_ADDR
-  if (syscall(SYS_get_mempolicy, &mode, mask, static_cast<unsigned long>(kMaskWords * 64 + 1), p, kMpolFAddr) != 0) {
+  if (syscall(SYS_get_mempolicy, &mode, mask, static_cast<unsigned long>(kMaxMaxnode), p, kMpolFAddr) != 0) {
     ThrowSys(env, errno, "get_mempolicy", nullptr,
-             Fmt("address=%p, maxnode=%zu, MPOL_F_ADDR", static_cast<void*>(p), kMaskWords * 64 + 1));
+             Fmt("address=%p, maxnode=%u, MPOL_F_ADDR", static_cast<void*>(p), kMaxMaxnode));
   }
   Napi::Object o = Napi::Object::New(env);
   o.Set("mode", Napi::Number::New(env, mode));
@@ -238,7 +233,7 @@ static Napi::Value MmapProbe(const Napi::CallbackInfo& info) {
   // Bit sets: read as u32 (every PROT_* and MAP_* bit is below bit 31) and passed on as int.
   const int prot = static_cast<int>(ArgU32(info, 3, "prot"));
   const int flags = static_cast<int>(ArgU32(info, 4, "flags"));
-  if (length > (1ull << 32)) throw Napi::RangeError::New(env, "The \"length\" argument must be <= 4 GiB");
+  if (length > limits::kMaxMappingLength) throw Napi::RangeError::New(env, "The \"length\" argument must be <= 4 GiB");
   if (flags & MAP_FIXED) throw Napi::RangeError::New(env, "The \"flags\" argument must not contain MAP_FIXED");
   void* p = mmap(nullptr, static_cast<size_t>(length), prot, flags, fd, offset);
   if (p == MAP_FAILED) return Napi::Number::New(env, errno);
@@ -247,11 +242,7 @@ static Napi::Value MmapProbe(const Napi::CallbackInfo& info) {
 }
 
 void InitMm(Napi::Env env, Napi::Object exports) {
-  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
-  exports.Set("mbind", Napi::Function::New(env, Mbind, "mbind"));
-  exports.Set("getMempolicy", Napi::Function::New(env, GetMempolicy, "getMempolicy"));
-  exports.Set("pageNodes", Napi::Function::New(env, PageNodes, "pageNodes"));
-  exports.Set("mmapProbe", Napi::Function::New(env, MmapProbe, "mmapProbe"));
+  ExportFunctions(env, exports, {{"madvise", Madvise}, {"mbind", Mbind}, {"getMempolicy", GetMempolicy}, {"pageNodes", PageNodes}, {"mmapProbe", MmapProbe}});
 }
 
 }  // namespace kg

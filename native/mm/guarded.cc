@@ -36,9 +36,11 @@
 #include <cstring>
 #include <mutex>
 
-#include "util/args.h"
-#include "mm/mapping.h"
 #include "addon.h"
+#include "mm/mapping.h"
+#include "util/args.h"
+#include "util/errors.h"
+#include "util/limits.h"
 
 namespace kg {
 namespace {
@@ -54,7 +56,7 @@ static_assert(std::atomic<pid_t>::is_always_lock_free, "the handler reads tids l
 static_assert(std::atomic<sigjmp_buf*>::is_always_lock_free, "the handler reads jb lock-free");
 
 // More threads than Node will ever have in guarded calls at once (main thread and workers).
-constexpr int kSlots = 256;
+constexpr int kSlots = limits::kMaxGuardedThreads;
 Slot g_slots[kSlots];  // static storage: zero-initialized, no constructor runs
 
 // The action that was installed before ours, to chain to. Written by Install() (under the mutex)
@@ -325,7 +327,8 @@ Napi::Value Guarded(Napi::Env env, uint8_t* dst, const uint8_t* src, uint8_t byt
   }
   if (slot == nullptr) {
     free(bounce);
-    throw Napi::Error::New(env, "kvm-gmem: too many threads in guarded memory accesses at once");
+    ThrowState(env, "ERR_KVM_THREAD_LIMIT",
+               Fmt("kvm-gmem: more than %d threads in guarded memory accesses at once", kSlots));
   }
   // A hardware SIGBUS on a thread that blocks it kills the process whatever the handler: make
   // sure it is deliverable here (sigsetjmp then saves this mask, and a fault restores it).
@@ -356,50 +359,43 @@ Napi::Value Guarded(Napi::Env env, uint8_t* dst, const uint8_t* src, uint8_t byt
 
 }  // namespace
 
-// guardedRead(buffer, offset, target): copies [offset, offset + target.length) of the live
-// mapping `buffer` into `target`.
-static Napi::Value GuardedRead(const Napi::CallbackInfo& info) {
+// Copies between [offset, offset + bytes.length) of the live mapping `buffer` (argument 0) and
+// `bytes` (argument 2): into the mapping when `write`, out of it otherwise.
+static Napi::Value GuardedCopy(const Napi::CallbackInfo& info, bool write) {
   Napi::Env env = info.Env();
   Napi::ArrayBuffer ab = LiveBuffer(info, 0);
   uint64_t offset = ArgU64(info, 1, "offset");
-  Napi::Uint8Array target = ArgBytes(info, 2, "target");
-  size_t n = target.ByteLength();
+  Napi::Uint8Array bytes = ArgBytes(info, 2, write ? "source" : "target");
+  size_t n = bytes.ByteLength();
   CheckRange(env, offset, n, ab.ByteLength());
   uint8_t* m = static_cast<uint8_t*>(ab.Data()) + offset;
-  return Guarded(env, target.Data(), m, 0, n, reinterpret_cast<uintptr_t>(m), reinterpret_cast<uintptr_t>(target.Data()));
+  uint8_t* js = bytes.Data();
+  const uintptr_t mu = reinterpret_cast<uintptr_t>(m), ju = reinterpret_cast<uintptr_t>(js);
+  return write ? Guarded(env, m, js, 0, n, mu, ju) : Guarded(env, js, m, 0, n, mu, ju);
 }
+
+// guardedRead(buffer, offset, target): copies [offset, offset + target.length) of the live
+// mapping `buffer` into `target`.
+static Napi::Value GuardedRead(const Napi::CallbackInfo& info) { return GuardedCopy(info, false); }
 
 // guardedWrite(buffer, offset, source): copies `source` into [offset, offset + source.length)
 // of the live mapping `buffer`.
-static Napi::Value GuardedWrite(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::ArrayBuffer ab = LiveBuffer(info, 0);
-  uint64_t offset = ArgU64(info, 1, "offset");
-  Napi::Uint8Array source = ArgBytes(info, 2, "source");
-  size_t n = source.ByteLength();
-  CheckRange(env, offset, n, ab.ByteLength());
-  uint8_t* m = static_cast<uint8_t*>(ab.Data()) + offset;
-  return Guarded(env, m, source.Data(), 0, n, reinterpret_cast<uintptr_t>(m), reinterpret_cast<uintptr_t>(source.Data()));
-}
+static Napi::Value GuardedWrite(const Napi::CallbackInfo& info) { return GuardedCopy(info, true); }
 
 // guardedFill(buffer, offset, length, byte): sets [offset, offset + length) of the live mapping
 // `buffer` to `byte` (an integer in [0, 255]).
 static Napi::Value GuardedFill(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Napi::ArrayBuffer ab = LiveBuffer(info, 0);
-  uint64_t offset = ArgU64(info, 1, "offset");
-  uint64_t length = ArgU64(info, 2, "length");
+  LiveRange range = ArgLiveRange(info);
   uint32_t byte = ArgU32(info, 3, "byte");
   if (byte > 255) throw Napi::RangeError::New(env, "The \"byte\" argument must be an integer in [0, 255]");
-  CheckRange(env, offset, length, ab.ByteLength());
-  uint8_t* m = static_cast<uint8_t*>(ab.Data()) + offset;
-  return Guarded(env, m, nullptr, static_cast<uint8_t>(byte), static_cast<size_t>(length), reinterpret_cast<uintptr_t>(m), 0);
+  uint8_t* m = range.Check(env);
+  return Guarded(env, m, nullptr, static_cast<uint8_t>(byte), static_cast<size_t>(range.length),
+                 reinterpret_cast<uintptr_t>(m), 0);
 }
 
 void InitGuarded(Napi::Env env, Napi::Object exports) {
-  exports.Set("guardedRead", Napi::Function::New(env, GuardedRead, "guardedRead"));
-  exports.Set("guardedWrite", Napi::Function::New(env, GuardedWrite, "guardedWrite"));
-  exports.Set("guardedFill", Napi::Function::New(env, GuardedFill, "guardedFill"));
+  ExportFunctions(env, exports, {{"guardedRead", GuardedRead}, {"guardedWrite", GuardedWrite}, {"guardedFill", GuardedFill}});
 }
 
 }  // namespace kg

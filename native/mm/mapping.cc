@@ -22,9 +22,11 @@
 #include <string>
 #include <unordered_map>
 
-#include "util/args.h"
-#include "mm/mapping.h"
 #include "addon.h"
+#include "mm/mapping.h"
+#include "util/args.h"
+#include "util/errors.h"
+#include "util/limits.h"
 
 namespace kg {
 namespace {
@@ -68,13 +70,10 @@ Napi::Value Expose(Napi::Env env, void* addr, size_t length) {
   return o;
 }
 
-// Node 20 caps an ArrayBuffer at 4 GiB (buffer.constants.MAX_LENGTH); larger mappings
-// cannot be exposed without copying, so they are refused before mmap().
-constexpr uint64_t kMaxExposed = 1ull << 32;
-
+// A longer mapping cannot be exposed without copying, so it is refused before mmap().
 size_t ArgLength(const Napi::CallbackInfo& info, size_t i) {
   uint64_t length = ArgU64(info, i, "length");
-  if (length == 0 || length > kMaxExposed) {
+  if (length == 0 || length > limits::kMaxMappingLength) {
     throw Napi::RangeError::New(info.Env(),
                                 "The \"length\" argument must be > 0 and <= 4 GiB (the largest "
                                 "ArrayBuffer Node allows)");
@@ -101,6 +100,13 @@ Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info, size_t i) {
   return ab;
 }
 
+LiveRange ArgLiveRange(const Napi::CallbackInfo& info) {
+  Napi::ArrayBuffer ab = LiveBuffer(info, 0);
+  uint64_t offset = ArgU64(info, 1, "offset");
+  uint64_t length = ArgU64(info, 2, "length");
+  return LiveRange{ab, offset, length};
+}
+
 void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size) {
   if (offset > size || length > size - offset) {
     throw Napi::RangeError::New(
@@ -117,7 +123,6 @@ void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size) {
 // mapShared's flags (a u32; lib/native.ts names them in MapSharedFlag).
 constexpr uint32_t kMapBeyondEnd = 1u << 0;  // skip the end-of-file check below
 constexpr uint32_t kMapKnownFlags = kMapBeyondEnd;
-constexpr uint64_t kMaxAlign = 1ull << 30;
 
 // How many times MapShared looks for an aligned free range before giving up (each attempt only
 // fails when another thread maps into the range it found, between finding and mapping it).
@@ -151,7 +156,7 @@ static Napi::Value MapShared(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, Fmt("The \"flags\" argument has unknown bits 0x%x", flags & ~kMapKnownFlags));
   }
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  if (align != 0 && (align < page || align > kMaxAlign || (align & (align - 1)) != 0)) {
+  if (align != 0 && (align < page || align > limits::kMaxMapAlign || (align & (align - 1)) != 0)) {
     throw Napi::RangeError::New(
         env, Fmt("The \"align\" argument must be 0 or a power of two in [0x%" PRIx64 ", 1 GiB]; "
                  "received 0x%" PRIx64, page, align));
@@ -266,10 +271,7 @@ static Napi::Value Mincore(const Napi::CallbackInfo& info) {
 }
 
 void InitMapping(Napi::Env env, Napi::Object exports) {
-  exports.Set("mapShared", Napi::Function::New(env, MapShared, "mapShared"));
-  exports.Set("mapAnonymous", Napi::Function::New(env, MapAnonymous, "mapAnonymous"));
-  exports.Set("mincore", Napi::Function::New(env, Mincore, "mincore"));
-  exports.Set("unmap", Napi::Function::New(env, Unmap, "unmap"));
+  ExportFunctions(env, exports, {{"mapShared", MapShared}, {"mapAnonymous", MapAnonymous}, {"mincore", Mincore}, {"unmap", Unmap}});
 }
 
 }  // namespace kg

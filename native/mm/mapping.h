@@ -5,6 +5,7 @@
 #include <napi.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace kg {
 
@@ -18,5 +19,18 @@ Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info, size_t i = 0);
 // Checks that [offset, offset + length) lies within a buffer of `size` bytes, else throws a
 // RangeError naming the arguments.
 void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size);
+
+// A range of a live mapping from arguments 0 (buffer), 1 (offset) and 2 (length). Check() it once
+// every other argument is read: it throws unless the range lies within the mapping.
+struct LiveRange {
+  Napi::ArrayBuffer buffer;
+  uint64_t offset;
+  uint64_t length;
+  uint8_t* Check(Napi::Env env) {
+    CheckRange(env, offset, length, buffer.ByteLength());
+    return static_cast<uint8_t*>(buffer.Data()) + offset;
+  }
+};
+LiveRange ArgLiveRange(const Napi::CallbackInfo& info);
 
 }  // namespace kg

@@ -3,7 +3,6 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
-#include <cstring>
 
 namespace kg {
 namespace {
@@ -25,24 +24,24 @@ Napi::Value Arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   throw Napi::RangeError::New(env, std::string("The \"") + name + "\" argument must be " + want);
 }
 
-// The factory set by lib/errors.ts. One per environment (main thread or worker).
-struct ErrorData {
-  Napi::FunctionReference factory;
-};
-
 }  // namespace
 
 // The readers below call napi_get_value_double/bigint directly: one Node-API call per argument
 // (the type check is the status of that call), since these run on every kernel call.
 
-int ArgFd(const Napi::CallbackInfo& info, size_t i, const char* name) {
+// An integer Number in [lo, hi]; `type` and `range` say what was wanted in each error.
+static double ArgInteger(const Napi::CallbackInfo& info, size_t i, const char* name, double lo, double hi,
+                         const char* type, const char* range) {
   Napi::Value v = Arg(info, i, name);
   double d;
-  if (napi_get_value_double(info.Env(), v, &d) != napi_ok) BadType(info.Env(), name, "a file descriptor (integer)");
-  if (!(d >= 0 && d <= 2147483647.0) || std::floor(d) != d) {
-    BadRange(info.Env(), name, "a file descriptor (integer >= 0 and <= 2147483647)");
-  }
-  return static_cast<int>(d);
+  if (napi_get_value_double(info.Env(), v, &d) != napi_ok) BadType(info.Env(), name, type);
+  if (!(d >= lo && d <= hi) || std::floor(d) != d) BadRange(info.Env(), name, range);
+  return d;
+}
+
+int ArgFd(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return static_cast<int>(ArgInteger(info, i, name, 0, 2147483647.0, "a file descriptor (integer)",
+                                     "a file descriptor (integer >= 0 and <= 2147483647)"));
 }
 
 uint64_t ArgU64(const Napi::CallbackInfo& info, size_t i, const char* name) {
@@ -71,23 +70,13 @@ int64_t ArgOff(const Napi::CallbackInfo& info, size_t i, const char* name) {
 }
 
 uint32_t ArgU32(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  Napi::Value v = Arg(info, i, name);
-  double d;
-  if (napi_get_value_double(info.Env(), v, &d) != napi_ok) BadType(info.Env(), name, "an integer");
-  if (!(d >= 0 && d <= 4294967295.0) || std::floor(d) != d) {
-    BadRange(info.Env(), name, "an integer >= 0 and <= 4294967295");
-  }
-  return static_cast<uint32_t>(d);
+  return static_cast<uint32_t>(
+      ArgInteger(info, i, name, 0, 4294967295.0, "an integer", "an integer >= 0 and <= 4294967295"));
 }
 
 int32_t ArgI32(const Napi::CallbackInfo& info, size_t i, const char* name) {
-  Napi::Value v = Arg(info, i, name);
-  if (!v.IsNumber()) BadType(info.Env(), name, "an integer");
-  double d = v.As<Napi::Number>().DoubleValue();
-  if (!(d >= -2147483648.0 && d <= 2147483647.0) || std::floor(d) != d) {
-    BadRange(info.Env(), name, "a 32-bit signed integer");
-  }
-  return static_cast<int32_t>(d);
+  return static_cast<int32_t>(
+      ArgInteger(info, i, name, -2147483648.0, 2147483647.0, "an integer", "a 32-bit signed integer"));
 }
 
 Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
@@ -110,6 +99,14 @@ std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name
   return s;
 }
 
+int ArgTimeout(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  int32_t t = ArgI32(info, i, name);
+  if (t < -1) {
+    throw Napi::RangeError::New(info.Env(), Fmt("The \"%s\" argument must be -1 (no limit) or >= 0 (got %d)", name, t));
+  }
+  return t;
+}
+
 Napi::Value U64(Napi::Env env, uint64_t v) { return Napi::BigInt::New(env, v); }
 
 std::string Fmt(const char* fmt, ...) {
@@ -119,61 +116,6 @@ std::string Fmt(const char* fmt, ...) {
   vsnprintf(buf, sizeof buf, fmt, ap);
   va_end(ap);
   return buf;
-}
-
-void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request,
-              const std::string& detail) {
-  auto* data = env.GetInstanceData<ErrorData>();
-  const char* text = strerror(err);
-  if (data != nullptr && !data->factory.IsEmpty()) {
-    Napi::Value e = data->factory.Call({
-        Napi::Number::New(env, err),
-        Napi::String::New(env, syscall),
-        request ? Napi::String::New(env, request) : env.Undefined(),
-        Napi::String::New(env, detail),
-        Napi::String::New(env, text),
-    });
-    throw Napi::Error(env, e);
-  }
-  // lib/ always installs the factory; this path only serves direct users of the addon.
-  Napi::Error e = Napi::Error::New(env, std::string(request ? request : syscall) + " failed: " +
-                                            text + " (" + detail + ")");
-  e.Set("errno", Napi::Number::New(env, -err));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  throw e;
-}
-
-// Node-API has no "is stopping" query, but every call that may run JavaScript starts by asking
-// the environment whether it still can (Node: can_call_into_js, false from the moment a stop is
-// requested) and answers napi_pending_exception when not. napi_has_own_property on a fresh plain
-// object is such a call, and runs no JavaScript otherwise.
-bool EnvStopping(napi_env env) {
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
-  napi_value obj, key;
-  bool has = false;
-  napi_status st = napi_create_object(env, &obj);
-  if (st == napi_ok) st = napi_create_string_utf8(env, "k", 1, &key);
-  if (st == napi_ok) st = napi_has_own_property(env, obj, key, &has);
-  napi_close_handle_scope(env, scope);
-  return st == napi_pending_exception;
-}
-
-static Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsFunction()) {
-    throw Napi::TypeError::New(info.Env(), "The \"factory\" argument must be a function");
-  }
-  auto* data = info.Env().GetInstanceData<ErrorData>();
-  if (data == nullptr) {
-    data = new ErrorData();
-    info.Env().SetInstanceData(data);
-  }
-  data->factory = Napi::Persistent(info[0].As<Napi::Function>());
-  return info.Env().Undefined();
-}
-
-void InitErrors(Napi::Env env, Napi::Object exports) {
-  exports.Set("setErrorFactory", Napi::Function::New(env, SetErrorFactory, "setErrorFactory"));
 }
 
 }  // namespace kg

@@ -1,4 +1,4 @@
-// Argument readers and the system-error thrower shared by every native file.
+// Argument readers shared by every native file.
 //
 // The addon never trusts its caller: lib/ validates first and names arguments for users,
 // but any value that reaches native code is checked again here, so that nothing passed
@@ -39,19 +39,7 @@ Napi::Value U64(Napi::Env env, uint64_t v);
 // printf-style formatting for error details.
 std::string Fmt(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
-// Throws the library's KvmError for a failed system call. `err` is the positive errno,
-// `syscall` the libc call ("ioctl", "mmap"...), `request` the ioctl name or nullptr,
-// `detail` the arguments in words.
-[[noreturn]] void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request,
-                           const std::string& detail);
-
-// Whether `env` is being torn down: a Worker's terminate() or process.exit() has asked it to stop.
-// Node then refuses every call into JavaScript; a native call that blocks on the environment's
-// own thread asks this now and then and returns, since nothing else can end its wait.
-// Only on the environment's own thread.
-bool EnvStopping(napi_env env);
-
-// Registers the JavaScript function that builds KvmError objects (called once by lib/).
-void InitErrors(Napi::Env env, Napi::Object exports);
+// A timeout in milliseconds: an integer in [-1, 2^31 - 1], -1 meaning no limit.
+int ArgTimeout(const Napi::CallbackInfo& info, size_t i, const char* name);
 
 }  // namespace kg
