@@ -23,10 +23,18 @@
         "native/ipc/fd_watch.cc"
       ],
       "include_dirs": ["native", "<!(node -p \"require('node-addon-api').include_dir\")"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
+      "defines": [
+        "NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
+        "_FILE_OFFSET_BITS=64", "_LARGEFILE_SOURCE", "__STDC_FORMAT_MACROS", "_GLIBCXX_USE_CXX11_ABI=1"
+      ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "cflags_cc": [
+        "-std=c++17", "-O3", "-fno-omit-frame-pointer", "-fno-rtti", "-fexceptions", "-pthread", "-m64",
+        "-Wall", "-Wextra", "-Wno-unused-parameter"
+      ],
+      "ldflags": ["-pthread", "-rdynamic", "-m64"],
       "dependencies": ["guest_images"]
     },
     {

@@ -1,4 +1,7 @@
 // The addon's entry point: gathers each file's functions into one exports object.
+//
+// Both builds define NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS (binding.gyp): an exception thrown
+// while an environment is torn down cannot reach JavaScript, and would otherwise abort the process.
 #include "addon.h"
 
 void kg::ExportFunctions(Napi::Env env, Napi::Object exports, std::initializer_list<Export> list) {
