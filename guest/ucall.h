@@ -1,7 +1,8 @@
 /*
- * ucall.h: the guest -> host call convention of the kvm-gmem guest programs, a mirror of the
- * kernel KVM selftests' ucall (tools/testing/selftests/kvm/include/ucall_common.h), for guest
- * programs written in GNU assembler (guest/<name>.S, preprocessed by the C compiler).
+ * ucall.h: the guest -> host call convention of the kvm-gmem guest programs, for guest programs
+ * written in GNU assembler (guest/<name>.S, preprocessed by the C compiler); a mirror of the
+ * kernel KVM selftests' ucall:
+ * https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/tools/testing/selftests/kvm/include/ucall_common.h?h=v6.18
  *
  * The #defines below are the ABI shared with the host; lib/guest-images.ts carries the same
  * numbers and test/guest-images.test.ts parses this file to check that they agree. Keep every

@@ -66,7 +66,7 @@ static Napi::Value FsMagic(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(static_cast<uint32_t>(st.f_type)));
 }
 
-// The fds that library objects (lib/resource.ts) of one environment own and have not closed.
+// The fds that library objects of one environment own and have not closed.
 //
 // A Worker that ends without closing its objects never runs their FinalizationRegistry, so their
 // fds would stay open (and their guest memory allocated) for the life of the process. The

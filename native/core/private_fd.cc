@@ -9,8 +9,8 @@
 //
 // The copy is cut down to the two fds the thread needs as it is made: close_range(b + 1, ~0U,
 // CLOSE_RANGE_UNSHARE) copies only fds 0..b (the kernel skips the range it is about to close),
-// and the rest below b are closed at once. So the copy references no other open file beyond
-// those few microseconds (closing a file there is what a fork does too), and none at all after.
+// and the rest below b are closed at once. So the copy references no other open file but for a
+// moment (closing a file there is what a fork does too), and none at all after.
 // A fresh thread per call keeps no state: nothing to pass the VM fd to, no fd of the library's
 // open between calls, nothing to restart after fork().
 #include "core/private_fd.h"
@@ -47,7 +47,7 @@ struct Job {
 
 // The thread's stack, one for all calls, which take turns on it. glibc gives a thread's own stack
 // back with madvise(MADV_DONTNEED) as the thread ends: a TLB shootdown on every CPU this process
-// runs on, which costs more than everything else here (10x in a VM). A caller's stack it leaves be.
+// runs on, which costs more than everything else here. A caller's stack it leaves be.
 pthread_mutex_t stack_lock = PTHREAD_MUTEX_INITIALIZER;
 alignas(64) char stack[64 * 1024];
 

@@ -1,6 +1,6 @@
 // Passing file descriptors between processes over Unix domain sockets (SCM_RIGHTS).
 //
-// One function per kernel call, no policy (lib/fd-channel.ts holds the protocol):
+// One function per kernel call, no policy (lib's FdChannel holds the protocol):
 //   socketPair()              socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC)
 //   unixListen(path, backlog) socket + bind + listen (SOCK_SEQPACKET, CLOEXEC, NONBLOCK)
 //   unixConnect(path)         socket + connect (SOCK_SEQPACKET, CLOEXEC)

@@ -1,6 +1,6 @@
 // CPUID tables: what KVM can offer (KVM_GET_SUPPORTED_CPUID on /dev/kvm) and what one vCPU
 // shows its guest (KVM_SET_CPUID2 / KVM_GET_CPUID2). Entries cross into JavaScript as the
-// kernel's struct kvm_cpuid_entry2 bytes, 40 per entry; lib/cpuid.ts names the fields.
+// kernel's struct kvm_cpuid_entry2 bytes, 40 per entry; lib names the fields.
 #include <sys/ioctl.h>
 
 #include <cerrno>

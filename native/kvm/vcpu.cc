@@ -1,8 +1,8 @@
 // The vCPU fd: creation and register state. Running it lives in vcpu_runner.cc.
 //
 // Register state crosses into JavaScript as the kernel's struct bytes (a Uint8Array of exactly
-// the struct's size); lib/x86-state.ts names the fields. The layout the TypeScript side relies on
-// is exported by uapiLayout() from the same definitions that the static_asserts in uapi.h pin.
+// the struct's size); lib names the fields, at the offsets uapiLayout() exports from the same
+// definitions that the static_asserts in uapi/kvm.h pin.
 #include <sys/ioctl.h>
 
 #include <cerrno>
@@ -55,7 +55,7 @@ static Napi::Value StructIoctl(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// The struct sizes and offsets the TypeScript side decodes with, straight from uapi.h.
+// The struct sizes and offsets the TypeScript side decodes with, straight from uapi/kvm.h.
 static Napi::Value UapiLayout(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto obj = [&](std::initializer_list<std::pair<const char*, size_t>> kv) {

@@ -12,7 +12,7 @@
 // Only one run is in flight at a time (busy_), so one deferred promise is enough.
 //
 // The hand-back has a faster path for a main thread that is polling (runAsync(true), then
-// poll() from a setImmediate loop in lib/vcpu.ts): the vCPU thread leaves the result in
+// poll() from a setImmediate loop in lib): the vCPU thread leaves the result in
 // result_ and does not wake the event loop at all (no eventfd write, no epoll wake-up). One
 // atomic, handoff_, decides who delivers each result, so exactly one path does:
 //   kPolled   -> the thread finishes: CAS to kReady, poll() settles;
@@ -402,11 +402,9 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
     }
   }
 
-  // Waits for the next runAsync(): true to run, false to quit. A VMM usually asks for the next
-  // run a few microseconds after the last one settled, so the thread first polls for a while
-  // (yielding the CPU, so that on a shared core the JavaScript thread gets to run) and only then
-  // sleeps on the condition variable: waking a sleeping thread costs a futex round trip and, on
-  // an idle virtual CPU, tens of microseconds.
+  // Waits for the next runAsync(): true to run, false to quit. A VMM asks for the next run right
+  // after the last one settled, so the thread polls briefly (yielding to a JavaScript thread on
+  // the same core) before it sleeps: waking a sleeping thread costs a futex round trip.
   bool WaitForRequest() {
     constexpr int64_t kPollNs = 50 * 1000;
     int64_t deadline = MonotonicNs() + kPollNs;

@@ -25,8 +25,8 @@ using limits::kMaxMaxnode;
 // Bounded so that a huge array cannot make the addon allocate without limit (a failure aborts).
 using limits::kMaxPageQueries;
 
-// The advice values madvise() may be given from here: those known (include/uapi/asm-generic/
-// mman-common.h, Linux 6.18) to advise the kernel about this process's own mapping, which at
+// The advice values madvise() may be given from here: those known (Linux 6.18's
+// https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/include/uapi/asm-generic/mman-common.h?h=v6.18) to advise the kernel about this process's own mapping, which at
 // worst discards its contents (DONTNEED, FREE, REMOVE) or changes how it is inherited or dumped.
 // Anything else is refused before the call, known or not: MADV_HWPOISON (100) poisons the
 // physical pages (the next touch is a machine-check SIGBUS, and the host loses the memory),

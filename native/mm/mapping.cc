@@ -120,7 +120,7 @@ void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size) {
 #define MAP_FIXED_NOREPLACE 0x100000  // Linux 4.17; older C libraries lack the name
 #endif
 
-// mapShared's flags (a u32; lib/native.ts names them in MapSharedFlag).
+// mapShared's flags (a u32; lib names them in MapSharedFlag).
 constexpr uint32_t kMapBeyondEnd = 1u << 0;  // skip the end-of-file check below
 constexpr uint32_t kMapKnownFlags = kMapBeyondEnd;
 

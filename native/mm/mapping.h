@@ -1,5 +1,4 @@
-// What mapping.cc shares with the other native files that act on live mappings (guarded.cc,
-// mm.cc). Internal to the addon.
+// What mapping.cc shares with the other files that act on live mappings (guarded.cc, calls.cc).
 #pragma once
 
 #include <napi.h>

@@ -4,7 +4,8 @@
 // system header can be included beside this one without clashes. The ioctl numbers are pinned
 // below to the values the kernel's header produces.
 //
-// Values follow include/uapi/linux/kvm.h of Linux 6.18 (x86_64).
+// Values follow Linux 6.18's uapi header (x86_64):
+// https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/include/uapi/linux/kvm.h?h=v6.18
 #pragma once
 
 #include <cstddef>
@@ -84,7 +85,7 @@ constexpr unsigned long KVM_CREATE_GUEST_MEMFD = _IOWR(KVMIO, 0xd4, kvm_create_g
 constexpr uint64_t GUEST_MEMFD_FLAG_MMAP = 1ull << 0;
 constexpr uint64_t GUEST_MEMFD_FLAG_INIT_SHARED = 1ull << 1;
 
-// Capability numbers this addon's callers name (see lib/constants.ts for the full list).
+// Capability numbers this addon's callers name (lib's constants list them all).
 constexpr long KVM_CAP_USER_MEMORY2 = 231;
 constexpr long KVM_CAP_GUEST_MEMFD = 234;
 constexpr long KVM_CAP_GUEST_MEMFD_FLAGS = 244;
@@ -222,7 +223,7 @@ static_assert(KVM_SET_CPUID2 == 0x4008ae90ul, "KVM_SET_CPUID2 number");
 static_assert(KVM_GET_CPUID2 == 0xc008ae91ul, "KVM_GET_CPUID2 number");
 
 // The head of struct kvm_run (the page mmap()ed from the vCPU fd) up to the exit union, and
-// the union members this library decodes. lib/exits.ts reads the page through these offsets
+// the union members this library decodes. lib reads the page through these offsets
 // (exported by uapiLayout() and checked by a test), so the two can never drift apart.
 struct kvm_run_head {
   uint8_t request_interrupt_window;
@@ -288,7 +289,7 @@ struct kvm_run_memory_fault {  // KVM_EXIT_MEMORY_FAULT (with KVM_RUN failing EF
 };
 static_assert(sizeof(kvm_run_memory_fault) == 24, "memory_fault layout");
 
-// Exit reasons this addon itself looks at (lib/constants.ts names all of them).
+// Exit reasons this addon itself looks at (lib's constants name all of them).
 constexpr uint32_t KVM_EXIT_INTR = 10;
 constexpr uint32_t KVM_EXIT_MEMORY_FAULT = 39;
 

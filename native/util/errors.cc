@@ -7,7 +7,7 @@
 namespace kg {
 namespace {
 
-// The factories set by lib/native.ts, one pair per environment (main thread or worker).
+// The factories lib sets, one pair per environment (main thread or worker).
 struct ErrorData {
   Napi::FunctionReference system;
   Napi::FunctionReference state;

@@ -14,7 +14,7 @@ namespace kg {
 [[noreturn]] void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request,
                            const std::string& detail);
 
-// Throws the library's KvmStateError: `code` is one of lib/errors.ts's KvmStateCode values
+// Throws the library's KvmStateError: `code` is one of lib's KvmStateCode values
 // ("ERR_KVM_CLOSED"...), `message` says what was refused and why.
 [[noreturn]] void ThrowState(Napi::Env env, const char* code, const std::string& message);
 
