@@ -1,13 +1,12 @@
 // Plain file-descriptor calls shared by every kernel object: close, close-on-exec, dup, fstatfs,
 // and the per-environment record of the fds library objects own (ownFd, disownFd).
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
-
-#include <linux/kcmp.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -76,7 +75,7 @@ static Napi::Value FsMagic(const Napi::CallbackInfo& info) {
 // by device and inode; files that share one inode per kind (/dev/kvm, VM and vCPU fds) by
 // kcmp(KCMP_FILE) against a close-on-exec duplicate kept here for as long as the entry lives.
 struct OwnedFd {
-  int fd;  // -1: never closed at teardown
+  int fd;   // -1: never closed at teardown
   int ref;  // the duplicate, or -1 (a file with an inode of its own, or no fd was left to dup)
   dev_t dev;
   ino_t ino;
@@ -146,7 +145,12 @@ void InitFd(Napi::Env env, Napi::Object exports) {
   }
   exports.Set("ownFd", Napi::Function::New(env, OwnFd, "ownFd", fds));
   exports.Set("disownFd", Napi::Function::New(env, DisownFd, "disownFd", fds));
-  ExportFunctions(env, exports, {{"close", Close}, {"memfdCreate", MemfdCreate}, {"fsMagic", FsMagic}, {"setCloexec", SetCloexec}, {"dupCloexec", DupCloexec}});
+  ExportFunctions(env, exports,
+                  {{"close", Close},
+                   {"memfdCreate", MemfdCreate},
+                   {"fsMagic", FsMagic},
+                   {"setCloexec", SetCloexec},
+                   {"dupCloexec", DupCloexec}});
 }
 
 }  // namespace kg

@@ -190,7 +190,8 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Array arr = info[2].As<Napi::Array>();
   uint32_t n = arr.Length();
   if (n > kMaxFdsPerMessage) {
-    throw Napi::RangeError::New(env, Fmt("The \"fds\" argument must hold at most %u fds (got %u)", kMaxFdsPerMessage, n));
+    throw Napi::RangeError::New(env,
+                                Fmt("The \"fds\" argument must hold at most %u fds (got %u)", kMaxFdsPerMessage, n));
   }
   std::vector<int> fds(n);
   for (uint32_t i = 0; i < n; i++) {
@@ -206,7 +207,8 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   }
   size_t len = bytes.ByteLength();
   if (len > kMaxPayload) {
-    throw Napi::RangeError::New(env, Fmt("The \"bytes\" argument must be at most %u bytes (got %zu)", kMaxPayload, len));
+    throw Napi::RangeError::New(env,
+                                Fmt("The \"bytes\" argument must be at most %u bytes (got %zu)", kMaxPayload, len));
   }
   // Copy the payload: reading JavaScript memory is done before any system call that may wait.
   std::vector<uint8_t> data(bytes.Data(), bytes.Data() + len);
@@ -258,17 +260,20 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
 // every fd the kernel installed is closed here: `fds` is then empty and `closed` counts them.
 // `eof` tells the peer's close (or shutdown) from an empty message; `room` is how many fds the
 // control buffer could hold. Errors: EMFILE/ENFILE when the fd table filled up while the
-// message's fds were installed (the message is consumed, its fds closed); ECONNRESET (the peer closed with messages of ours unread), EBADF, ENOTSOCK...
+// message's fds were installed (the message is consumed, its fds closed); ECONNRESET (the peer closed with messages of
+// ours unread), EBADF, ENOTSOCK...
 Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
   uint32_t maxBytes = ArgU32(info, 1, "maxBytes");
   uint32_t maxFds = ArgU32(info, 2, "maxFds");
   if (maxBytes < 1 || maxBytes > kMaxPayload) {
-    throw Napi::RangeError::New(env, Fmt("The \"maxBytes\" argument must be in [1, %u] (got %u)", kMaxPayload, maxBytes));
+    throw Napi::RangeError::New(env,
+                                Fmt("The \"maxBytes\" argument must be in [1, %u] (got %u)", kMaxPayload, maxBytes));
   }
   if (maxFds > kMaxFdsPerMessage) {
-    throw Napi::RangeError::New(env, Fmt("The \"maxFds\" argument must be in [0, %u] (got %u)", kMaxFdsPerMessage, maxFds));
+    throw Napi::RangeError::New(env,
+                                Fmt("The \"maxFds\" argument must be in [0, %u] (got %u)", kMaxFdsPerMessage, maxFds));
   }
   std::vector<uint8_t> data(maxBytes);
   // Aligned control buffer; CMSG_SPACE rounds up, so it may hold one fd more than maxFds: the
@@ -289,7 +294,8 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   } while (r < 0 && errno == EINTR);
   if (r < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Undefined();
-    ThrowSys(env, errno, "recvmsg", nullptr, Fmt("fd %d, %u bytes, room for %u fds, MSG_CMSG_CLOEXEC", fd, maxBytes, maxFds));
+    ThrowSys(env, errno, "recvmsg", nullptr,
+             Fmt("fd %d, %u bytes, room for %u fds, MSG_CMSG_CLOEXEC", fd, maxBytes, maxFds));
   }
   // Gather every fd of every SCM_RIGHTS message before anything can throw.
   std::vector<int> fds;
@@ -300,8 +306,10 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
       // Never read past the buffer, whatever cmsg_len says.
       const unsigned char* end = reinterpret_cast<const unsigned char*>(msg.msg_control) + msg.msg_controllen;
       size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      if (p > end) k = 0;
-      else if (k > static_cast<size_t>(end - p) / sizeof(int)) k = static_cast<size_t>(end - p) / sizeof(int);
+      if (p > end)
+        k = 0;
+      else if (k > static_cast<size_t>(end - p) / sizeof(int))
+        k = static_cast<size_t>(end - p) / sizeof(int);
       for (size_t j = 0; j < k; j++) {
         int v;
         memcpy(&v, p + j * sizeof(int), sizeof v);
@@ -318,8 +326,10 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   int installErrno = 0;
   if ((flags & MSG_CTRUNC) != 0 && fds.size() < room) {
     int probe = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (probe < 0) installErrno = errno;
-    else close(probe);
+    if (probe < 0)
+      installErrno = errno;
+    else
+      close(probe);
   }
   uint32_t closed = 0;
   if ((flags & (MSG_CTRUNC | MSG_TRUNC)) != 0 || fds.size() > maxFds) {
@@ -363,7 +373,14 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void InitFdPass(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"socketPair", SocketPair}, {"unixListen", UnixListen}, {"unixConnect", UnixConnect}, {"unixAccept", UnixAccept}, {"socketType", SocketType}, {"sendMsg", SendMsg}, {"recvMsg", RecvMsg}});
+  ExportFunctions(env, exports,
+                  {{"socketPair", SocketPair},
+                   {"unixListen", UnixListen},
+                   {"unixConnect", UnixConnect},
+                   {"unixAccept", UnixAccept},
+                   {"socketType", SocketType},
+                   {"sendMsg", SendMsg},
+                   {"recvMsg", RecvMsg}});
 }
 
 }  // namespace kg

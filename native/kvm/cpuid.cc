@@ -79,7 +79,8 @@ static Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
 }
 
 void InitCpuid(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"getSupportedCpuid", GetSupportedCpuid}, {"getCpuid2", GetCpuid2}, {"setCpuid2", SetCpuid2}});
+  ExportFunctions(env, exports,
+                  {{"getSupportedCpuid", GetSupportedCpuid}, {"getCpuid2", GetCpuid2}, {"setCpuid2", SetCpuid2}});
 }
 
 }  // namespace kg

@@ -54,8 +54,8 @@ static Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   } while (r != 0 && errno == EINTR);
   if (r != 0) {
     ThrowSys(info.Env(), errno, "fallocate", nullptr,
-             Fmt("fd %d, mode=0x%x, offset=0x%" PRIx64 ", length=0x%" PRIx64, fd, mode,
-                 static_cast<uint64_t>(offset), static_cast<uint64_t>(length)));
+             Fmt("fd %d, mode=0x%x, offset=0x%" PRIx64 ", length=0x%" PRIx64, fd, mode, static_cast<uint64_t>(offset),
+                 static_cast<uint64_t>(length)));
   }
   return info.Env().Undefined();
 }

@@ -58,7 +58,12 @@ static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {
 }
 
 void InitSystem(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"open", Open}, {"getApiVersion", GetApiVersion}, {"checkExtension", CheckExtension}, {"createVm", CreateVm}, {"getVcpuMmapSize", GetVcpuMmapSize}});
+  ExportFunctions(env, exports,
+                  {{"open", Open},
+                   {"getApiVersion", GetApiVersion},
+                   {"checkExtension", CheckExtension},
+                   {"createVm", CreateVm},
+                   {"getVcpuMmapSize", GetVcpuMmapSize}});
 }
 
 }  // namespace kg

@@ -46,8 +46,8 @@ static Napi::Value StructIoctl(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   Napi::Uint8Array bytes = ArgBytes(info, 1, "bytes");
   if (bytes.ByteLength() != call->size) {
-    throw Napi::RangeError::New(info.Env(), Fmt("The \"bytes\" argument must be exactly %zu bytes (got %zu)",
-                                                call->size, bytes.ByteLength()));
+    throw Napi::RangeError::New(
+        info.Env(), Fmt("The \"bytes\" argument must be exactly %zu bytes (got %zu)", call->size, bytes.ByteLength()));
   }
   if (ioctl(fd, call->request, bytes.Data()) != 0) {
     ThrowSys(info.Env(), errno, "ioctl", call->requestName, Fmt("vcpu fd %d", fd));
@@ -65,56 +65,64 @@ static Napi::Value UapiLayout(const Napi::CallbackInfo& info) {
   };
   constexpr size_t U = KVM_RUN_EXIT_UNION;
   Napi::Object o = Napi::Object::New(env);
-  o.Set("kvm_regs", obj({{"size", sizeof(kvm_regs)}, {"rip", offsetof(kvm_regs, rip)},
-                         {"rflags", offsetof(kvm_regs, rflags)}}));
-  o.Set("kvm_segment", obj({{"size", sizeof(kvm_segment)}, {"base", offsetof(kvm_segment, base)},
+  o.Set("kvm_regs",
+        obj({{"size", sizeof(kvm_regs)}, {"rip", offsetof(kvm_regs, rip)}, {"rflags", offsetof(kvm_regs, rflags)}}));
+  o.Set("kvm_segment", obj({{"size", sizeof(kvm_segment)},
+                            {"base", offsetof(kvm_segment, base)},
                             {"limit", offsetof(kvm_segment, limit)},
                             {"selector", offsetof(kvm_segment, selector)},
                             {"type", offsetof(kvm_segment, type)},
                             {"present", offsetof(kvm_segment, present)},
                             {"unusable", offsetof(kvm_segment, unusable)}}));
-  o.Set("kvm_sregs", obj({{"size", sizeof(kvm_sregs)}, {"tr", offsetof(kvm_sregs, tr)},
-                          {"ldt", offsetof(kvm_sregs, ldt)}, {"gdt", offsetof(kvm_sregs, gdt)},
-                          {"idt", offsetof(kvm_sregs, idt)}, {"cr0", offsetof(kvm_sregs, cr0)},
-                          {"cr8", offsetof(kvm_sregs, cr8)}, {"efer", offsetof(kvm_sregs, efer)},
+  o.Set("kvm_sregs", obj({{"size", sizeof(kvm_sregs)},
+                          {"tr", offsetof(kvm_sregs, tr)},
+                          {"ldt", offsetof(kvm_sregs, ldt)},
+                          {"gdt", offsetof(kvm_sregs, gdt)},
+                          {"idt", offsetof(kvm_sregs, idt)},
+                          {"cr0", offsetof(kvm_sregs, cr0)},
+                          {"cr8", offsetof(kvm_sregs, cr8)},
+                          {"efer", offsetof(kvm_sregs, efer)},
                           {"apic_base", offsetof(kvm_sregs, apic_base)},
                           {"interrupt_bitmap", offsetof(kvm_sregs, interrupt_bitmap)}}));
-  o.Set("kvm_fpu", obj({{"size", sizeof(kvm_fpu)}, {"fcw", offsetof(kvm_fpu, fcw)},
-                        {"fsw", offsetof(kvm_fpu, fsw)}, {"ftwx", offsetof(kvm_fpu, ftwx)},
+  o.Set("kvm_fpu", obj({{"size", sizeof(kvm_fpu)},
+                        {"fcw", offsetof(kvm_fpu, fcw)},
+                        {"fsw", offsetof(kvm_fpu, fsw)},
+                        {"ftwx", offsetof(kvm_fpu, ftwx)},
                         {"last_opcode", offsetof(kvm_fpu, last_opcode)},
-                        {"last_ip", offsetof(kvm_fpu, last_ip)}, {"last_dp", offsetof(kvm_fpu, last_dp)},
-                        {"xmm", offsetof(kvm_fpu, xmm)}, {"mxcsr", offsetof(kvm_fpu, mxcsr)}}));
-  o.Set("kvm_run",
-        obj({{"immediate_exit", offsetof(kvm_run_head, immediate_exit)},
-             {"exit_reason", offsetof(kvm_run_head, exit_reason)},
-             {"if_flag", offsetof(kvm_run_head, if_flag)},
-             {"flags", offsetof(kvm_run_head, flags)},
-             {"cr8", offsetof(kvm_run_head, cr8)},
-             {"apic_base", offsetof(kvm_run_head, apic_base)},
-             {"exit", U},
-             {"io.direction", U + offsetof(kvm_run_io, direction)},
-             {"io.size", U + offsetof(kvm_run_io, size)},
-             {"io.port", U + offsetof(kvm_run_io, port)},
-             {"io.count", U + offsetof(kvm_run_io, count)},
-             {"io.data_offset", U + offsetof(kvm_run_io, data_offset)},
-             {"mmio.phys_addr", U + offsetof(kvm_run_mmio, phys_addr)},
-             {"mmio.data", U + offsetof(kvm_run_mmio, data)},
-             {"mmio.len", U + offsetof(kvm_run_mmio, len)},
-             {"mmio.is_write", U + offsetof(kvm_run_mmio, is_write)},
-             {"fail_entry.hardware_entry_failure_reason",
-              U + offsetof(kvm_run_fail_entry, hardware_entry_failure_reason)},
-             {"fail_entry.cpu", U + offsetof(kvm_run_fail_entry, cpu)},
-             {"internal.suberror", U + offsetof(kvm_run_internal, suberror)},
-             {"internal.ndata", U + offsetof(kvm_run_internal, ndata)},
-             {"internal.data", U + offsetof(kvm_run_internal, data)},
-             {"system_event.type", U + offsetof(kvm_run_system_event, type)},
-             {"system_event.ndata", U + offsetof(kvm_run_system_event, ndata)},
-             {"system_event.data", U + offsetof(kvm_run_system_event, data)},
-             {"memory_fault.flags", U + offsetof(kvm_run_memory_fault, flags)},
-             {"memory_fault.gpa", U + offsetof(kvm_run_memory_fault, gpa)},
-             {"memory_fault.size", U + offsetof(kvm_run_memory_fault, size)},
-             {"kvm_valid_regs", KVM_RUN_VALID_REGS},
-             {"kvm_dirty_regs", KVM_RUN_DIRTY_REGS}}));
+                        {"last_ip", offsetof(kvm_fpu, last_ip)},
+                        {"last_dp", offsetof(kvm_fpu, last_dp)},
+                        {"xmm", offsetof(kvm_fpu, xmm)},
+                        {"mxcsr", offsetof(kvm_fpu, mxcsr)}}));
+  o.Set("kvm_run", obj({{"immediate_exit", offsetof(kvm_run_head, immediate_exit)},
+                        {"exit_reason", offsetof(kvm_run_head, exit_reason)},
+                        {"if_flag", offsetof(kvm_run_head, if_flag)},
+                        {"flags", offsetof(kvm_run_head, flags)},
+                        {"cr8", offsetof(kvm_run_head, cr8)},
+                        {"apic_base", offsetof(kvm_run_head, apic_base)},
+                        {"exit", U},
+                        {"io.direction", U + offsetof(kvm_run_io, direction)},
+                        {"io.size", U + offsetof(kvm_run_io, size)},
+                        {"io.port", U + offsetof(kvm_run_io, port)},
+                        {"io.count", U + offsetof(kvm_run_io, count)},
+                        {"io.data_offset", U + offsetof(kvm_run_io, data_offset)},
+                        {"mmio.phys_addr", U + offsetof(kvm_run_mmio, phys_addr)},
+                        {"mmio.data", U + offsetof(kvm_run_mmio, data)},
+                        {"mmio.len", U + offsetof(kvm_run_mmio, len)},
+                        {"mmio.is_write", U + offsetof(kvm_run_mmio, is_write)},
+                        {"fail_entry.hardware_entry_failure_reason",
+                         U + offsetof(kvm_run_fail_entry, hardware_entry_failure_reason)},
+                        {"fail_entry.cpu", U + offsetof(kvm_run_fail_entry, cpu)},
+                        {"internal.suberror", U + offsetof(kvm_run_internal, suberror)},
+                        {"internal.ndata", U + offsetof(kvm_run_internal, ndata)},
+                        {"internal.data", U + offsetof(kvm_run_internal, data)},
+                        {"system_event.type", U + offsetof(kvm_run_system_event, type)},
+                        {"system_event.ndata", U + offsetof(kvm_run_system_event, ndata)},
+                        {"system_event.data", U + offsetof(kvm_run_system_event, data)},
+                        {"memory_fault.flags", U + offsetof(kvm_run_memory_fault, flags)},
+                        {"memory_fault.gpa", U + offsetof(kvm_run_memory_fault, gpa)},
+                        {"memory_fault.size", U + offsetof(kvm_run_memory_fault, size)},
+                        {"kvm_valid_regs", KVM_RUN_VALID_REGS},
+                        {"kvm_dirty_regs", KVM_RUN_DIRTY_REGS}}));
   return o;
 }
 

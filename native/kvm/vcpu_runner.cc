@@ -31,26 +31,25 @@
 // and either returns or enters KVM_RUN again (the guest never notices). The main thread's runs
 // are left alone: nothing but a signal can stop them there anyway.
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <chrono>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
-
-#include <linux/kcmp.h>
 
 #include "addon.h"
 #include "uapi/kvm.h"
@@ -166,8 +165,7 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
     ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
     if (n < 0) ThrowSys(env, errno, "readlink", nullptr, path);
     if (strncmp(link, "anon_inode:kvm-vcpu:", 20) != 0) {
-      throw Napi::TypeError::New(env, Fmt("The \"vcpuFd\" argument must be a KVM vCPU fd (fd %d is %s)",
-                                          vcpufd, link));
+      throw Napi::TypeError::New(env, Fmt("The \"vcpuFd\" argument must be a KVM vCPU fd (fd %d is %s)", vcpufd, link));
     }
     InstallKickHandler(env);
     fd_ = fcntl(vcpufd, F_DUPFD_CLOEXEC, 0);
@@ -177,7 +175,8 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
       fd_ = -1;
       ThrowState(env, "ERR_KVM_VCPU_HAS_RUNNER",
                  Fmt("vcpu fd %d: this vCPU already has a runner (two would block each other in KVM_RUN, "
-                     "where no kick reaches the waiting one)", vcpufd));
+                     "where no kick reaches the waiting one)",
+                     vcpufd));
     }
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) {
@@ -455,8 +454,8 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
   bool watched_ = false;       // in the watchdog's list
   pthread_t syncThread_{};     // the thread of this runner's environment
   std::mutex syncMu_;
-  bool syncActive_ = false;    // under syncMu_: inside run(), around KVM_RUN
-  bool ticked_ = false;        // under syncMu_: the watchdog kicked this run
+  bool syncActive_ = false;  // under syncMu_: inside run(), around KVM_RUN
+  bool ticked_ = false;      // under syncMu_: the watchdog kicked this run
 };
 
 bool Watchdog::Add(VcpuRunner* r) {
@@ -487,14 +486,14 @@ void Watchdog::Remove(VcpuRunner* r) {
 void Watchdog::Loop() {
   std::unique_lock<std::mutex> lk(mu);
   for (;;) {
-    if (runners.empty()) cv.wait(lk);
-    else cv.wait_for(lk, kWatchMs);
+    if (runners.empty())
+      cv.wait(lk);
+    else
+      cv.wait_for(lk, kWatchMs);
     for (VcpuRunner* r : runners) r->TickIfRunning();
   }
 }
 
-void InitVcpuRunner(Napi::Env env, Napi::Object exports) {
-  exports.Set("VcpuRunner", VcpuRunner::Define(env));
-}
+void InitVcpuRunner(Napi::Env env, Napi::Object exports) { exports.Set("VcpuRunner", VcpuRunner::Define(env)); }
 
 }  // namespace kg

@@ -34,12 +34,10 @@ static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
   FdError e;
   int fd = CreateFdPrivately(c.vmfd, IoctlCreateGuestMemfd, &c, &e);
   if (fd < 0) {
-    std::string detail =
-        Fmt("vm fd %d, size=%" PRIu64 ", flags=0x%" PRIx64, c.vmfd, c.args.size, c.args.flags);
+    std::string detail = Fmt("vm fd %d, size=%" PRIu64 ", flags=0x%" PRIx64, c.vmfd, c.args.size, c.args.flags);
     if (e.syscall == nullptr) ThrowSys(info.Env(), e.err, "ioctl", "KVM_CREATE_GUEST_MEMFD", detail);
     // The machinery around the ioctl failed (no thread, no memory): named for what it was doing.
-    ThrowSys(info.Env(), e.err, e.syscall, nullptr,
-             "a private fd table for KVM_CREATE_GUEST_MEMFD: " + detail);
+    ThrowSys(info.Env(), e.err, e.syscall, nullptr, "a private fd table for KVM_CREATE_GUEST_MEMFD: " + detail);
   }
   return Napi::Number::New(info.Env(), fd);
 }
@@ -92,7 +90,10 @@ static Napi::Value SetUserMemoryRegion(const Napi::CallbackInfo& info) {
 }
 
 void InitVm(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"createGuestMemfd", CreateGuestMemfd}, {"setUserMemoryRegion2", SetUserMemoryRegion2}, {"setUserMemoryRegion", SetUserMemoryRegion}});
+  ExportFunctions(env, exports,
+                  {{"createGuestMemfd", CreateGuestMemfd},
+                   {"setUserMemoryRegion2", SetUserMemoryRegion2},
+                   {"setUserMemoryRegion", SetUserMemoryRegion}});
 }
 
 }  // namespace kg

@@ -26,38 +26,38 @@ using limits::kMaxMaxnode;
 using limits::kMaxPageQueries;
 
 // The advice values madvise() may be given from here: those known (Linux 6.18's
-// https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/include/uapi/asm-generic/mman-common.h?h=v6.18) to advise the kernel about this process's own mapping, which at
-// worst discards its contents (DONTNEED, FREE, REMOVE) or changes how it is inherited or dumped.
-// Anything else is refused before the call, known or not: MADV_HWPOISON (100) poisons the
-// physical pages (the next touch is a machine-check SIGBUS, and the host loses the memory),
+// https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/include/uapi/asm-generic/mman-common.h?h=v6.18)
+// to advise the kernel about this process's own mapping, which at worst discards its contents (DONTNEED, FREE, REMOVE)
+// or changes how it is inherited or dumped. Anything else is refused before the call, known or not: MADV_HWPOISON (100)
+// poisons the physical pages (the next touch is a machine-check SIGBUS, and the host loses the memory),
 // MADV_SOFT_OFFLINE (101) takes the physical pages out of service for the whole host,
 // MADV_GUARD_INSTALL (102) makes the range raise SIGSEGV on any access, including through the
 // mapping's Uint8Array; and a value a newer kernel adds may be as harmful (102 is recent).
 bool KnownAdvice(int32_t advice) {
   switch (advice) {
-    case 0:   // MADV_NORMAL
-    case 1:   // MADV_RANDOM
-    case 2:   // MADV_SEQUENTIAL
-    case 3:   // MADV_WILLNEED
-    case 4:   // MADV_DONTNEED
-    case 8:   // MADV_FREE
-    case 9:   // MADV_REMOVE
-    case 10:  // MADV_DONTFORK
-    case 11:  // MADV_DOFORK
-    case 12:  // MADV_MERGEABLE
-    case 13:  // MADV_UNMERGEABLE
-    case 14:  // MADV_HUGEPAGE
-    case 15:  // MADV_NOHUGEPAGE
-    case 16:  // MADV_DONTDUMP
-    case 17:  // MADV_DODUMP
-    case 18:  // MADV_WIPEONFORK
-    case 19:  // MADV_KEEPONFORK
-    case 20:  // MADV_COLD
-    case 21:  // MADV_PAGEOUT
-    case 22:  // MADV_POPULATE_READ
-    case 23:  // MADV_POPULATE_WRITE
-    case 24:  // MADV_DONTNEED_LOCKED
-    case 25:  // MADV_COLLAPSE
+    case 0:    // MADV_NORMAL
+    case 1:    // MADV_RANDOM
+    case 2:    // MADV_SEQUENTIAL
+    case 3:    // MADV_WILLNEED
+    case 4:    // MADV_DONTNEED
+    case 8:    // MADV_FREE
+    case 9:    // MADV_REMOVE
+    case 10:   // MADV_DONTFORK
+    case 11:   // MADV_DOFORK
+    case 12:   // MADV_MERGEABLE
+    case 13:   // MADV_UNMERGEABLE
+    case 14:   // MADV_HUGEPAGE
+    case 15:   // MADV_NOHUGEPAGE
+    case 16:   // MADV_DONTDUMP
+    case 17:   // MADV_DODUMP
+    case 18:   // MADV_WIPEONFORK
+    case 19:   // MADV_KEEPONFORK
+    case 20:   // MADV_COLD
+    case 21:   // MADV_PAGEOUT
+    case 22:   // MADV_POPULATE_READ
+    case 23:   // MADV_POPULATE_WRITE
+    case 24:   // MADV_DONTNEED_LOCKED
+    case 25:   // MADV_COLLAPSE
     case 103:  // MADV_GUARD_REMOVE
       return true;
     default:
@@ -108,7 +108,8 @@ static Napi::Value Madvise(const Napi::CallbackInfo& info) {
   if (!KnownAdvice(advice)) {
     throw Napi::RangeError::New(env, Fmt("The \"advice\" argument %d is refused: only the MADV_* values 0-4, 8-25 "
                                          "and 103 are passed on (others poison, offline or guard the memory, or "
-                                         "are unknown here)", advice));
+                                         "are unknown here)",
+                                         advice));
   }
   if (madvise(p, static_cast<size_t>(length), advice) != 0) {
     ThrowSys(env, errno, "madvise", nullptr,
@@ -199,13 +200,15 @@ static Napi::Value PageNodes(const Napi::CallbackInfo& info) {
     if (v.IsNumber()) {
       d = v.As<Napi::Number>().DoubleValue();
       if (!(d >= 0 && d < static_cast<double>(size)) || static_cast<double>(static_cast<uint64_t>(d)) != d) {
-        throw Napi::RangeError::New(env, Fmt("offsets[%u] must be an integer offset within the mapping (length 0x%zx)", i, size));
+        throw Napi::RangeError::New(
+            env, Fmt("offsets[%u] must be an integer offset within the mapping (length 0x%zx)", i, size));
       }
       off = static_cast<uint64_t>(d);
     } else if (v.IsBigInt()) {
       off = v.As<Napi::BigInt>().Uint64Value(&lossless);
       if (!lossless || off >= size) {
-        throw Napi::RangeError::New(env, Fmt("offsets[%u] must be an offset within the mapping (length 0x%zx)", i, size));
+        throw Napi::RangeError::New(env,
+                                    Fmt("offsets[%u] must be an offset within the mapping (length 0x%zx)", i, size));
       }
     } else {
       throw Napi::TypeError::New(env, Fmt("offsets[%u] must be a number or a bigint", i));
@@ -213,8 +216,10 @@ static Napi::Value PageNodes(const Napi::CallbackInfo& info) {
     pages[i] = base + off;
   }
   std::vector<int> status(n, 0);
-  if (n != 0 && syscall(SYS_move_pages, 0, static_cast<unsigned long>(n), pages.data(), nullptr, status.data(), 0) != 0) {
-    ThrowSys(env, errno, "move_pages", nullptr, Fmt("pid 0, %u pages of the mapping at %p, query only", n, static_cast<void*>(base)));
+  if (n != 0 &&
+      syscall(SYS_move_pages, 0, static_cast<unsigned long>(n), pages.data(), nullptr, status.data(), 0) != 0) {
+    ThrowSys(env, errno, "move_pages", nullptr,
+             Fmt("pid 0, %u pages of the mapping at %p, query only", n, static_cast<void*>(base)));
   }
   Napi::Array out = Napi::Array::New(env, n);
   for (uint32_t i = 0; i < n; i++) out.Set(i, Napi::Number::New(env, status[i]));
@@ -242,7 +247,12 @@ static Napi::Value MmapProbe(const Napi::CallbackInfo& info) {
 }
 
 void InitMm(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"madvise", Madvise}, {"mbind", Mbind}, {"getMempolicy", GetMempolicy}, {"pageNodes", PageNodes}, {"mmapProbe", MmapProbe}});
+  ExportFunctions(env, exports,
+                  {{"madvise", Madvise},
+                   {"mbind", Mbind},
+                   {"getMempolicy", GetMempolicy},
+                   {"pageNodes", PageNodes},
+                   {"mmapProbe", MmapProbe}});
 }
 
 }  // namespace kg

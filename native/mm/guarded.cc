@@ -395,7 +395,8 @@ static Napi::Value GuardedFill(const Napi::CallbackInfo& info) {
 }
 
 void InitGuarded(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"guardedRead", GuardedRead}, {"guardedWrite", GuardedWrite}, {"guardedFill", GuardedFill}});
+  ExportFunctions(env, exports,
+                  {{"guardedRead", GuardedRead}, {"guardedWrite", GuardedWrite}, {"guardedFill", GuardedFill}});
 }
 
 }  // namespace kg

@@ -12,6 +12,8 @@
 // unmapped by the ArrayBuffer's finalizer, once nothing in JavaScript (or a pending job, which
 // holds the buffer object) can reach it. The same finalizer is the safety net for mappings that
 // are dropped without being released.
+#include "mm/mapping.h"
+
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -23,7 +25,6 @@
 #include <unordered_map>
 
 #include "addon.h"
-#include "mm/mapping.h"
 #include "util/args.h"
 #include "util/errors.h"
 #include "util/limits.h"
@@ -109,12 +110,12 @@ LiveRange ArgLiveRange(const Napi::CallbackInfo& info) {
 
 void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size) {
   if (offset > size || length > size - offset) {
-    throw Napi::RangeError::New(
-        env, Fmt("The range [offset 0x%" PRIx64 ", length 0x%" PRIx64 ") is outside the mapping "
-                 "(length 0x%zx)", offset, length, size));
+    throw Napi::RangeError::New(env,
+                                Fmt("The range [offset 0x%" PRIx64 ", length 0x%" PRIx64 ") is outside the mapping "
+                                    "(length 0x%zx)",
+                                    offset, length, size));
   }
 }
-
 
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000  // Linux 4.17; older C libraries lack the name
@@ -157,25 +158,24 @@ static Napi::Value MapShared(const Napi::CallbackInfo& info) {
   }
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   if (align != 0 && (align < page || align > limits::kMaxMapAlign || (align & (align - 1)) != 0)) {
-    throw Napi::RangeError::New(
-        env, Fmt("The \"align\" argument must be 0 or a power of two in [0x%" PRIx64 ", 1 GiB]; "
-                 "received 0x%" PRIx64, page, align));
+    throw Napi::RangeError::New(env,
+                                Fmt("The \"align\" argument must be 0 or a power of two in [0x%" PRIx64 ", 1 GiB]; "
+                                    "received 0x%" PRIx64,
+                                    page, align));
   }
   if ((flags & kMapBeyondEnd) == 0) {
     // A host access past the end of the file raises SIGBUS; refuse such a range up front.
     struct stat st;
     if (fstat(fd, &st) != 0) ThrowSys(env, errno, "fstat", nullptr, Fmt("fd %d", fd));
     if (static_cast<uint64_t>(offset) + length > static_cast<uint64_t>(st.st_size)) {
-      throw Napi::RangeError::New(
-          env, Fmt("The range [0x%" PRIx64 ", 0x%" PRIx64 ") extends past the end of the file "
-                   "(size 0x%" PRIx64 "); a host access there would raise SIGBUS",
-                   static_cast<uint64_t>(offset), static_cast<uint64_t>(offset) + length,
-                   static_cast<uint64_t>(st.st_size)));
+      throw Napi::RangeError::New(env, Fmt("The range [0x%" PRIx64 ", 0x%" PRIx64 ") extends past the end of the file "
+                                           "(size 0x%" PRIx64 "); a host access there would raise SIGBUS",
+                                           static_cast<uint64_t>(offset), static_cast<uint64_t>(offset) + length,
+                                           static_cast<uint64_t>(st.st_size)));
     }
   }
-  const std::string what =
-      Fmt("fd %d, offset=0x%" PRIx64 ", length=0x%zx, PROT_READ|PROT_WRITE, MAP_SHARED", fd,
-          static_cast<uint64_t>(offset), length);
+  const std::string what = Fmt("fd %d, offset=0x%" PRIx64 ", length=0x%zx, PROT_READ|PROT_WRITE, MAP_SHARED", fd,
+                               static_cast<uint64_t>(offset), length);
   if (align == 0) {
     void* p = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset);
     if (p == MAP_FAILED) ThrowSys(env, errno, "mmap", nullptr, what);
@@ -195,8 +195,8 @@ static Napi::Value MapShared(const Napi::CallbackInfo& info) {
     if (munmap(r, reserve) != 0) {
       ThrowSys(env, errno, "munmap", nullptr, Fmt("the PROT_NONE reservation at %p, length=0x%zx", r, reserve));
     }
-    void* p = mmap(reinterpret_cast<void*>(at), length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE,
-                   fd, offset);
+    void* p =
+        mmap(reinterpret_cast<void*>(at), length, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, fd, offset);
     if (p == MAP_FAILED) {
       if (errno == EEXIST) continue;  // another thread took part of the range: look again
       ThrowSys(env, errno, "mmap", nullptr,
@@ -236,8 +236,8 @@ static Napi::Value Unmap(const Napi::CallbackInfo& info) {
   int err = 0;
   {
     std::lock_guard<std::mutex> lk(g_mu);
-    void* p = mmap(addr, length, PROT_READ | PROT_WRITE,
-                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* p =
+        mmap(addr, length, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED) {
       err = errno;
     } else {
@@ -271,7 +271,8 @@ static Napi::Value Mincore(const Napi::CallbackInfo& info) {
 }
 
 void InitMapping(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"mapShared", MapShared}, {"mapAnonymous", MapAnonymous}, {"mincore", Mincore}, {"unmap", Unmap}});
+  ExportFunctions(env, exports,
+                  {{"mapShared", MapShared}, {"mapAnonymous", MapAnonymous}, {"mincore", Mincore}, {"unmap", Unmap}});
 }
 
 }  // namespace kg

@@ -8,9 +8,10 @@
 // https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/include/uapi/linux/kvm.h?h=v6.18
 #pragma once
 
+#include <linux/ioctl.h>
+
 #include <cstddef>
 #include <cstdint>
-#include <linux/ioctl.h>
 
 namespace kg {
 
@@ -36,8 +37,7 @@ static_assert(offsetof(kvm_userspace_memory_region, flags) == 4, "flags offset")
 static_assert(offsetof(kvm_userspace_memory_region, guest_phys_addr) == 8, "gpa offset");
 static_assert(offsetof(kvm_userspace_memory_region, memory_size) == 16, "size offset");
 static_assert(offsetof(kvm_userspace_memory_region, userspace_addr) == 24, "uaddr offset");
-constexpr unsigned long KVM_SET_USER_MEMORY_REGION =
-    _IOW(KVMIO, 0x46, kvm_userspace_memory_region);
+constexpr unsigned long KVM_SET_USER_MEMORY_REGION = _IOW(KVMIO, 0x46, kvm_userspace_memory_region);
 
 // KVM_SET_USER_MEMORY_REGION2 (KVM_CAP_USER_MEMORY2, Linux 6.8).
 struct kvm_userspace_memory_region2 {
@@ -61,8 +61,7 @@ static_assert(offsetof(kvm_userspace_memory_region2, guest_memfd_offset) == 32, 
 static_assert(offsetof(kvm_userspace_memory_region2, guest_memfd) == 40, "guest_memfd offset");
 static_assert(offsetof(kvm_userspace_memory_region2, pad1) == 44, "pad1 offset");
 static_assert(offsetof(kvm_userspace_memory_region2, pad2) == 48, "pad2 offset");
-constexpr unsigned long KVM_SET_USER_MEMORY_REGION2 =
-    _IOW(KVMIO, 0x49, kvm_userspace_memory_region2);
+constexpr unsigned long KVM_SET_USER_MEMORY_REGION2 = _IOW(KVMIO, 0x49, kvm_userspace_memory_region2);
 
 // Memslot flags.
 constexpr uint32_t KVM_MEM_LOG_DIRTY_PAGES = 1u << 0;
@@ -95,7 +94,6 @@ constexpr long KVM_CAP_GUEST_MEMFD_FLAGS = 244;
 static_assert(KVM_CREATE_GUEST_MEMFD == 0xc040aed4ul, "KVM_CREATE_GUEST_MEMFD number");
 static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40a0ae49ul, "KVM_SET_USER_MEMORY_REGION2 number");
 static_assert(KVM_SET_USER_MEMORY_REGION == 0x4020ae46ul, "KVM_SET_USER_MEMORY_REGION number");
-
 
 // ---- vCPUs (x86_64) ----
 
@@ -245,11 +243,11 @@ constexpr size_t KVM_RUN_EXIT_UNION = 32;
 constexpr size_t KVM_RUN_VALID_REGS = 288;
 constexpr size_t KVM_RUN_DIRTY_REGS = 296;
 
-struct kvm_run_io {  // KVM_EXIT_IO
+struct kvm_run_io {   // KVM_EXIT_IO
   uint8_t direction;  // KVM_EXIT_IO_IN 0, KVM_EXIT_IO_OUT 1
   uint8_t size;       // bytes per element: 1, 2, 4
   uint16_t port;
-  uint32_t count;       // elements (> 1 for rep ins/outs)
+  uint32_t count;        // elements (> 1 for rep ins/outs)
   uint64_t data_offset;  // where the data is, from the start of the kvm_run mapping
 };
 static_assert(sizeof(kvm_run_io) == 16 && offsetof(kvm_run_io, data_offset) == 8, "io layout");

@@ -43,8 +43,7 @@ Napi::Value SetStateErrorFactory(const Napi::CallbackInfo& info) { return SetFac
 
 }  // namespace
 
-void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request,
-              const std::string& detail) {
+void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request, const std::string& detail) {
   const char* text = strerror(err);
   if (Napi::FunctionReference* f = Factory(env, false)) {
     Napi::Value e = f->Call({
@@ -57,8 +56,8 @@ void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request,
     throw Napi::Error(env, e);
   }
   // lib/ always installs the factory; this path only serves direct users of the addon.
-  Napi::Error e = Napi::Error::New(env, std::string(request ? request : syscall) + " failed: " +
-                                            text + " (" + detail + ")");
+  Napi::Error e =
+      Napi::Error::New(env, std::string(request ? request : syscall) + " failed: " + text + " (" + detail + ")");
   e.Set("errno", Napi::Number::New(env, -err));
   e.Set("syscall", Napi::String::New(env, syscall));
   throw e;

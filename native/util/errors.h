@@ -11,8 +11,7 @@ namespace kg {
 // Throws the library's KvmError for a failed system call. `err` is the positive errno,
 // `syscall` the libc call ("ioctl", "mmap"...), `request` the ioctl name or nullptr,
 // `detail` the arguments in words.
-[[noreturn]] void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request,
-                           const std::string& detail);
+[[noreturn]] void ThrowSys(Napi::Env env, int err, const char* syscall, const char* request, const std::string& detail);
 
 // Throws the library's KvmStateError: `code` is one of lib's KvmStateCode values
 // ("ERR_KVM_CLOSED"...), `message` says what was refused and why.
