@@ -16,7 +16,7 @@ static Napi::Value DupCloexec(const Napi::CallbackInfo& info) {
     int err = errno;  // before Fmt, which may change it
     ThrowSys(info.Env(), err, "fcntl", nullptr, Fmt("fd %d, F_DUPFD_CLOEXEC", fd));
   }
-  return Napi::Number::New(info.Env(), copy);
+  return NewFd(info.Env(), copy);
 }
 
 void InitDup(Napi::Env env, Napi::Object exports) {

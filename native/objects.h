@@ -17,4 +17,10 @@ void InitCpuid(Napi::Env env, Napi::Object exports);       // cpuid.cc: supporte
 void InitVcpuRunner(Napi::Env env, Napi::Object exports);  // vcpu_runner.cc: KVM_RUN, threads, kick
 void InitFdPass(Napi::Env env, Napi::Object exports);      // fdpass.cc: SCM_RIGHTS over Unix sockets
 void InitDup(Napi::Env env, Napi::Object exports);         // dup.cc: F_DUPFD_CLOEXEC
+
+// fd.cc: records an fd the addon just made in this environment's fd record, before JavaScript
+// sees it, so that a Worker ended before the owning object exists still closes it; ownFd(fd)
+// then takes that record over. NewFd records and returns the number.
+void RecordCreated(int fd);
+Napi::Value NewFd(Napi::Env env, int fd);
 }  // namespace kg

@@ -16,7 +16,7 @@ static Napi::Value Open(const Napi::CallbackInfo& info) {
   std::string path = ArgString(info, 0, "path");
   int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) ThrowSys(info.Env(), errno, "open", nullptr, Fmt("'%s', O_RDWR|O_CLOEXEC", path.c_str()));
-  return Napi::Number::New(info.Env(), fd);
+  return NewFd(info.Env(), fd);
 }
 
 static Napi::Value GetApiVersion(const Napi::CallbackInfo& info) {
@@ -44,7 +44,7 @@ static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
     r = ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type));
   } while (r < 0 && errno == EINTR);  // the kernel returns EINTR if a signal lands mid-create
   if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_VM", Fmt("fd %d, type %u", fd, type));
-  return Napi::Number::New(info.Env(), r);
+  return NewFd(info.Env(), r);
 }
 
 static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {

@@ -20,7 +20,7 @@ static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
   uint32_t id = ArgU32(info, 1, "id");
   int fd = ioctl(vmfd, KVM_CREATE_VCPU, static_cast<unsigned long>(id));
   if (fd < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_VCPU", Fmt("vm fd %d, id %u", vmfd, id));
-  return Napi::Number::New(info.Env(), fd);
+  return NewFd(info.Env(), fd);
 }
 
 // The byte buffer argument for a struct of `size` bytes: a Uint8Array of exactly that length.

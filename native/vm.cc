@@ -40,7 +40,7 @@ static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
     ThrowSys(info.Env(), e.err, e.syscall, nullptr,
              "a private fd table for KVM_CREATE_GUEST_MEMFD: " + detail);
   }
-  return Napi::Number::New(info.Env(), fd);
+  return NewFd(info.Env(), fd);
 }
 
 // KVM_SET_USER_MEMORY_REGION2(vmFd, slot, flags, gpa, size, userspaceAddr, gmemOffset, gmemFd).
