@@ -15,7 +15,7 @@ export const CREATING_KVM_KINDS = ['gmemCreate', 'objects'] as const;
 /** Kinds blocked in a synchronous call: no timer of their own can end them, only terminate(). */
 export const SYNC_KINDS: readonly string[] = ['send', 'run'];
 
-/** The Worker module's source. workerData: { kind, ending, endAfter, counter, dir, warm }. */
+/** The Worker module's source. workerData: { kind, ending, endAfter, counter, dir, warm, kinds }. */
 export function blockingWorker(): string {
   return `
 import { parentPort, workerData, threadId } from 'node:worker_threads';
@@ -29,6 +29,7 @@ const held = [];
 const hold = (...xs) => { held.push(...xs); return xs; };
 // 'exit' and 'throw' end the Worker from its own timer, at a random point after it is ready.
 const ready = () => {
+  if (warm) return;
   parentPort.postMessage('ready');
   if (ending === 'exit') setTimeout(() => process.exit(3), endAfter);
   if (ending === 'throw') setTimeout(() => { throw new Error('boom'); }, endAfter);
@@ -204,10 +205,14 @@ const kinds = {
   },
 };
 
-await kinds[kind]();
 if (warm) {
-  for (const o of held.reverse()) o.close();
-  parentPort.postMessage('done');
+  // The warm-up: every kind in turn, everything closed after each.
+  for (const k of workerData.kinds) {
+    await kinds[k]();
+    for (const o of held.splice(0).reverse()) o.close();
+  }
+} else {
+  await kinds[kind]();
 }
 `;
 }

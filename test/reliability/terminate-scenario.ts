@@ -41,7 +41,7 @@ const counter = new SharedArrayBuffer(4);
 const ops = new Int32Array(counter);
 const start = (kind, ending, endAfter, warm = false) => {
   const w = new Worker(${JSON.stringify(worker)}, {
-    workerData: { kind, ending, endAfter, counter, dir: ${JSON.stringify(scratch())}, warm }, execArgv: [],
+    workerData: { kind, ending, endAfter, counter, dir: ${JSON.stringify(scratch())}, warm, kinds: KINDS }, execArgv: [],
   });
   const errors = [];
   w.on('error', (e) => { if (e?.message !== 'boom') errors.push(describeError(e)); });
@@ -49,12 +49,12 @@ const start = (kind, ending, endAfter, warm = false) => {
   const exited = new Promise((r) => w.once('exit', r));
   return { w, errors, message, exited };
 };
-// Warm-up: each kind once, bounded, closing everything: what a process sets up once (libuv's
-// pool, the vCPU watchdog thread) belongs to the baseline.
-for (const kind of KINDS) {
-  const r = start(kind, 'close', 0, true);
+// Warm-up: one Worker makes each kind's calls once, bounded, closing everything: what a process
+// sets up once (libuv's pool, the vCPU watchdog thread) belongs to the baseline.
+{
+  const r = start(undefined, 'close', 0, true);
   await r.exited;
-  if (r.errors.length) { out({ type: 'result', failed: 'warm-up', kind, errors: r.errors }); process.exit(1); }
+  if (r.errors.length) { out({ type: 'result', failed: 'warm-up', errors: r.errors }); process.exit(1); }
 }
 const base = snap();
 const rounds = [];
@@ -91,8 +91,10 @@ for (const kind of order) {
     left: { fds: now.fds - base.fds, extra: newLinks(base.links, now.links), kvm: now.kvm, maps: now.maps, threads: now.threads - base.threads },
   });
 }
-// Every kind blocked at once, then process.exit(): it terminates them all and must not hang.
-const last = KINDS.map((kind) => start(kind, 'terminate', 0));
+// A Worker blocked in a synchronous call and one in an asynchronous one, then process.exit(): it
+// terminates both and must not hang.
+const lastKinds = [KINDS.find((k) => SYNC.includes(k)), KINDS.find((k) => !SYNC.includes(k))].filter(Boolean);
+const last = lastKinds.map((kind) => start(kind, 'terminate', 0));
 await Promise.all(last.map((r) => Promise.race([r.message, r.exited])));
 await sleep(20);
 out({ type: 'result', rounds, ops: Atomics.load(ops, 0) });
@@ -116,7 +118,7 @@ export async function terminateScenario(ctx: TestContext, name: string, kinds: r
     x.left.threads !== 0 || x.settleMs > SETTLE_MS);
   const by = (f: (x: Round) => boolean) => r.rounds.filter(f).length;
   summary(name, {
-    workers: r.rounds.length + 2 * kinds.length,
+    workers: r.rounds.length + 3,
     terminated: by((x) => x.ending === 'terminate'),
     exited: by((x) => x.ending === 'exit'),
     threw: by((x) => x.ending === 'throw'),
