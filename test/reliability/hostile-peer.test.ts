@@ -74,16 +74,16 @@ const outcome = async (ch, opts) => {
   }
 };
 
+// A first child like the peers: what Node opens for children once (a SIGCHLD pipe, a /dev/null)
+// belongs to the baseline.
+await new Promise((r) => spawn(${JSON.stringify(py)}, ['-c', '0'], { stdio: ['ignore', 'pipe', 'pipe'] }).on('close', r));
+const base = fdCount();
 let kvm, vm, gmem;
 if (${kvm}) {
   kvm = Kvm.open();
   vm = kvm.createVm();
   gmem = vm.createGuestMemfd({ size: 1 << 20, flags: 1n }); // MMAP only: private memory
 }
-// A first child like the peers: what Node opens for children once (a SIGCHLD pipe, a /dev/null)
-// belongs to the baseline.
-await new Promise((r) => spawn(${JSON.stringify(py)}, ['-c', '0'], { stdio: ['ignore', 'pipe', 'pipe'] }).on('close', r));
-const base = fdCount();
 const results = [];
 let messages = 0;
 
