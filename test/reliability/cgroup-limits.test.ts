@@ -38,9 +38,10 @@ ${kvm ? `import { Kvm } from ${dist('kvm')}; import { bootGuest } from ${dist('x
 const typed = (e) => (e instanceof KvmStateError && /^ERR_KVM_/.test(e.code)) || (e instanceof KvmError && /^E[A-Z0-9]+$/.test(e.code));
 const timeout = (e) => { if (e?.code !== 'ERR_KVM_TIMEOUT') throw e; };
 await readFile('/proc/self/stat'); // libuv's pool is started: its threads belong to the baseline
-let vm, gmem, map, nextId = 0;
+let kvmFd, vm, gmem, map, nextId = 0;
 if (${kvm}) {
-  vm = Kvm.open().createVm();
+  kvmFd = Kvm.open();
+  vm = kvmFd.createVm();
   gmem = vm.createGuestMemfd({ size: 4 << 20, flags: 3n });
   map = gmem.map();
   vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: map, guestMemfd: gmem });
@@ -73,6 +74,7 @@ for (let i = 0; i < ${TRIES}; i++) {
 setLimit('max');
 const after = [];
 for (const n of names) after.push(await attempt(n));
+for (const o of [map, gmem, vm, kvmFd]) o?.close();
 const now = snap();
 out({ type: 'result', expect: ${JSON.stringify(expectCall)}, tries, after, left: { fds: now.fds - base.fds, extra: newLinks(base.links, now.links), kvm: now.kvm, maps: now.maps } });
 `;
@@ -110,10 +112,11 @@ async function run(ctx: TestContext, name: string, controller: Controller, kvm: 
 }
 
 describe('thread exhaustion (a pids cgroup at its limit)', () => {
-  // Each call needs one new thread; none can start while the limit holds.
+  // Each call needs one new thread; none can start while the limit holds. The waits are long
+  // enough to start theirs (a deadline past before the wait begins needs no thread).
   const calls = `
-  async receiveWait() { const [a, b] = FdChannel.pair(); try { await a.receive({ timeoutMs: 1 }).catch(timeout); } finally { a.close(); b.close(); } },
-  async acceptWait() { const l = FdChannel.listen(${JSON.stringify(scratch())} + '/pids-' + process.pid); try { await l.accept({ timeoutMs: 1 }).catch(timeout); } finally { l.close(); } },
+  async receiveWait() { const [a, b] = FdChannel.pair(); try { await a.receive({ timeoutMs: ${hangBound(50)} }).catch(timeout); } finally { a.close(); b.close(); } },
+  async acceptWait() { const l = FdChannel.listen(${JSON.stringify(scratch())} + '/pids-' + process.pid); try { await l.accept({ timeoutMs: ${hangBound(50)} }).catch(timeout); } finally { l.close(); } },
   async kvmCreateGuestMemfd() { vm.createGuestMemfd({ size: 1 << 20 }).close(); },
   async kvmRunAsync() { const v = newVcpu(); try { const e = await v.runAsync(); if (e.reason !== 'io') throw new Error('exit ' + e.reason); } finally { v.close(); } },
 `;

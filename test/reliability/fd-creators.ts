@@ -67,7 +67,7 @@ const run = {
   dupChannel() { const [a, b] = FdChannel.pair(); const a2 = FdChannel.fromFd(a.fd, { dup: true }); maybeSpawn(); a2.close(); a.close(); b.close(); },
   memfd() { const m = native.memfdCreate('rel'); maybeSpawn(); native.close(m); },
   // A receive that waits: its fd watch thread, a dup of the socket and an eventfd.
-  async watch() { const [a, b] = FdChannel.pair(); await a.receive({ timeoutMs: 1 }).catch(() => {}); maybeSpawn(); a.close(); b.close(); },
+  async watch() { const [a, b] = FdChannel.pair(); await a.receive({ timeoutMs: 20 }).catch(() => {}); maybeSpawn(); a.close(); b.close(); },
   gmem() { const g = vm.createGuestMemfd({ size: 1 << 20, flags: BigInt(Math.floor(rand() * 4)) }); maybeSpawn(); g.close(); },
   vmVcpu() { const v = kvm.createVm(); const c = v.createVcpu(0); maybeSpawn(); c.close(); v.close(); },
   async sendGmem() {

@@ -57,6 +57,7 @@ const start = (kind, ending, endAfter, warm = false) => {
   if (r.errors.length) { out({ type: 'result', failed: 'warm-up', errors: r.errors }); process.exit(1); }
 }
 const base = snap();
+let prev = base;
 const rounds = [];
 let readyMs = 200;
 const order = [];
@@ -89,7 +90,9 @@ for (const kind of order) {
   rounds.push({
     kind, ending, phase: startup ? 'startup' : 'blocked', delay, settleMs, exitCode, errors: r.errors,
     left: { fds: now.fds - base.fds, extra: newLinks(base.links, now.links), kvm: now.kvm, maps: now.maps, threads: now.threads - base.threads },
+    added: newLinks(prev.links, now.links), // this round's own, for the reader: the check is against the baseline
   });
+  prev = now;
 }
 // A Worker blocked in a synchronous call and one in an asynchronous one, then process.exit(): it
 // terminates both and must not hang.
