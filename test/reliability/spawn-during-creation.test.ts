@@ -10,8 +10,8 @@ import { creatorWorker, PARSE_LISTING, spawnerWorker } from './fd-creators.js';
 import { describeRun, prelude, result, runNode, scaled, scratch, seedOf, summary, writeModule } from './harness.js';
 
 /** Children the spawner Worker spawns, children the main thread spawns, Node children among those. */
-const SPAWNER_CHILDREN = scaled(12);
-const MAIN_CHILDREN = scaled(6);
+const SPAWNER_CHILDREN = scaled(8);
+const MAIN_CHILDREN = scaled(5);
 const NODE_CHILDREN = scaled(1);
 /** Creator Workers, their most iterations each (they stop when the spawners are done), and 1 in N of their objects held across a spawn. */
 const CREATORS = 2;
