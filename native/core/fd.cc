@@ -1,5 +1,7 @@
 // Plain file-descriptor calls shared by every kernel object: close, close-on-exec, dup, fstatfs,
 // and the per-environment record of the fds library objects own (ownFd, disownFd).
+#include "core/fd.h"
+
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <sys/mman.h>
@@ -10,6 +12,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <string>
 #include <unordered_map>
 
 #include "addon.h"
@@ -17,13 +20,6 @@
 #include "util/errors.h"
 
 namespace kg {
-
-static Napi::Value Close(const Napi::CallbackInfo& info) {
-  int fd = ArgFd(info, 0, "fd");
-  // Linux releases the descriptor even when close() reports EINTR, so never retry.
-  if (close(fd) != 0 && errno != EINTR) ThrowSys(info.Env(), errno, "close", nullptr, Fmt("fd %d", fd));
-  return info.Env().Undefined();
-}
 
 static Napi::Value SetCloexec(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
@@ -41,7 +37,7 @@ static Napi::Value DupCloexec(const Napi::CallbackInfo& info) {
     int err = errno;  // before Fmt, which may change it
     ThrowSys(info.Env(), err, "fcntl", nullptr, Fmt("fd %d, F_DUPFD_CLOEXEC", fd));
   }
-  return Napi::Number::New(info.Env(), copy);
+  return NewFd(info.Env(), copy);
 }
 
 // memfd_create(name, MFD_CLOEXEC): a plain memory file, the "not a guest_memfd" fd that the
@@ -50,7 +46,7 @@ static Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   std::string name = ArgString(info, 0, "name");
   int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
   if (fd < 0) ThrowSys(info.Env(), errno, "memfd_create", nullptr, Fmt("'%s', MFD_CLOEXEC", name.c_str()));
-  return Napi::Number::New(info.Env(), fd);
+  return NewFd(info.Env(), fd);
 }
 
 // fsMagic(fd) -> statfs f_type of the file's filesystem: how a guest_memfd is recognised without
@@ -79,12 +75,29 @@ struct OwnedFd {
   int ref;  // the duplicate, or -1 (a file with an inode of its own, or no fd was left to dup)
   dev_t dev;
   ino_t ino;
+  std::string link;  // with no duplicate for a shared inode: /proc/self/fd's text for it
 };
 
 struct EnvFds {
   std::unordered_map<uint64_t, OwnedFd> owned;  // by token; touched only on the environment's thread
+  std::unordered_map<int, uint64_t> created;    // fd -> token: made by the addon, not yet owned by an object
   uint64_t next = 1;
 };
+
+// The record of the environment whose JavaScript runs on this thread (one per Worker, one for
+// the main thread): native calls that make fds reach it without a handle.
+static thread_local EnvFds* t_fds = nullptr;
+
+// statfs f_type of the anonymous-inode filesystem (ANON_INODE_FS_MAGIC).
+static constexpr uint32_t kAnonInodeFsMagic = 0x09041934;
+
+// What /proc/self/fd/N reads as, or "" when it cannot be read.
+static std::string LinkOf(int fd) {
+  char buf[256];
+  std::string path = Fmt("/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path.c_str(), buf, sizeof buf - 1);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
 
 // Whether `fd` still names the file `o` recorded.
 static bool StillOwned(const OwnedFd& o) {
@@ -93,11 +106,13 @@ static bool StillOwned(const OwnedFd& o) {
     return syscall(SYS_kcmp, pid, pid, KCMP_FILE, o.fd, o.ref) == 0;  // no kcmp: keep it open
   }
   struct stat st;
-  return fstat(o.fd, &st) == 0 && st.st_dev == o.dev && st.st_ino == o.ino;
+  if (fstat(o.fd, &st) != 0 || st.st_dev != o.dev || st.st_ino != o.ino) return false;
+  return o.link.empty() || LinkOf(o.fd) == o.link;
 }
 
 static void CloseOwnedAtTeardown(void* arg) {
   auto* fds = static_cast<EnvFds*>(arg);
+  if (t_fds == fds) t_fds = nullptr;
   for (const auto& [token, o] : fds->owned) {
     if (o.fd >= 0 && StillOwned(o)) close(o.fd);
     if (o.ref >= 0) close(o.ref);
@@ -105,35 +120,89 @@ static void CloseOwnedAtTeardown(void* arg) {
   delete fds;
 }
 
+// Adds `fd` to the record; returns its token, or 0 when fstat fails (nothing to tell it apart by).
+static uint64_t Record(EnvFds* fds, int fd, bool ownInode) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return 0;
+  OwnedFd o{fd, -1, st.st_dev, st.st_ino, {}};
+  if (!ownInode) {
+    o.ref = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    // No number left for the duplicate: the link text ("anon_inode:kvm-vm") with the shared
+    // inode tells it apart from other anonymous files, if not from another file of its kind.
+    if (o.ref < 0) o.link = LinkOf(fd);
+    if (o.ref < 0 && o.link.empty()) o.fd = -1;  // nothing to tell it apart with
+  }
+  uint64_t token = fds->next++;
+  fds->owned.emplace(token, o);
+  return token;
+}
+
+// Forgets the entry `token` and closes its duplicate.
+static void Forget(EnvFds* fds, uint64_t token) {
+  auto it = fds->owned.find(token);
+  if (it == fds->owned.end()) return;
+  if (it->second.ref >= 0) close(it->second.ref);
+  fds->owned.erase(it);
+}
+
+void RecordCreated(int fd) {
+  EnvFds* fds = t_fds;
+  if (fds == nullptr || fd < 0) return;
+  // Files that share one inode per kind need the duplicate: anonymous inodes (VM, vCPU, and
+  // guest_memfd before Linux 7.2) and device nodes (/dev/kvm).
+  struct stat st;
+  struct statfs sf;
+  bool shared = fstat(fd, &st) != 0 || S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) || fstatfs(fd, &sf) != 0 ||
+                static_cast<uint32_t>(sf.f_type) == kAnonInodeFsMagic;
+  auto old = fds->created.find(fd);
+  if (old != fds->created.end()) Forget(fds, old->second);  // closed behind the addon's back
+  uint64_t token = Record(fds, fd, !shared);
+  if (token != 0) fds->created[fd] = token;
+}
+
+Napi::Value NewFd(Napi::Env env, int fd) {
+  RecordCreated(fd);
+  return Napi::Number::New(env, fd);
+}
+
+static Napi::Value Close(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  // An fd the addon made that no object took (lib gives it back on an error path).
+  if (EnvFds* fds = t_fds) {
+    auto made = fds->created.find(fd);
+    if (made != fds->created.end()) {
+      Forget(fds, made->second);
+      fds->created.erase(made);
+    }
+  }
+  // Linux releases the descriptor even when close() reports EINTR, so never retry.
+  if (close(fd) != 0 && errno != EINTR) ThrowSys(info.Env(), errno, "close", nullptr, Fmt("fd %d", fd));
+  return info.Env().Undefined();
+}
+
 // ownFd(fd, ownInode) -> token: records an fd a library object now owns, for this environment's
-// teardown. ownInode: the file has an inode of its own (else a duplicate is kept to compare
-// with). Never fails, so that no object's constructor can: an fd that cannot be told apart
-// (fstat fails, or no fd is left to dup) is recorded as one never to close, or not at all (0).
+// teardown, or takes over the record the addon made when it created the fd. ownInode: the file
+// has an inode of its own (else a duplicate is kept to compare with). Never fails, so that no
+// object's constructor can: an fd that cannot be told apart is recorded as one never to close,
+// or not at all (0).
 static Napi::Value OwnFd(const Napi::CallbackInfo& info) {
   auto* fds = static_cast<EnvFds*>(info.Data());
   int fd = ArgFd(info, 0, "fd");
   bool ownInode = info.Length() > 1 && info[1].ToBoolean().Value();
-  struct stat st;
-  if (fstat(fd, &st) != 0) return Napi::Number::New(info.Env(), 0);
-  OwnedFd o{fd, -1, st.st_dev, st.st_ino};
-  if (!ownInode) {
-    o.ref = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (o.ref < 0) o.fd = -1;  // nothing to tell it apart with: never closed at teardown
+  auto made = fds->created.find(fd);
+  if (made != fds->created.end()) {
+    uint64_t token = made->second;
+    fds->created.erase(made);
+    return Napi::Number::New(info.Env(), static_cast<double>(token));
   }
-  uint64_t token = fds->next++;
-  fds->owned.emplace(token, o);
-  return Napi::Number::New(info.Env(), static_cast<double>(token));
+  return Napi::Number::New(info.Env(), static_cast<double>(Record(fds, fd, ownInode)));
 }
 
 // disownFd(token): forgets what ownFd recorded (the object closed its fd, or gave it up) and
 // closes the duplicate. Unknown tokens (0: nothing was recorded) are ignored.
 static Napi::Value DisownFd(const Napi::CallbackInfo& info) {
   auto* fds = static_cast<EnvFds*>(info.Data());
-  auto it = fds->owned.find(ArgU64(info, 0, "token"));
-  if (it != fds->owned.end()) {
-    if (it->second.ref >= 0) close(it->second.ref);
-    fds->owned.erase(it);
-  }
+  Forget(fds, ArgU64(info, 0, "token"));
   return info.Env().Undefined();
 }
 
@@ -143,6 +212,7 @@ void InitFd(Napi::Env env, Napi::Object exports) {
     delete fds;
     ThrowState(env, "ERR_KVM_ADDON_INIT", "kvm-gmem: cannot add the environment cleanup hook");
   }
+  t_fds = fds;
   exports.Set("ownFd", Napi::Function::New(env, OwnFd, "ownFd", fds));
   exports.Set("disownFd", Napi::Function::New(env, DisownFd, "disownFd", fds));
   ExportFunctions(env, exports,

@@ -128,7 +128,11 @@ int ReceiveFd(int sock, FdError* error) {
   }
   if (fd < 0 || (msg.msg_flags & MSG_CTRUNC) != 0) {
     if (fd >= 0) close(fd);
-    *error = {EPROTO, "recvmsg"};
+    // No number was left to install the fd at: say so as the plain creation would have.
+    int probe = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+    int err = probe < 0 ? errno : EPROTO;
+    if (probe >= 0) close(probe);
+    *error = {err, "recvmsg"};
     return -1;
   }
   return fd;
@@ -197,6 +201,9 @@ int CreateFdPrivately(int keep, int (*make)(void* ctx), void* ctx, FdError* erro
   if (rc == 0) pthread_join(thread, nullptr);
   pthread_mutex_unlock(&stack_lock);
   int fd = -1;
+  // The sending end first: its number is then free for the fd (the message stays queued), so
+  // two free numbers are enough, as for the socket pair itself.
+  close(sv[1]);
   if (rc != 0) {
     *error = {rc, "pthread_create"};
   } else if (job.error.err != 0) {
@@ -205,7 +212,6 @@ int CreateFdPrivately(int keep, int (*make)(void* ctx), void* ctx, FdError* erro
     fd = ReceiveFd(sv[0], error);
   }
   close(sv[0]);
-  close(sv[1]);
   // The socket pair took the lowest numbers: move the fd down to the lowest free one, as a plain
   // creation would have given (still close-on-exec: F_DUPFD_CLOEXEC).
   if (fd >= 0) {

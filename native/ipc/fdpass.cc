@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "addon.h"
+#include "core/fd.h"
 #include "util/args.h"
 #include "util/errors.h"
 #include "util/limits.h"
@@ -83,6 +84,8 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
     close(sv[1]);
     throw;
   }
+  RecordCreated(sv[0]);
+  RecordCreated(sv[1]);
   return a;
 }
 
@@ -106,7 +109,7 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
     close(fd);  // the socket file stays: the caller made the path and removes it
     ThrowSys(env, err, "listen", nullptr, Fmt("'%s', backlog %d", path.c_str(), backlog));
   }
-  return Napi::Number::New(env, fd);
+  return NewFd(env, fd);
 }
 
 // unixConnect(path) -> fd: socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC) + connect(path). The
@@ -130,7 +133,7 @@ Napi::Value UnixConnect(const Napi::CallbackInfo& info) {
     close(fd);
     ThrowSys(env, err, "fcntl", nullptr, Fmt("fd %d, F_SETFL ~O_NONBLOCK", fd));
   }
-  return Napi::Number::New(env, fd);
+  return NewFd(env, fd);
 }
 
 // unixAccept(fd) -> the connection's fd (SOCK_CLOEXEC), or -1 when no connection is waiting
@@ -147,7 +150,7 @@ Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) return Napi::Number::New(env, -1);
     ThrowSys(env, errno, "accept4", nullptr, Fmt("fd %d, SOCK_CLOEXEC", fd));
   }
-  return Napi::Number::New(env, c);
+  return NewFd(env, c);
 }
 
 // socketType(fd) -> { domain, type, listening }: getsockopt(SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN).
@@ -363,6 +366,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     o.Set("closed", Napi::Number::New(env, closed));
     o.Set("eof", Napi::Boolean::New(env, eof));
     o.Set("room", Napi::Number::New(env, static_cast<double>(room)));
+    for (int f : fds) RecordCreated(f);
     return o;
   } catch (...) {
     CloseAll(fds);  // nothing reached JavaScript: the fds must not leak

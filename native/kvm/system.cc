@@ -6,6 +6,7 @@
 #include <cerrno>
 
 #include "addon.h"
+#include "core/fd.h"
 #include "uapi/kvm.h"
 #include "util/args.h"
 #include "util/errors.h"
@@ -17,7 +18,7 @@ static Napi::Value Open(const Napi::CallbackInfo& info) {
   std::string path = ArgString(info, 0, "path");
   int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (fd < 0) ThrowSys(info.Env(), errno, "open", nullptr, Fmt("'%s', O_RDWR|O_CLOEXEC", path.c_str()));
-  return Napi::Number::New(info.Env(), fd);
+  return NewFd(info.Env(), fd);
 }
 
 // An ioctl on the system fd without an argument, whose answer is its return value.
@@ -50,7 +51,7 @@ static Napi::Value CreateVm(const Napi::CallbackInfo& info) {
     r = ioctl(fd, KVM_CREATE_VM, static_cast<unsigned long>(type));
   } while (r < 0 && errno == EINTR);  // the kernel returns EINTR if a signal lands mid-create
   if (r < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_VM", Fmt("fd %d, type %u", fd, type));
-  return Napi::Number::New(info.Env(), r);
+  return NewFd(info.Env(), r);
 }
 
 static Napi::Value GetVcpuMmapSize(const Napi::CallbackInfo& info) {

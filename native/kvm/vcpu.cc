@@ -9,6 +9,7 @@
 #include <cstddef>
 
 #include "addon.h"
+#include "core/fd.h"
 #include "uapi/kvm.h"
 #include "util/args.h"
 #include "util/errors.h"
@@ -21,7 +22,7 @@ static Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
   uint32_t id = ArgU32(info, 1, "id");
   int fd = ioctl(vmfd, KVM_CREATE_VCPU, static_cast<unsigned long>(id));
   if (fd < 0) ThrowSys(info.Env(), errno, "ioctl", "KVM_CREATE_VCPU", Fmt("vm fd %d, id %u", vmfd, id));
-  return Napi::Number::New(info.Env(), fd);
+  return NewFd(info.Env(), fd);
 }
 
 // The register struct calls: (fd, bytes), bytes a Uint8Array of exactly the struct's size.

@@ -122,7 +122,7 @@ struct Watchdog {
     static Watchdog* w = new Watchdog;
     return *w;
   }
-  bool Add(VcpuRunner* r);
+  int Add(VcpuRunner* r);  // 0, or the errno of starting the watchdog thread
   void Remove(VcpuRunner* r);
   void Loop();
 };
@@ -257,8 +257,14 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
     CheckIdle(env, "run");
     SetImmediateExit(0);
     if (!watchDecided_) {  // once: the environment's thread never changes
+      // A Worker's run can be stopped at its teardown only by the watchdog: with no thread for
+      // it, refuse to start a run nothing could ever end.
+      if (!OnMainThread()) {
+        int err = Watch();
+        if (err != 0)
+          ThrowSys(env, err, "pthread_create", nullptr, "the vCPU watchdog thread (a Worker's run() needs it)");
+      }
       watchDecided_ = true;
-      if (!OnMainThread()) Watch();
     }
     for (;;) {
       if (watched_) {
@@ -282,13 +288,16 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
 
   // Puts this runner in the watchdog's care (see the top of the file), from the thread that runs
   // it: the thread every run() of this runner's environment comes from.
-  void Watch() {
+  // Returns 0, or the errno of the watchdog thread's creation.
+  int Watch() {
     sigset_t kick;
     sigemptyset(&kick);
     sigaddset(&kick, KickSignal());
     pthread_sigmask(SIG_UNBLOCK, &kick, nullptr);  // a thread may have been started with it blocked
     syncThread_ = pthread_self();
-    watched_ = Watchdog::Get().Add(this);
+    int err = Watchdog::Get().Add(this);
+    watched_ = err == 0;
+    return err;
   }
 
   void Unwatch() {
@@ -458,19 +467,21 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
   bool ticked_ = false;      // under syncMu_: the watchdog kicked this run
 };
 
-bool Watchdog::Add(VcpuRunner* r) {
+int Watchdog::Add(VcpuRunner* r) {
   std::lock_guard<std::mutex> lk(mu);
   if (!started) {
+    int err = 0;
     try {
       StartThreadBlocked([this] { Loop(); }).detach();
       started = true;
-    } catch (const std::system_error&) {
+    } catch (const std::system_error& e) {
+      err = e.code().value();
     }
-    if (!started) return false;  // runs here stay unkickable, as they were before the watchdog
+    if (!started) return err != 0 ? err : EAGAIN;
   }
   runners.push_back(r);
   cv.notify_one();
-  return true;
+  return 0;
 }
 
 void Watchdog::Remove(VcpuRunner* r) {

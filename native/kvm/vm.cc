@@ -5,6 +5,7 @@
 #include <cinttypes>
 
 #include "addon.h"
+#include "core/fd.h"
 #include "core/private_fd.h"
 #include "uapi/kvm.h"
 #include "util/args.h"
@@ -39,7 +40,7 @@ static Napi::Value CreateGuestMemfd(const Napi::CallbackInfo& info) {
     // The machinery around the ioctl failed (no thread, no memory): named for what it was doing.
     ThrowSys(info.Env(), e.err, e.syscall, nullptr, "a private fd table for KVM_CREATE_GUEST_MEMFD: " + detail);
   }
-  return Napi::Number::New(info.Env(), fd);
+  return NewFd(info.Env(), fd);
 }
 
 // The fields both memslot calls share, from arguments 1-5 (argument 0 is the VM fd).
