@@ -215,7 +215,7 @@ describe('6. a Worker ended while the library creates an fd leaks nothing', () =
     await terminateScenario(ctx, 'pending-terminate-creating-kvm', CREATING_KVM_KINDS, { rounds: ROUNDS, startupShare: 0.3 });
   }, hangBound(150_000));
 
-  it('minimal: 8 Workers terminated while looping FdChannel.pair() + close()', async () => {
+  it('minimal: 5 Workers terminated while looping FdChannel.pair() + close()', async () => {
     const worker = writeModule('pairs', `
       import { parentPort } from 'node:worker_threads';
       import { FdChannel } from ${dist('fd-channel')};
@@ -227,7 +227,7 @@ describe('6. a Worker ended while the library creates an fd leaks nothing', () =
       const run = async (ms) => { const w = new Worker(${JSON.stringify(worker)}, { execArgv: [] }); await new Promise((r) => w.once('message', r)); await sleep(ms); await w.terminate(); };
       await run(1);
       const before = snap();
-      for (let i = 0; i < 8; i++) await run(randInt(0, 20));
+      for (let i = 0; i < 5; i++) await run(randInt(0, 20));
       out({ type: 'result', left: newLinks(before.links, snap().links) });
     `);
     expect(r.left).toEqual([]);
