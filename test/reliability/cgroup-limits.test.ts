@@ -4,7 +4,7 @@
 // a vCPU's run thread, guest_memfd creation's short-lived thread) or take memory (populating an
 // anonymous or guest_memfd mapping, fallocate). Each must fail without crashing, hanging or
 // keeping an fd, and work again once the limit is lifted. The error types of the wait and run
-// threads are pending-fixes.test.ts's; here they must at least be Errors.
+// threads are regressions.test.ts's; here they must at least be Errors.
 import { describe, expect, it, type TestContext } from 'vitest';
 import { hangBound, openKvm, REQUIRE_KVM } from '../kvm-host.js';
 import { CHILD_LIMITS, makeCgroup, type Controller } from './cgroup.js';
