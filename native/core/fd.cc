@@ -121,12 +121,13 @@ static void CloseOwnedAtTeardown(void* arg) {
 }
 
 // Adds `fd` to the record; returns its token, or 0 when fstat fails (nothing to tell it apart by).
-static uint64_t Record(EnvFds* fds, int fd, bool ownInode) {
+// `dup`: whether to take a number for the duplicate now (else the link text stands in for it).
+static uint64_t Record(EnvFds* fds, int fd, bool ownInode, bool dup = true) {
   struct stat st;
   if (fstat(fd, &st) != 0) return 0;
   OwnedFd o{fd, -1, st.st_dev, st.st_ino, {}};
   if (!ownInode) {
-    o.ref = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    o.ref = dup ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     // No number left for the duplicate: the link text ("anon_inode:kvm-vm") with the shared
     // inode tells it apart from other anonymous files, if not from another file of its kind.
     if (o.ref < 0) o.link = LinkOf(fd);
@@ -156,7 +157,9 @@ void RecordCreated(int fd) {
                 static_cast<uint32_t>(sf.f_type) == kAnonInodeFsMagic;
   auto old = fds->created.find(fd);
   if (old != fds->created.end()) Forget(fds, old->second);  // closed behind the addon's back
-  uint64_t token = Record(fds, fd, !shared);
+  // No duplicate yet: the creation must not need a number more than before (a vCPU's runner
+  // takes its own next); ownFd() adds it once an object owns the fd.
+  uint64_t token = Record(fds, fd, !shared, false);
   if (token != 0) fds->created[fd] = token;
 }
 
@@ -193,6 +196,11 @@ static Napi::Value OwnFd(const Napi::CallbackInfo& info) {
   if (made != fds->created.end()) {
     uint64_t token = made->second;
     fds->created.erase(made);
+    auto it = fds->owned.find(token);
+    if (it != fds->owned.end() && it->second.ref < 0 && !it->second.link.empty()) {
+      it->second.ref = fcntl(fd, F_DUPFD_CLOEXEC, 0);  // the exact identity, if a number is free
+      if (it->second.ref >= 0) it->second.link.clear();
+    }
     return Napi::Number::New(info.Env(), static_cast<double>(token));
   }
   return Napi::Number::New(info.Env(), static_cast<double>(Record(fds, fd, ownInode)));

@@ -80,7 +80,7 @@ const kinds = {
     tick();
     await FdChannel.connect(join(dir, 'nobody'), { waitForListener: true, ...(warm ? { timeoutMs: 5 } : {}) }).catch(timeout);
   },
-  // Messages back and forth, without fds (a received fd's teardown is pending-fixes.test.ts's).
+  // Messages back and forth, without fds (a received fd's teardown is regressions.test.ts's).
   async pingpong() {
     const [a, b] = hold(...FdChannel.pair());
     ready();

@@ -15,9 +15,9 @@ const NOFILE = 256;
 const PASSES = scaled(2);
 
 /**
- * The operations: `need` is how many free slots each must succeed with. A guest_memfd needs 3 (its
- * socket pair and the fd it receives, see native/core/private_fd.cc); a vCPU 2 (its fd and its
- * runner's duplicate). `prep` makes what the operation works on, before the table is filled.
+ * The operations: `need` is how many free slots each must succeed with. A guest_memfd needs 2 (its
+ * socket pair; the sending end is closed before the fd is received into its number, see
+ * native/core/private_fd.cc); a vCPU 2 (its fd and its runner's duplicate). `prep` makes what the operation works on, before the table is filled.
  */
 const OPS = `
 const path = () => ${JSON.stringify(scratch())} + '/limit-' + process.pid + '-' + Math.random().toString(36).slice(2, 8);
@@ -66,7 +66,7 @@ const kvmOps = {
     run: async (p, made) => { made.push(p.vm.createVcpu(0)); },
   },
   createGuestMemfd: {
-    need: 3,
+    need: 2,
     prep: () => { const kvm = Kvm.open(); const vm = kvm.createVm(); return { vm, keep: [vm, kvm] }; },
     run: async (p, made) => { made.push(p.vm.createGuestMemfd({ size: 1 << 20, flags: BigInt(randInt(0, 3)) })); },
   },

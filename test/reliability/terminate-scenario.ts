@@ -1,5 +1,5 @@
 /**
- * The termination scenario, shared by worker-terminate.test.ts and pending-fixes.test.ts: in a
+ * The termination scenario, shared by worker-terminate.test.ts and regressions.test.ts: in a
  * child Node process, Workers of the given kinds (blocking-worker.ts) are ended at random points,
  * each ending checked to settle within a bound and to leave the process's fds, KVM fds, KVM
  * mappings and threads exactly at their baseline; at the end process.exit() runs with one Worker

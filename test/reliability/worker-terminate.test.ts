@@ -3,7 +3,7 @@
 // accept(), connect(), vcpu.run(), vcpu.runAsync(), or loops over runs and guest_memfd calls.
 // Every ending must settle within a bound and leave the process exactly as before: no fd, no
 // KVM mapping, no thread; and at the end process.exit() must work with Workers still blocked.
-// Endings inside object creation (a Worker's start, creation loops) are pending-fixes.test.ts's.
+// Endings inside object creation (a Worker's start, creation loops) are regressions.test.ts's.
 import { describe, it } from 'vitest';
 import { hangBound, openKvm } from '../kvm-host.js';
 import { KVM_KINDS, PLAIN_KINDS } from './blocking-worker.js';
