@@ -13,8 +13,8 @@ import { describeRun, dist, prelude, python3, result, runNode, scaled, scratch, 
 
 const PEER = fileURLToPath(new URL('./hostile-peer.py', import.meta.url));
 /** Passes over the shuffled list of hostile messages; messages in each flood. */
-const PASSES = scaled(2);
-const FLOOD = scaled(300);
+const PASSES = scaled(1);
+const FLOOD = scaled(150);
 
 /** What the receiver must make of each message: a KvmStateError code, or a message. */
 const PLAIN_STEPS: Record<string, string> = {

@@ -11,7 +11,7 @@ import { scaled } from './harness.js';
 import { terminateScenario } from './terminate-scenario.js';
 
 /** Rounds per kind of blocking call: each starts a Worker and ends it at a random point. */
-const ROUNDS = scaled(2);
+const ROUNDS = scaled(1);
 
 describe('Workers ended at random points of blocking calls', () => {
   it(`FdChannel and FdListener calls (${PLAIN_KINDS.join(', ')}): ${ROUNDS} rounds each`, async (ctx) => {
