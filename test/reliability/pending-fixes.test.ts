@@ -232,6 +232,26 @@ describe('6. a Worker ended while the library creates an fd leaks nothing', () =
     `);
     expect(r.left).toEqual([]);
   }, hangBound(60_000));
+
+  it('minimal: 5 Workers terminated while looping vm.createGuestMemfd() + close()', async (ctx) => {
+    openKvm(ctx).close();
+    const worker = writeModule('gmems', `
+      import { parentPort } from 'node:worker_threads';
+      import { Kvm } from ${dist('kvm')};
+      const vm = Kvm.open().createVm();
+      parentPort.postMessage('ready');
+      for (;;) vm.createGuestMemfd({ size: 1 << 20 }).close();
+    `);
+    const r = await child<{ left: string[] }>(`
+      import { Worker } from 'node:worker_threads';
+      const run = async (ms) => { const w = new Worker(${JSON.stringify(worker)}, { execArgv: [] }); await new Promise((r) => w.once('message', r)); await sleep(ms); await w.terminate(); };
+      await run(1);
+      const before = snap();
+      for (let i = 0; i < 5; i++) await run(randInt(0, 20));
+      out({ type: 'result', left: newLinks(before.links, snap().links) });
+    `);
+    expect(r.left).toEqual([]);
+  }, hangBound(60_000));
 });
 
 describe('7. vm.createGuestMemfd() with two fd slots free is EMFILE', () => {
