@@ -286,7 +286,7 @@ function checkSteps(results: StepResult[], expected: Record<string, string>, see
 }
 
 describe('hostile peers, written without the library', () => {
-  it(`a raw SEQPACKET peer: ${Object.keys(PLAIN_STEPS).length} kinds of message, ${PASSES} passes; hang-ups, a kill and a flood mid-stream; a listener abused`, async (ctx) => {
+  it(`a raw SEQPACKET peer: ${Object.keys(PLAIN_STEPS).length} kinds of message, ${PASSES} pass(es); hang-ups, a kill and a flood mid-stream; a listener abused`, async (ctx) => {
     const py = await needPython(ctx);
     const seed = seedOf('hostile-plain');
     await ctx.annotate(`seed ${seed}`);

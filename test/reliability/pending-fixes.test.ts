@@ -206,11 +206,11 @@ describe('5. a received message not yet disposed is released with its Worker', (
 
 describe('6. a Worker ended while the library creates an fd leaks nothing', () => {
   const ROUNDS = scaled(1);
-  it(`socket pairs made and received in loops, Workers ended at random points, also while they start (${ROUNDS} rounds each)`, async (ctx) => {
+  it(`socket pairs made and received in loops, Workers ended at random points, also while they start (${ROUNDS} round(s) each)`, async (ctx) => {
     await terminateScenario(ctx, 'pending-terminate-creating-plain', CREATING_PLAIN_KINDS, { rounds: ROUNDS, startupShare: 0.3 });
   }, hangBound(150_000));
 
-  it(`guest_memfds, VMs, vCPUs made in loops, Workers ended at random points, also while they start (${ROUNDS} rounds each)`, async (ctx) => {
+  it(`guest_memfds, VMs, vCPUs made in loops, Workers ended at random points, also while they start (${ROUNDS} round(s) each)`, async (ctx) => {
     openKvm(ctx).close();
     await terminateScenario(ctx, 'pending-terminate-creating-kvm', CREATING_KVM_KINDS, { rounds: ROUNDS, startupShare: 0.3 });
   }, hangBound(150_000));
