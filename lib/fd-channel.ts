@@ -392,18 +392,25 @@ export class FdChannel extends FdResource {
   }
 
   async #receiveOne(deadline: number, maxFds: number): Promise<ReceivedMessage> {
+    let reset: KvmError | undefined;
     for (;;) {
       const fd = this.open();
       let m: NativeMessage | undefined;
       try {
         m = native.recvMsg(fd, MAX_PAYLOAD, maxFds);
       } catch (e) {
-        if (e instanceof KvmError && e.code === 'ECONNRESET') {
-          throw new KvmStateError('ERR_KVM_PEER_CLOSED', 'FdChannel.receive: the peer closed the connection (ECONNRESET)', { cause: e });
+        // The kernel reports a peer that closed with messages of ours unread once, before the
+        // messages it sent: read those first (a dead VMM's guest_memfds must not be lost).
+        if (e instanceof KvmError && e.code === 'ECONNRESET' && reset === undefined) {
+          reset = e;
+          continue;
         }
         throw e;
       }
-      if (m !== undefined) return toMessage(m, maxFds);
+      if (m !== undefined && !(reset !== undefined && m.eof)) return toMessage(m, maxFds);
+      if (reset !== undefined) {
+        throw new KvmStateError('ERR_KVM_PEER_CLOSED', 'FdChannel.receive: the peer closed the connection (ECONNRESET)', { cause: reset });
+      }
       const code = await this.#wait(deadline, 'FdChannel.receive');
       if (code === WAIT_CLOSED || this.closed) {
         throw new KvmStateError('ERR_KVM_CLOSED', 'FdChannel was closed while receive() was waiting');

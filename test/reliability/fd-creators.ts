@@ -82,6 +82,7 @@ const run = {
   kvmOpen() { const k = Kvm.open(); maybeSpawn(); k.close(); },
 };
 const names = Object.keys(run).filter((n) => withKvm || !${JSON.stringify(KVM_OPS)}.includes(n));
+parentPort.postMessage({ started: true }); // the spawners begin once creation does
 let i = 0;
 for (; i < max && Atomics.load(flag, 0) === 0; i++) {
   const name = names[Math.floor(rand() * names.length)];

@@ -12,7 +12,7 @@ import { describeRun, dist, prelude, result, runNode, scaled, scratch, seedOf, s
 const K_MAX = 4;
 const NOFILE = 256;
 /** Passes over every (operation, k) pair, in a seeded random order. */
-const PASSES = scaled(2);
+const PASSES = scaled(1);
 
 /**
  * The operations: `need` is how many free slots each must succeed with. A guest_memfd needs 2 (its

@@ -11,8 +11,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll } from 'vitest';
-import { hangBound } from '../kvm-host.js';
+import { afterAll, type TestContext } from 'vitest';
+import { hangBound, REQUIRE_KVM } from '../kvm-host.js';
 import { ROOT } from '../paths.js';
 
 /** The run's seed: every scenario derives its own from it, so one can be replayed alone. */
@@ -223,4 +223,14 @@ export function python3(): Promise<string | undefined> {
     p.on('error', () => resolve(undefined));
     p.on('close', (code) => resolve(code === 0 && s.trim() !== '' ? s.trim() : undefined));
   });
+}
+
+/** python3 for a hostile peer; README lists it among the requirements: CI has it, elsewhere its absence is a skip. */
+export async function needPython(ctx: TestContext): Promise<string> {
+  const py = await python3();
+  if (py === undefined) {
+    if (REQUIRE_KVM) throw new Error('python3 (3.9+, with socket.send_fds) is missing: the hostile peers need it');
+    ctx.skip('python3 with socket.send_fds (3.9+) is not available');
+  }
+  return py!;
 }

@@ -8,13 +8,13 @@
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../../lib/index.js';
-import { hangBound, openKvm, REQUIRE_KVM } from '../kvm-host.js';
-import { describeRun, dist, prelude, python3, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
+import { hangBound, openKvm } from '../kvm-host.js';
+import { describeRun, dist, needPython, prelude, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
 
 const PEER = fileURLToPath(new URL('./hostile-peer.py', import.meta.url));
 /** Passes over the shuffled list of hostile messages; messages in each flood. */
-const PASSES = scaled(2);
-const FLOOD = scaled(300);
+const PASSES = scaled(1);
+const FLOOD = scaled(150);
 
 /** What the receiver must make of each message: a KvmStateError code, or a message. */
 const PLAIN_STEPS: Record<string, string> = {
@@ -246,16 +246,6 @@ function shuffled(names: string[], seed: number): string[] {
   return out;
 }
 
-async function needPython(ctx: TestContext): Promise<string> {
-  const py = await python3();
-  // README lists python3 among the requirements: CI has it, elsewhere its absence is a skip.
-  if (py === undefined) {
-    if (REQUIRE_KVM) throw new Error('python3 (3.9+, with socket.send_fds) is missing: the hostile peers need it');
-    ctx.skip('python3 with socket.send_fds (3.9+) is not available');
-  }
-  return py!;
-}
-
 /** Checks one channel run: every step gave what it must, typed, and left no fd behind. */
 function checkSteps(results: StepResult[], expected: Record<string, string>, seed: number): void {
   for (const r of results) {
@@ -286,7 +276,7 @@ function checkSteps(results: StepResult[], expected: Record<string, string>, see
 }
 
 describe('hostile peers, written without the library', () => {
-  it(`a raw SEQPACKET peer: ${Object.keys(PLAIN_STEPS).length} kinds of message, ${PASSES} passes; hang-ups, a kill and a flood mid-stream; a listener abused`, async (ctx) => {
+  it(`a raw SEQPACKET peer: ${Object.keys(PLAIN_STEPS).length} kinds of message, ${PASSES} pass(es); hang-ups, a kill and a flood mid-stream; a listener abused`, async (ctx) => {
     const py = await needPython(ctx);
     const seed = seedOf('hostile-plain');
     await ctx.annotate(`seed ${seed}`);
@@ -302,8 +292,9 @@ describe('hostile peers, written without the library', () => {
     expect({ left: ch.left, extra: (ch as unknown as { extra: string[] }).extra }).toEqual({ left: 0, extra: [] });
     // Hung up after FLOOD messages: all of them arrive, then end of file.
     expect(result(c, 'close-mid-stream'), `seed ${seed}`).toMatchObject({ got: FLOOD, last: { code: 'ERR_KVM_PEER_CLOSED' }, peer: { status: 0 }, left: 0 });
-    // Killed with our message unread: the kernel reports ECONNRESET; whatever arrived before is
-    // intact and in order, and nothing leaks.
+    // Killed with our message unread: the kernel reports ECONNRESET first; whatever arrived before
+    // is intact and in order, and nothing leaks. (What was still queued comes out of later
+    // receives: pending-fixes.test.ts, item 10.)
     const killed = result<{ got: number; inOrder: number }>(c, 'killed-mid-stream');
     expect(killed, `seed ${seed}`).toMatchObject({ last: { code: 'ERR_KVM_PEER_CLOSED' }, peer: { signal: 'SIGKILL' }, left: 0 });
     expect(killed.inOrder).toBe(killed.got);
@@ -323,6 +314,8 @@ describe('hostile peers, written without the library', () => {
     const r = result<{ messages: number; left: number }>(c);
     expect(r.left).toBe(0);
     summary('hostile-plain', { messages: r.messages, connections: 4 + l.accepted, peers: 5 }, c.ms);
+    console.log(`[reliability] hostile-plain: killed mid-stream after sending ${FLOOD}, ${killed.got} arrived before ERR_KVM_PEER_CLOSED; ` +
+      `${l.accepted} queued connections accepted; a stream socket at the path: ${report.stream}`);
   }, hangBound(150_000));
 
   it('a raw SEQPACKET peer sends a VM fd and a guest_memfd with a false INIT_SHARED claim', async (ctx) => {

@@ -11,14 +11,14 @@ import { scaled } from './harness.js';
 import { terminateScenario } from './terminate-scenario.js';
 
 /** Rounds per kind of blocking call: each starts a Worker and ends it at a random point. */
-const ROUNDS = scaled(2);
+const ROUNDS = scaled(1);
 
 describe('Workers ended at random points of blocking calls', () => {
-  it(`FdChannel and FdListener calls (${PLAIN_KINDS.join(', ')}): ${ROUNDS} rounds each`, async (ctx) => {
+  it(`FdChannel and FdListener calls (${PLAIN_KINDS.join(', ')}): ${ROUNDS} round(s) each`, async (ctx) => {
     await terminateScenario(ctx, 'terminate-plain', PLAIN_KINDS, { rounds: ROUNDS, startupShare: 0 });
   }, hangBound(150_000));
 
-  it(`vCPU runs and guest_memfd loops (${KVM_KINDS.join(', ')}): ${ROUNDS} rounds each`, async (ctx) => {
+  it(`vCPU runs and guest_memfd loops (${KVM_KINDS.join(', ')}): ${ROUNDS} round(s) each`, async (ctx) => {
     openKvm(ctx).close();
     await terminateScenario(ctx, 'terminate-kvm', KVM_KINDS, { rounds: ROUNDS, startupShare: 0 });
   }, hangBound(150_000));
