@@ -1,8 +1,11 @@
 /**
- * kvm-gmem: the Linux KVM guest_memfd API for Node.js, on real /dev/kvm.
+ * kvm-gmem: the Linux KVM guest_memfd API for Node.js, on real /dev/kvm. This entry point holds
+ * the kernel objects (Kvm, Vm, GuestMemfd, Vcpu), host memory (Mapping), errors and constants.
+ * Guest programs are in `kvm-gmem/guest`, fd passing in `kvm-gmem/ipc`, host qualification in
+ * `kvm-gmem/selftest`.
  *
  * ```ts
- * import { Kvm, GuestMemfdFlag, MemslotFlag } from 'kvm-gmem';
+ * import { Kvm, GuestMemfdFlag } from 'kvm-gmem';
  * using kvm = Kvm.open();
  * using vm = kvm.createVm();
  * using gmem = vm.createGuestMemfd({ size: 1 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
@@ -11,59 +14,29 @@
  * ```
  * @module
  */
-export { Kvm, KVM_DEVICE } from './kvm.js';
-export { Vm } from './vm.js';
-export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './vm.js';
-export { GuestMemfd } from './guest-memfd.js';
-export { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from './fd-channel.js';
-export { fdKind, fdFacts, classifyFd, ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC } from './fd-identity.js';
-export type { FdKind, FdFacts } from './fd-identity.js';
-export type {
-  SendItem, SendOptions, ReceiveOptions, ConnectOptions, ListenOptions, AcceptOptions, FromFdOptions, ReceivedFd, ReceivedMessage,
-} from './fd-channel.js';
-export type { GuestMemfdStat } from './guest-memfd.js';
-export type { MapOptions, AdoptOptions } from './guest-memfd.js';
-export { Mapping, MAX_MAPPING_LENGTH, MAX_LIVE_MAPPINGS } from './mapping.js';
-export type { MemoryPolicy, MbindOptions } from './mapping.js';
-export { KvmError, KvmStateError, GuestMemoryFaultError, sigbusCodeName } from './errors.js';
-export type { KvmErrorInfo, KvmStateCode, GuestMemoryFaultInfo } from './errors.js';
-export {
-  Cap, GuestMemfdFlag, MemslotFlag, VmType, FallocMode, PAGE_SIZE, decodeBits,
-  ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror, Madvise, MemPolicy,
-} from './constants.js';
-export { Vcpu } from './vcpu.js';
-export { CpuidFlag, CPUID_ENTRY_SIZE, MAX_CPUID_ENTRIES } from './cpuid.js';
-export type { CpuidEntry } from './cpuid.js';
-export type { RunAsyncOptions } from './vcpu.js';
-export { RunLayout } from './exits.js';
+export { Kvm, KVM_DEVICE } from './kvm/kvm.js';
+export { Vm } from './kvm/vm.js';
+export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './kvm/vm.js';
+export { GuestMemfd } from './kvm/guest-memfd.js';
+export type { GuestMemfdStat, MapOptions, AdoptOptions } from './kvm/guest-memfd.js';
+export { Vcpu } from './kvm/vcpu.js';
+export type { RunAsyncOptions } from './kvm/vcpu.js';
+export { CpuidFlag, CPUID_ENTRY_SIZE, MAX_CPUID_ENTRIES } from './kvm/cpuid.js';
+export type { CpuidEntry } from './kvm/cpuid.js';
+export { RunLayout } from './kvm/exits.js';
 export type {
   VcpuExit, ExitReasonName, IoExit, MmioExit, HltExit, ShutdownExit, FailEntryExit, InternalErrorExit,
   SystemEventExit, MemoryFaultExit, IntrExit, OtherExit,
-} from './exits.js';
-export type { Regs, RegsInput, Sregs, Segment, DTable, Fpu } from './x86-state.js';
-export { X86, setupLongMode, loadImage, setEntry, bootGuest, pageTablesSize } from './x86.js';
-export type { LongModeOptions, EntryOptions, BootOptions } from './x86.js';
+} from './kvm/exits.js';
+export type { Regs, RegsInput, Sregs, Segment, DTable, Fpu } from './kvm/x86-state.js';
+export { Mapping, MAX_MAPPING_LENGTH, MAX_LIVE_MAPPINGS } from './memory/mapping.js';
+export type { MemoryPolicy, MbindOptions } from './memory/mapping.js';
+export { fdKind, fdFacts, classifyFd, ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC } from './core/fd-identity.js';
+export type { FdKind, FdFacts } from './core/fd-identity.js';
+export { KvmError, KvmStateError, GuestMemoryFaultError, sigbusCodeName } from './core/errors.js';
+export type { KvmErrorInfo, KvmStateCode, GuestMemoryFaultInfo } from './core/errors.js';
 export {
-  guestImage, guestImageNames, guestImagePath, UCALL_PORT, CONSOLE_PORT, BENCH_PORT, UcallCmd,
-  UCALL_STRUCT_SIZE, UcallOffset, UCALL_MAX_ARGS, UCALL_MSG_LEN,
-} from './guest-images.js';
-export type { GuestImageName } from './guest-images.js';
-export {
-  getUcall, replyUcall, runUntilUcall, runUntilUcallSync, GuestAssertionError, UnexpectedExitError,
-} from './ucall.js';
-export type { Ucall, UcallLoopOptions } from './ucall.js';
-export type { CapName } from './constants.js';
-export { hostInfo, formatHostInfo, hostPaging, numaNodes } from './info.js';
-export {
-  SelftestFailure, runCase, check, checkEq, checkErrno, checkBytes,
-} from './selftest/harness.js';
-export type { SelftestCase, SelftestGroup, CaseContext, CaseOutcome, CaseVerdict } from './selftest/harness.js';
-export { probeHost } from './selftest/host.js';
-export type { HostFacts, VmTypeFacts } from './selftest/host.js';
-export { planSelftests, filterCases } from './selftest/plan.js';
-export { runSelftests, reportJson } from './selftest/runner.js';
-export type { RunOptions, RunReport, CaseReport } from './selftest/runner.js';
-export { loadExpectations, parseExpectations } from './selftest/expect.js';
-export type { Expectation, ExpectationFile } from './selftest/expect.js';
-export type { CaseResult, Totals } from './selftest/ktap.js';
-export type { HostInfo, CapabilityInfo, HostPaging } from './info.js';
+  Cap, GuestMemfdFlag, MemslotFlag, VmType, FallocMode, PAGE_SIZE, decodeBits,
+  ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror, Madvise, MemPolicy,
+} from './core/constants.js';
+export type { CapName } from './core/constants.js';

@@ -138,7 +138,7 @@ async function loadLibrary() {
   const newer = fs.readdirSync(libDir, { recursive: true }).filter((f) => f.endsWith('.ts') && fs.statSync(path.join(libDir, f)).mtimeMs > built);
   if (newer.length) console.error(`bench: warning: dist/ is older than lib/ (${newer.join(', ')}): run npm run build to bench the current sources`);
   const lib = await import(pathToFileURL(dist).href);
-  const { native } = await import(pathToFileURL(path.join(root, 'dist', 'native.js')).href);
+  const { native } = await import(pathToFileURL(path.join(root, 'dist', 'core', 'native.js')).href);
   return { ...lib, native };
 }
 

@@ -2,10 +2,11 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { Cap, GuestMemfdFlag, VmType, type HostInfo } from '../lib/index.js';
+import { Cap, GuestMemfdFlag, VmType } from '../lib/index.js';
+import { type HostInfo } from '../lib/selftest/index.js';
 import { openKvm } from './kvm-host.js';
 
-const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const cli = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 
 describe('kvm-gmem info', () => {

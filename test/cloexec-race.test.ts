@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { KvmError, PAGE_SIZE } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/core/native.js';
 import { gmemVm, isCloexec, openKvm, thrown } from './kvm-host.js';
 import { ROOT } from './paths.js';
 
@@ -141,7 +141,7 @@ describe('guest_memfd creation and child processes', () => {
   it('a thread that cannot be created is a KvmError (EAGAIN, pthread_create), and leaks no fd', (ctx) => {
     openKvm(ctx).close();
     if (process.getuid?.() !== 0) ctx.skip('needs root: the child lowers RLIMIT_NPROC, then drops to nobody so that it applies');
-    const nativeJs = join(ROOT, 'dist', 'native.js');
+    const nativeJs = join(ROOT, 'dist', 'core', 'native.js');
     expect(existsSync(nativeJs), `${nativeJs}: run \`npm run build\``).toBe(true);
     // The child opens its VM as root, lowers its soft RLIMIT_NPROC to 1 and becomes nobody: from
     // then on the kernel refuses it any new thread (clone: EAGAIN), as a host at its limits would.

@@ -4,7 +4,7 @@
 // produce here are decoded from real runs in guest.test.ts and run-async.test.ts.
 import { describe, expect, it } from 'vitest';
 import { ExitReason, MemoryFaultFlag, RunLayout } from '../lib/index.js';
-import { decodeExit } from '../lib/exits.js';
+import { decodeExit } from '../lib/kvm/exits.js';
 
 function page(reason: number, fill: (v: DataView) => void): { v: DataView; b: ArrayBuffer } {
   const b = new ArrayBuffer(3 * 4096);

@@ -4,10 +4,8 @@ import { closeSync, mkdtempSync, openSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import {
-  ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC, GuestMemfd, GuestMemfdFlag, classifyFd, fdFacts, fdKind,
-} from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC, GuestMemfd, GuestMemfdFlag, classifyFd, fdFacts, fdKind } from '../lib/index.js';
+import { native } from '../lib/core/native.js';
 import { fdLink, gmemVm, openKvm, thrown } from './kvm-host.js';
 
 const TMPFS_MAGIC = 0x01021994;

@@ -5,9 +5,8 @@
 // expectations are written as they are and reported as expected failures where a limitation
 // applies (known-limits.ts); the behaviour shown instead is pinned by the plain tests next to them.
 import { describe, expect, it } from 'vitest';
-import {
-  bootGuest, guestImage, runUntilUcall, replyUcall, type GuestMemfd, type Mapping, type Vcpu,
-} from '../lib/index.js';
+import { bootGuest, guestImage, runUntilUcall, replyUcall } from '../lib/guest/index.js';
+import { type GuestMemfd, type Mapping, type Vcpu } from '../lib/index.js';
 import { guestVm, imageAddress, MiB, SHARED, type GuestVm } from './guest-vm.js';
 import { itUpstream, PVM_GMEM_ONLY_DATA, SHADOW_GMEM_ONLY_PAGE_TABLES } from './known-limits.js';
 import type { TestContext } from 'vitest';

@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
-import { GuestMemoryFaultError } from '../lib/errors.js';
-import { native } from '../lib/native.js';
+import { GuestMemoryFaultError } from '../lib/core/errors.js';
+import { native } from '../lib/core/native.js';
 import { countFds, needCap, openKvm, thrown, gmemVm, hangBound } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
@@ -353,7 +353,7 @@ describe('the SIGBUS handler in a process', () => {
   it('catches a fault inside a worker thread, in that worker', (ctx) => {
     openKvm(ctx).close();
     const index = distModule('index', 'Kvm');
-    const errors = distModule('errors', 'GuestMemoryFaultError');
+    const errors = distModule('core/errors', 'GuestMemoryFaultError');
     const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-guarded-'));
     const worker = join(dir, 'worker.mjs');
     writeFileSync(worker, `
@@ -394,7 +394,7 @@ describe('the SIGBUS handler in a process', () => {
   });
 
   it('a SIGBUS sent with kill() still kills the process once the handler is installed', () => {
-    const native = distModule('native', 'MapSharedFlag');
+    const native = distModule('core/native', 'MapSharedFlag');
     const r = runChild(`
       import { native } from ${native};
       const m = native.mapAnonymous(4096);
@@ -407,7 +407,7 @@ describe('the SIGBUS handler in a process', () => {
   });
 
   it('an unguarded access past the end of a file still kills the process with SIGBUS', () => {
-    const native = distModule('native', 'MapSharedFlag');
+    const native = distModule('core/native', 'MapSharedFlag');
     const r = runChild(`
       import { native } from ${native};
       const fd = native.memfdCreate('kvm-gmem-empty');
@@ -422,7 +422,7 @@ describe('the SIGBUS handler in a process', () => {
   });
 
   it('chains to a handler installed before it, and reinstalls itself over one installed after it', () => {
-    const native = distModule('native', 'MapSharedFlag');
+    const native = distModule('core/native', 'MapSharedFlag');
     // process.on('SIGBUS') makes libuv install a handler; a kill()ed SIGBUS reaches the listener.
     const r = runChild(`
       import { native } from ${native};
@@ -454,7 +454,7 @@ describe('the SIGBUS handler and the rest of the process', () => {
     // libuv installs its handler with SA_RESTART: a blocking read that the signal interrupts is
     // restarted. The guarded-access handler, installed over it and chaining to it, must keep that,
     // or readSync fails with EINTR once a guarded access has been made.
-    const native = distModule('native', 'MapSharedFlag');
+    const native = distModule('core/native', 'MapSharedFlag');
     const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-restart-'));
     const fifo = join(dir, 'fifo');
     try {
@@ -498,7 +498,7 @@ describe('two copies of the addon in one process', () => {
   // other's and chain to it: A chains to B, B to A. A SIGBUS that neither caused went round that
   // cycle until the stack overflowed (SIGSEGV), even with a listener that should have handled it.
   function twoCopies(listen: boolean) {
-    const native = distModule('native', 'MapSharedFlag');
+    const native = distModule('core/native', 'MapSharedFlag');
     const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-copy-'));
     try {
       const copy = join(dir, 'kvm_gmem.node'); // another file: dlopen() loads it a second time
@@ -568,7 +568,7 @@ describe('gmem.map alignment under concurrency', () => {
     // memory was gone (here: mincore answers ENOMEM for it). MAP_FIXED_NOREPLACE leaves nothing.
     openKvm(ctx).close();
     const index = distModule('index', 'Kvm');
-    const native = distModule('native', 'MapSharedFlag');
+    const native = distModule('core/native', 'MapSharedFlag');
     const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-align-'));
     const worker = join(dir, 'worker.mjs');
     writeFileSync(worker, `

@@ -20,8 +20,8 @@ import {
   guestImageNames,
   guestImagePath,
   type GuestImageName,
-} from '../lib/guest-images.js';
-import { addonPath } from '../lib/native.js';
+} from '../lib/guest/images.js';
+import { addonPath } from '../lib/core/native.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const guestDir = join(root, 'guest');
@@ -101,7 +101,7 @@ describe('guest images', () => {
     process.env.KVM_GMEM_ADDON = join(dir, 'kvm_gmem.node');
     try {
       vi.resetModules();
-      const fresh = await import('../lib/guest-images.js');
+      const fresh = await import('../lib/guest/images.js');
       const path = join(dir, 'guest', 'halt.bin');
       expect(fresh.guestImagePath('halt')).toBe(path);
       let err: Error | undefined;

@@ -10,10 +10,8 @@
  *   DATA (1 MiB) ..      free for the test
  */
 import type { TestContext } from 'vitest';
-import {
-  bootGuest, Cap, guestImage, GuestMemfdFlag, type GuestImageName, type GuestMemfd, type Kvm, type Mapping,
-  type Vcpu, type Vm,
-} from '../lib/index.js';
+import { bootGuest, guestImage, type GuestImageName } from '../lib/guest/index.js';
+import { Cap, GuestMemfdFlag, type GuestMemfd, type Kvm, type Mapping, type Vcpu, type Vm } from '../lib/index.js';
 import { needCap, openKvm } from './kvm-host.js';
 
 export const MiB = 1 << 20;

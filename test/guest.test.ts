@@ -2,10 +2,8 @@
 // guest's, punching memory under a running guest, and the exits KVM gives for I/O, MMIO, HLT and
 // a triple fault. Every guest is assembly from guest/, assembled by the build.
 import { describe, expect, it } from 'vitest';
-import {
-  bootGuest, ExitReason, getUcall, GuestAssertionError, guestImage, Mapping, replyUcall, runUntilUcall, runUntilUcallSync,
-  UnexpectedExitError, X86, type IoExit, type MmioExit,
-} from '../lib/index.js';
+import { bootGuest, getUcall, GuestAssertionError, guestImage, replyUcall, runUntilUcall, runUntilUcallSync, UnexpectedExitError, X86 } from '../lib/guest/index.js';
+import { ExitReason, Mapping, type IoExit, type MmioExit } from '../lib/index.js';
 import { DATA, guestVm, imageAddress, MiB } from './guest-vm.js';
 import { thrown } from './kvm-host.js';
 

@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { kernelImageRelease, KernelVmError, modulesRoot, numaArgs } from '../lib/kernel-vm.js';
+import { kernelImageRelease, KernelVmError, modulesRoot, numaArgs } from '../lib/host/kernel-vm.js';
 import { CLI } from './paths.js';
 
 const scratch = mkdtempSync(join(tmpdir(), 'kvm-gmem-kvm-'));

@@ -6,7 +6,7 @@
  * never skipped and never made to pass.
  */
 import { it, type TestContext } from 'vitest';
-import { hostPaging } from '../lib/index.js';
+import { hostPaging } from '../lib/selftest/index.js';
 
 /** A host limitation: when it applies, and why the upstream behaviour cannot be seen. */
 export interface Limitation {

@@ -4,9 +4,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { encodeCpuid } from '../lib/cpuid.js';
-import { FdChannel, MAX_CPUID_ENTRIES, MAX_MAPPING_LENGTH, MAX_PAYLOAD, Mapping } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { encodeCpuid } from '../lib/kvm/cpuid.js';
+import { FdChannel, MAX_PAYLOAD } from '../lib/ipc/index.js';
+import { MAX_CPUID_ENTRIES, MAX_MAPPING_LENGTH, Mapping } from '../lib/index.js';
+import { native } from '../lib/core/native.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-limits-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));

@@ -2,13 +2,16 @@
 // an untyped error, a wrong one, or an abort.
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { FdChannel, MAX_LIVE_MAPPINGS, MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { FdChannel, MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../lib/ipc/index.js';
+import { MAX_LIVE_MAPPINGS } from '../lib/index.js';
+import { native } from '../lib/core/native.js';
 import { hangBound, openKvm } from './kvm-host.js';
 import { ROOT } from './paths.js';
 
 const lib = JSON.stringify(`${ROOT}dist/index.js`);
-const nativeLib = JSON.stringify(`${ROOT}dist/native.js`);
+const guestLib = JSON.stringify(`${ROOT}dist/guest/index.js`);
+const ipcLib = JSON.stringify(`${ROOT}dist/ipc/index.js`);
+const nativeLib = JSON.stringify(`${ROOT}dist/core/native.js`);
 const run = (script: string, prefix: string[] = []) =>
   spawnSync(prefix[0] ?? process.execPath, [...prefix.slice(1), ...(prefix.length ? [process.execPath] : []), '--input-type=module', '-e', script], {
     encoding: 'utf8', timeout: hangBound(60_000),
@@ -50,7 +53,7 @@ describe('limits', () => {
   it('guestImage() under EMFILE says so, not "rebuild"', () => {
     const r = run(`
       import { openSync } from 'node:fs';
-      import { guestImage } from ${lib};
+      import { guestImage } from ${guestLib};
       try { for (;;) openSync('/dev/null', 'r'); } catch {}
       try { guestImage('hello'); console.log('read'); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }
     `, ['prlimit', '--nofile=128:128']);
@@ -80,7 +83,7 @@ describe('limits', () => {
 
   it('a receive with no thread left rejects with KvmError EAGAIN (pthread_create), and works once threads are back', () => {
     const r = run(`${noThreads}
-      import { FdChannel } from ${lib};
+      import { FdChannel } from ${ipcLib};
       const [a, b] = FdChannel.pair();
       const err = await noThreads(() => b.receive({ timeoutMs: 100 }));
       a.send({ after: 1 });
@@ -128,7 +131,7 @@ describe('limits', () => {
   it('EMFILE while a message\'s fds are installed is KvmError EMFILE, no fd is left behind, and the next message arrives', () => {
     const r = run(`
       import { openSync, closeSync, readdirSync } from 'node:fs';
-      import { FdChannel } from ${lib};
+      import { FdChannel } from ${ipcLib};
       import { native } from ${nativeLib};
       const count = () => readdirSync('/proc/self/fd').length;
       const [a, b] = FdChannel.pair();

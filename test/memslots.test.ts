@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { fileOverlapErrno } from './kvm-host.js';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmError, KvmStateError, Mapping, MemslotFlag, PAGE_SIZE, type Kvm, type Vm } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/core/native.js';
 import { needCap, openKvm, thrown } from './kvm-host.js';
 
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;

@@ -5,9 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmError, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
-import { Madvise, MemPolicy } from '../lib/constants.js';
-import { numaNodes, parseNodeList } from '../lib/info.js';
-import { native } from '../lib/native.js';
+import { Madvise, MemPolicy } from '../lib/core/constants.js';
+import { numaNodes, parseNodeList } from '../lib/host/info.js';
+import { native } from '../lib/core/native.js';
 import { needCap, openKvm, thrown, gmemVm } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;

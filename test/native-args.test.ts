@@ -3,7 +3,7 @@
 // lives on. lib/ checks first, but the addon must hold on its own.
 import { describe, expect, it } from 'vitest';
 import { KvmError, KvmStateError } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { native } from '../lib/core/native.js';
 
 // Values that are never a valid fd, u32 or u64; none can name an open fd of this process.
 const hostile: unknown[] = [

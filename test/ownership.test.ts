@@ -11,7 +11,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { GuestMemfd, GuestMemfdFlag, KvmStateError, Mapping, MemslotFlag, type Vm } from '../lib/index.js';
-import { FdChannel } from '../lib/fd-channel.js';
+import { FdChannel } from '../lib/ipc/channel.js';
 import { fdLink, gmemVm, isCloexec, thrown } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
@@ -197,7 +197,7 @@ describe('the INIT_SHARED claim of an adopted guest_memfd is checked', () => {
     // first touch kill the process with SIGBUS.
     const script = `
       import { Kvm, GuestMemfd, GuestMemfdFlag } from ${distModule('index', 'GuestMemfd')};
-      import {} from ${distModule('guest-memfd', 'dupCloexec')};
+      import {} from ${distModule('kvm/guest-memfd', 'dupCloexec')};
       const kvm = Kvm.open();
       const vm = kvm.createVm();
       const g = vm.createGuestMemfd({ size: 1 << 20, flags: GuestMemfdFlag.MMAP });

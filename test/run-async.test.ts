@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { KvmError, KvmStateError, RunLayout, runUntilUcall, type Vcpu } from '../lib/index.js';
+import { KvmError, KvmStateError, RunLayout, type Vcpu } from '../lib/index.js';
+import { runUntilUcall } from '../lib/guest/index.js';
 import { DATA, guestVm } from './guest-vm.js';
 import { openKvm, thrown, hangBound } from './kvm-host.js';
 
@@ -154,7 +155,8 @@ describe('vcpu.runAsync', () => {
 describe('the process and vCPU threads', () => {
   function child(body: string): { status: number | null; stdout: string; stderr: string; ms: number } {
     const script = `
-      import { Kvm, GuestMemfdFlag, bootGuest, guestImage } from ${JSON.stringify(root + 'dist/index.js')};
+      import { Kvm, GuestMemfdFlag } from ${JSON.stringify(root + 'dist/index.js')};
+      import { bootGuest, guestImage } from ${JSON.stringify(root + 'dist/guest/index.js')};
       const kvm = Kvm.open();
       const vm = kvm.createVm();
       const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
@@ -190,7 +192,8 @@ describe('the process and vCPU threads', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-worker-'));
     const worker = join(dir, 'worker.mjs');
     writeFileSync(worker, `
-      import { Kvm, GuestMemfdFlag, bootGuest, guestImage } from ${JSON.stringify(root + 'dist/index.js')};
+      import { Kvm, GuestMemfdFlag } from ${JSON.stringify(root + 'dist/index.js')};
+      import { bootGuest, guestImage } from ${JSON.stringify(root + 'dist/guest/index.js')};
       import { parentPort, workerData } from 'node:worker_threads';
       const vm = Kvm.open().createVm();
       const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });

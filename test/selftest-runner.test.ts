@@ -6,8 +6,8 @@ import { check, checkErrno, runCase, type SelftestCase } from '../lib/selftest/h
 import { expectationFor, parseExpectations, matchesPattern } from '../lib/selftest/expect.js';
 import { probeHost, type HostFacts } from '../lib/selftest/host.js';
 import { selftestGuest } from '../lib/selftest/guest.js';
-import { UnexpectedExitError } from '../lib/ucall.js';
-import { bootGuest } from '../lib/x86.js';
+import { UnexpectedExitError } from '../lib/guest/ucall.js';
+import { bootGuest } from '../lib/guest/boot.js';
 import { fileOverlapErrno, kernelAtLeast } from './kvm-host.js';
 import { exitCode } from '../lib/selftest/ktap.js';
 import { runSelftests } from '../lib/selftest/runner.js';

@@ -5,15 +5,16 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Cap, GuestMemfdFlag, bootGuest, getUcall, guestImage, replyUcall, type Vcpu } from '../lib/index.js';
+import { Cap, GuestMemfdFlag, type Vcpu } from '../lib/index.js';
+import { bootGuest, getUcall, guestImage, replyUcall } from '../lib/guest/index.js';
 import {
   GuestLoop, Layout, MiB, Op, Tag, checkPattern, dataPages, guestArgs, patternValue, readState, stateFromJson,
   stateToJson, writePattern, writeState,
-} from '../lib/upgrade/common.js';
+} from '../experiments/upgrade/common.js';
 import {
   EXPECTED_PROBES, MAX_SIZE_MIB, checkStride, experimentOptions, type ExperimentReport, type RunResult, type SizeSummary,
-} from '../lib/upgrade/experiment.js';
-import { TABLE_COLUMNS, formatMs, formatReport, niceScale, renderSvg, reportJson } from '../lib/upgrade/report.js';
+} from '../experiments/upgrade/experiment.js';
+import { TABLE_COLUMNS, formatMs, formatReport, niceScale, renderSvg, reportJson } from '../experiments/upgrade/report.js';
 import { gmemVm, hangBound } from './kvm-host.js';
 import { ROOT } from './paths.js';
 

@@ -3,9 +3,10 @@
 // and use after close.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { Cap, KvmError, KvmStateError, MAX_CPUID_ENTRIES, RunLayout, X86, type Kvm, type Vm } from '../lib/index.js';
-import { native } from '../lib/native.js';
-import { Layout, REG_NAMES } from '../lib/x86-state.js';
+import { Cap, KvmError, KvmStateError, MAX_CPUID_ENTRIES, RunLayout, type Kvm, type Vm } from '../lib/index.js';
+import { X86 } from '../lib/guest/index.js';
+import { native } from '../lib/core/native.js';
+import { Layout, REG_NAMES } from '../lib/kvm/x86-state.js';
 import { fdLink, isCloexec, openKvm, thrown } from './kvm-host.js';
 import type { TestContext } from 'vitest';
 

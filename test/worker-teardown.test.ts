@@ -70,10 +70,10 @@ function last(c: Child): Record<string, unknown> {
 
 // A worker that boots a guest on vCPU 0 (4 MiB of guest memory) before doing `then`.
 const guestWorker = (then: string) => `
-  import { Kvm } from ${lib('kvm')};
-  import { GuestMemfdFlag } from ${lib('constants')};
-  import { bootGuest } from ${lib('x86')};
-  import { guestImage } from ${lib('guest-images')};
+  import { Kvm } from ${lib('kvm/kvm')};
+  import { GuestMemfdFlag } from ${lib('core/constants')};
+  import { bootGuest } from ${lib('guest/boot')};
+  import { guestImage } from ${lib('guest/images')};
   import { parentPort, workerData } from 'node:worker_threads';
   const vm = Kvm.open().createVm();
   const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
@@ -91,9 +91,9 @@ describe('a Worker that ends without closing', () => {
     // socket pair, none closed. Then it ends in one of four ways; `close` (the warm-up) closes
     // everything, so that what Node and the library open once per process is in the baseline.
     const worker = `
-      import { Kvm } from ${lib('kvm')};
-      import { FdChannel } from ${lib('fd-channel')};
-      import { GuestMemfdFlag, Madvise } from ${lib('constants')};
+      import { Kvm } from ${lib('kvm/kvm')};
+      import { FdChannel } from ${lib('ipc/channel')};
+      import { GuestMemfdFlag, Madvise } from ${lib('core/constants')};
       import { parentPort, workerData } from 'node:worker_threads';
       const how = workerData;
       const kvm = Kvm.open();
@@ -160,8 +160,8 @@ describe('a Worker that ends without closing', () => {
 describe('a Worker that ends with a received message unread', () => {
   it('closes the fds the message still holds (4 memfds), however the worker ends', () => {
     const worker = `
-      import { FdChannel } from ${lib('fd-channel')};
-      import { native } from ${lib('native')};
+      import { FdChannel } from ${lib('ipc/channel')};
+      import { native } from ${lib('core/native')};
       import { parentPort, workerData } from 'node:worker_threads';
       const [a, b] = FdChannel.pair();
       const sent = [0, 1, 2, 3].map((i) => native.memfdCreate('teardown-' + i));
@@ -244,7 +244,7 @@ describe('a Worker blocked in a synchronous call', () => {
 
   it('channel.send() with timeoutMs: Infinity to a peer that never reads: terminate() settles and process.exit() works', () => {
     const worker = `
-      import { FdChannel } from ${lib('fd-channel')};
+      import { FdChannel } from ${lib('ipc/channel')};
       import { parentPort } from 'node:worker_threads';
       const [a, b] = FdChannel.pair();
       // Fill the peer's receive queue (b never reads), then wait for room that never comes.

@@ -14,10 +14,10 @@
  * @module
  * @internal
  */
-import { Cap, FallocMode, MemslotFlag, VmType } from '../constants.js';
-import { KvmError } from '../errors.js';
-import { fdFacts } from '../fd-identity.js';
-import { native } from '../native.js';
+import { Cap, FallocMode, MemslotFlag, VmType } from '../core/constants.js';
+import { KvmError } from '../core/errors.js';
+import { fdFacts } from '../core/fd-identity.js';
+import { native } from '../core/native.js';
 
 /** What the parent asks for. Offsets and sizes are page-aligned, inside the file. */
 export interface ChildRequest {

@@ -27,7 +27,7 @@
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { UnexpectedExitError } from '../ucall.js';
+import { UnexpectedExitError } from '../guest/ucall.js';
 import { SelftestFailure, type CaseOutcome, type SelftestCase } from './harness.js';
 import type { HostFacts } from './host.js';
 

@@ -21,12 +21,12 @@
  * @module
  */
 import { readSync, writeSync } from 'node:fs';
-import { Cap, GuestMemfdFlag, Madvise, MemPolicy, decodeBits } from '../constants.js';
-import { GuestMemoryFaultError, KvmError } from '../errors.js';
-import type { GuestMemfd } from '../guest-memfd.js';
-import type { Mapping } from '../mapping.js';
-import { native } from '../native.js';
-import type { Vm } from '../vm.js';
+import { Cap, GuestMemfdFlag, Madvise, MemPolicy, decodeBits } from '../core/constants.js';
+import { GuestMemoryFaultError, KvmError } from '../core/errors.js';
+import type { GuestMemfd } from '../kvm/guest-memfd.js';
+import type { Mapping } from '../memory/mapping.js';
+import { native } from '../core/native.js';
+import type { Vm } from '../kvm/vm.js';
 import {
   check, checkBytes, checkEq, checkErrno, SelftestFailure, type CaseContext, type SelftestCase,
 } from './harness.js';

@@ -9,14 +9,14 @@
  *   0x90000 + 0x10000*i  vCPU i's stack top (i < 8)
  * @module
  */
-import { guestImage, type GuestImageName } from '../guest-images.js';
-import { Mapping } from '../mapping.js';
-import { getUcall, GuestAssertionError, replyUcall, UnexpectedExitError, type Ucall } from '../ucall.js';
-import type { Vcpu } from '../vcpu.js';
-import type { Vm } from '../vm.js';
-import type { MmioExit, VcpuExit } from '../exits.js';
-import { bootGuest } from '../x86.js';
-import { VmType } from '../constants.js';
+import { guestImage, type GuestImageName } from '../guest/images.js';
+import { Mapping } from '../memory/mapping.js';
+import { getUcall, GuestAssertionError, replyUcall, UnexpectedExitError, type Ucall } from '../guest/ucall.js';
+import type { Vcpu } from '../kvm/vcpu.js';
+import type { Vm } from '../kvm/vm.js';
+import type { MmioExit, VcpuExit } from '../kvm/exits.js';
+import { bootGuest } from '../guest/boot.js';
+import { VmType } from '../core/constants.js';
 import type { CaseContext } from './harness.js';
 
 /** Bytes in a MiB / GiB. */

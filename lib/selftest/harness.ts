@@ -4,9 +4,9 @@
  * so the same code runs under the CLI (`kvm-gmem selftest`, KTAP out) and under vitest.
  * @module
  */
-import { KvmError, KvmStateError } from '../errors.js';
-import { Kvm } from '../kvm.js';
-import { GuestAssertionError, UnexpectedExitError } from '../ucall.js';
+import { KvmError, KvmStateError } from '../core/errors.js';
+import { Kvm } from '../kvm/kvm.js';
+import { GuestAssertionError, UnexpectedExitError } from '../guest/ucall.js';
 import type { HostFacts } from './host.js';
 
 /** The upstream source a group of cases mirrors, or the seed threads it comes from. */

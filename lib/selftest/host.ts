@@ -7,9 +7,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { arch, release } from 'node:os';
-import { Cap, PAGE_SIZE, VmType } from '../constants.js';
-import { hostPaging, numaNodes, type HostPaging } from '../info.js';
-import { Kvm, KVM_DEVICE } from '../kvm.js';
+import { Cap, PAGE_SIZE, VmType } from '../core/constants.js';
+import { hostPaging, numaNodes, type HostPaging } from '../host/info.js';
+import { Kvm, KVM_DEVICE } from '../kvm/kvm.js';
 
 /** What one VM type offers guest_memfd users (asked on a VM of that type). */
 export interface VmTypeFacts {

@@ -18,9 +18,9 @@
  * @module
  */
 import { ftruncateSync } from 'node:fs';
-import { Cap, MemslotFlag, VmType } from '../constants.js';
-import { native } from '../native.js';
-import type { Vm } from '../vm.js';
+import { Cap, MemslotFlag, VmType } from '../core/constants.js';
+import { native } from '../core/native.js';
+import type { Vm } from '../kvm/vm.js';
 import { checkErrno, type CaseContext, type SelftestCase } from './harness.js';
 import type { HostFacts, VmTypeFacts } from './host.js';
 

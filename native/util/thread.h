@@ -7,9 +7,11 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <system_error>
 #include <thread>
@@ -29,7 +31,8 @@ int64_t MonotonicNs();
 inline int64_t MonotonicMs() { return MonotonicNs() / 1000000; }
 
 // std::thread(fn) started with every signal blocked: no signal meant for the process (SIGCHLD,
-// SIGINT...) may land on a thread of ours. Throws std::system_error as std::thread does.
+// SIGINT...) may land on a thread of ours. Throws std::system_error as std::thread does, EAGAIN
+// also when the thread's state cannot be allocated.
 template <typename F>
 std::thread StartThreadBlocked(F&& fn) {
   sigset_t all, old;
@@ -39,6 +42,11 @@ std::thread StartThreadBlocked(F&& fn) {
     std::thread t(std::forward<F>(fn));
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return t;
+  } catch (const std::bad_alloc&) {
+    // std::thread allocates its state before pthread_create: no memory for it is the same lack
+    // of resources pthread_create reports as EAGAIN.
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    throw std::system_error(EAGAIN, std::generic_category());
   } catch (...) {
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     throw;

@@ -20,7 +20,7 @@ export function blockingWorker(): string {
   return `
 import { parentPort, workerData, threadId } from 'node:worker_threads';
 import { join } from 'node:path';
-const { FdChannel } = await import(${dist('fd-channel')});
+const { FdChannel } = await import(${dist('ipc/channel')});
 const { kind, ending, endAfter, counter, dir, warm } = workerData;
 const ops = new Int32Array(counter);
 const tick = () => Atomics.add(ops, 0, 1);
@@ -38,9 +38,9 @@ const timeout = (e) => { if (e?.code !== 'ERR_KVM_TIMEOUT') throw e; };
 const SHARED = 3n; // GuestMemfdFlag.MMAP | INIT_SHARED
 
 async function guest(image, args) {
-  const { Kvm } = await import(${dist('kvm')});
-  const { bootGuest } = await import(${dist('x86')});
-  const { guestImage } = await import(${dist('guest-images')});
+  const { Kvm } = await import(${dist('kvm/kvm')});
+  const { bootGuest } = await import(${dist('guest/boot')});
+  const { guestImage } = await import(${dist('guest/images')});
   const [kvm] = hold(Kvm.open());
   const [vm] = hold(kvm.createVm());
   const [gmem] = hold(vm.createGuestMemfd({ size: 4 << 20, flags: SHARED }));
@@ -120,7 +120,7 @@ const kinds = {
   },
   // Three guest_memfds made before ready, then allocated, mapped, written, punched and unmapped.
   async gmem() {
-    const { Kvm } = await import(${dist('kvm')});
+    const { Kvm } = await import(${dist('kvm/kvm')});
     const [kvm] = hold(Kvm.open());
     const [vm] = hold(kvm.createVm());
     const gs = hold(...[0, 1, 2].map(() => vm.createGuestMemfd({ size: 2 << 20, flags: SHARED })));
@@ -138,7 +138,7 @@ const kinds = {
   },
   // guest_memfds created, allocated, mapped, written, punched; the last few left open.
   async gmemCreate() {
-    const { Kvm } = await import(${dist('kvm')});
+    const { Kvm } = await import(${dist('kvm/kvm')});
     const [kvm] = hold(Kvm.open());
     const [vm] = hold(kvm.createVm());
     const live = [];
@@ -185,7 +185,7 @@ const kinds = {
   },
   // VMs, bound guest_memfds, vCPUs and socket pairs with the three in flight; the last few left open.
   async objects() {
-    const { Kvm } = await import(${dist('kvm')});
+    const { Kvm } = await import(${dist('kvm/kvm')});
     const [kvm] = hold(Kvm.open());
     const live = [];
     ready();

@@ -33,10 +33,10 @@ function child(seed: number, kvm: boolean, limit: { once: string; each: string }
   return `${prelude(seed)}
 ${CHILD_LIMITS}
 import { readFile } from 'node:fs/promises';
-import { FdChannel } from ${dist('fd-channel')};
-import { KvmError, KvmStateError } from ${dist('errors')};
-import { Mapping } from ${dist('mapping')};
-${kvm ? `import { Kvm } from ${dist('kvm')}; import { bootGuest } from ${dist('x86')}; import { guestImage } from ${dist('guest-images')};` : ''}
+import { FdChannel } from ${dist('ipc/channel')};
+import { KvmError, KvmStateError } from ${dist('core/errors')};
+import { Mapping } from ${dist('memory/mapping')};
+${kvm ? `import { Kvm } from ${dist('kvm/kvm')}; import { bootGuest } from ${dist('guest/boot')}; import { guestImage } from ${dist('guest/images')};` : ''}
 const typed = (e) => (e instanceof KvmStateError && /^ERR_KVM_/.test(e.code)) || (e instanceof KvmError && /^E[A-Z0-9]+$/.test(e.code));
 const timeout = (e) => { if (e?.code !== 'ERR_KVM_TIMEOUT') throw e; };
 await readFile('/proc/self/stat'); // libuv's pool is started: its threads belong to the baseline

@@ -21,16 +21,16 @@ export function creatorWorker(): string {
 import { parentPort, workerData, threadId } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-const { FdChannel } = await import(${dist('fd-channel')});
-const { native } = await import(${dist('native')});
+const { FdChannel } = await import(${dist('ipc/channel')});
+const { native } = await import(${dist('core/native')});
 const { seed, kvm: withKvm, stop, max, spawnEvery, dir } = workerData;
 const flag = new Int32Array(stop);
 let s = (seed + threadId * 7919) >>> 0;
 const rand = () => { s = (s + 0x6d2b79f5) >>> 0; let t = s; t = Math.imul(t ^ (t >>> 15), t | 1); t ^= t + Math.imul(t ^ (t >>> 7), t | 61); return ((t ^ (t >>> 14)) >>> 0) / 4294967296; };
 let Kvm, GuestMemfd, kvm, vm;
 if (withKvm) {
-  ({ Kvm } = await import(${dist('kvm')}));
-  ({ GuestMemfd } = await import(${dist('guest-memfd')}));
+  ({ Kvm } = await import(${dist('kvm/kvm')}));
+  ({ GuestMemfd } = await import(${dist('kvm/guest-memfd')}));
   kvm = Kvm.open();
   vm = kvm.createVm();
 }

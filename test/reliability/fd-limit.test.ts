@@ -91,10 +91,10 @@ const kvmOps = {
 function source(seed: number, kvm: boolean): string {
   return `${prelude(seed)}
 import { openSync, closeSync } from 'node:fs';
-import { FdChannel } from ${dist('fd-channel')};
-import { KvmError, KvmStateError } from ${dist('errors')};
-import { native } from ${dist('native')};
-${kvm ? `import { Kvm } from ${dist('kvm')}; import { GuestMemfd } from ${dist('guest-memfd')};` : ''}
+import { FdChannel } from ${dist('ipc/channel')};
+import { KvmError, KvmStateError } from ${dist('core/errors')};
+import { native } from ${dist('core/native')};
+${kvm ? `import { Kvm } from ${dist('kvm/kvm')}; import { GuestMemfd } from ${dist('kvm/guest-memfd')};` : ''}
 const T = ${hangBound(10_000)};
 ${OPS}
 const all = ${kvm} ? { ...ops, ...kvmOps } : ops;

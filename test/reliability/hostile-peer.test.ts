@@ -7,7 +7,7 @@
 // message its typed error or a well-formed message, and hold no fd more after each than before.
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it, type TestContext } from 'vitest';
-import { MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../../lib/index.js';
+import { MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../../lib/ipc/index.js';
 import { hangBound, openKvm } from '../kvm-host.js';
 import { describeRun, dist, needPython, prelude, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
 
@@ -45,10 +45,10 @@ const MAX_FDS: Record<string, number> = { 'fds-253': 253, 'fds-over-max0': 0 };
 function receiver(seed: number, py: string, steps: string[], kvm: boolean, endings: boolean): string {
   return `${prelude(seed)}
 import { spawn } from 'node:child_process';
-import { FdChannel } from ${dist('fd-channel')};
-import { GuestMemfd } from ${dist('guest-memfd')};
-import { KvmError, KvmStateError } from ${dist('errors')};
-import { Kvm } from ${dist('kvm')};
+import { FdChannel } from ${dist('ipc/channel')};
+import { GuestMemfd } from ${dist('kvm/guest-memfd')};
+import { KvmError, KvmStateError } from ${dist('core/errors')};
+import { Kvm } from ${dist('kvm/kvm')};
 const T = ${hangBound(10_000)};
 const STEPS = ${JSON.stringify(steps)};
 const MAX_FDS = ${JSON.stringify(MAX_FDS)};

@@ -19,8 +19,8 @@
 //      ERR_KVM_PEER_CLOSED (ECONNRESET, which the kernel reports before its queue), though every
 //      message the peer sent before dying, fds and all, was still queued behind it.
 import { describe, expect, it, type TestContext } from 'vitest';
-import { FdChannel } from '../../lib/fd-channel.js';
-import { native } from '../../lib/native.js';
+import { FdChannel } from '../../lib/ipc/channel.js';
+import { native } from '../../lib/core/native.js';
 import { hangBound, openKvm, REQUIRE_KVM } from '../kvm-host.js';
 import { CREATING_KVM_KINDS, CREATING_PLAIN_KINDS } from './blocking-worker.js';
 import { CHILD_LIMITS, makeCgroup } from './cgroup.js';
@@ -59,8 +59,8 @@ describe('1. a thread that cannot start is KvmError EAGAIN (pthread_create)', ()
     try {
       const r = await child<{ errors: Record<string, unknown> }>(`
         ${CHILD_LIMITS}
-        import { FdChannel } from ${dist('fd-channel')};
-        ${kvm ? `import { Kvm } from ${dist('kvm')}; import { bootGuest } from ${dist('x86')}; import { guestImage } from ${dist('guest-images')};` : ''}
+        import { FdChannel } from ${dist('ipc/channel')};
+        ${kvm ? `import { Kvm } from ${dist('kvm/kvm')}; import { bootGuest } from ${dist('guest/boot')}; import { guestImage } from ${dist('guest/images')};` : ''}
         await import('node:fs/promises').then((f) => f.readFile('/proc/self/stat')); // libuv's pool started first
         const boot = (vm, id) => { const v = vm.createVcpu(id); bootGuest(v, { image: guestImage('port_loop'), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000, args: [1000] }); return v; };
         let vm;
@@ -120,8 +120,8 @@ describe('3. EMFILE while receiving is KvmError EMFILE', () => {
   it('with 0, 1 or 2 slots free for a message of 3 fds; nothing kept; the channel goes on', async () => {
     const r = await child<{ got: unknown[]; kept: number[] }>(`
       ${FILLER}
-      import { FdChannel } from ${dist('fd-channel')};
-      import { native } from ${dist('native')};
+      import { FdChannel } from ${dist('ipc/channel')};
+      import { native } from ${dist('core/native')};
       const [a, b] = FdChannel.pair();
       await b.receive({ timeoutMs: 1 }).catch(() => {}); // its wait thread's fds, before the table is full
       const got = [], kept = [];
@@ -148,7 +148,7 @@ describe('4. EMFILE in vm.createVcpu() leaves the id free', () => {
     openKvm(ctx).close();
     const r = await child<{ first: unknown; retry: string }>(`
       ${FILLER}
-      import { Kvm } from ${dist('kvm')};
+      import { Kvm } from ${dist('kvm/kvm')};
       const vm = Kvm.open().createVm();
       fill(); release(1);
       let first, retry;
@@ -181,8 +181,8 @@ describe('5. a received message not yet disposed is released with its Worker', (
   it('3 fds received in a Worker that then returns, is terminated, or calls process.exit()', async () => {
     const worker = writeModule('unread', `
       import { parentPort } from 'node:worker_threads';
-      import { FdChannel } from ${dist('fd-channel')};
-      import { native } from ${dist('native')};
+      import { FdChannel } from ${dist('ipc/channel')};
+      import { native } from ${dist('core/native')};
       const [a, b] = FdChannel.pair();
       const m = [0, 1, 2].map((i) => native.memfdCreate('unread' + i));
       a.send('three', m);
@@ -221,7 +221,7 @@ describe('6. a Worker ended while the library creates an fd leaks nothing', () =
   it('minimal: 5 Workers terminated while looping FdChannel.pair() + close()', async () => {
     const worker = writeModule('pairs', `
       import { parentPort } from 'node:worker_threads';
-      import { FdChannel } from ${dist('fd-channel')};
+      import { FdChannel } from ${dist('ipc/channel')};
       parentPort.postMessage('ready');
       for (;;) { const [a, b] = FdChannel.pair(); a.close(); b.close(); }
     `);
@@ -240,7 +240,7 @@ describe('6. a Worker ended while the library creates an fd leaks nothing', () =
     openKvm(ctx).close();
     const worker = writeModule('gmems', `
       import { parentPort } from 'node:worker_threads';
-      import { Kvm } from ${dist('kvm')};
+      import { Kvm } from ${dist('kvm/kvm')};
       const vm = Kvm.open().createVm();
       parentPort.postMessage('ready');
       for (;;) vm.createGuestMemfd({ size: 1 << 20 }).close();
@@ -262,7 +262,7 @@ describe('7. vm.createGuestMemfd() at the fd limit', () => {
     openKvm(ctx).close();
     const r = await child<{ byFree: unknown[] }>(`
       ${FILLER}
-      import { Kvm } from ${dist('kvm')};
+      import { Kvm } from ${dist('kvm/kvm')};
       const vm = Kvm.open().createVm();
       const byFree = [];
       for (const k of [0, 1, 2]) {
@@ -285,7 +285,7 @@ describe('8. a Kvm, Vm or Vcpu made with one fd slot free is released with its W
     const worker = writeModule('last-slot', `
       import { parentPort, workerData } from 'node:worker_threads';
       ${FILLER}
-      import { Kvm } from ${dist('kvm')};
+      import { Kvm } from ${dist('kvm/kvm')};
       const kvm = Kvm.open();
       const vm = kvm.createVm();
       // A vCPU needs 2 (its fd and its runner's): then no slot is left for the record. 'warm': room.
@@ -325,9 +325,9 @@ describe('9. a Worker\'s vcpu.run() begun while no thread can start can still be
     }
     const worker = writeModule('unwatched', `
       import { parentPort } from 'node:worker_threads';
-      import { Kvm } from ${dist('kvm')};
-      import { bootGuest } from ${dist('x86')};
-      import { guestImage } from ${dist('guest-images')};
+      import { Kvm } from ${dist('kvm/kvm')};
+      import { bootGuest } from ${dist('guest/boot')};
+      import { guestImage } from ${dist('guest/images')};
       const vm = Kvm.open().createVm();
       const g = vm.createGuestMemfd({ size: 4 << 20, flags: 3n });
       vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: g.map(), guestMemfd: g });
@@ -372,7 +372,7 @@ describe('10. messages a peer sent before it died are received before ERR_KVM_PE
     const py = await needPython(ctx);
     const r = await child<{ seen: string[] }>(`
       import { spawn } from 'node:child_process';
-      import { FdChannel } from ${dist('fd-channel')};
+      import { FdChannel } from ${dist('ipc/channel')};
       const [here, there] = FdChannel.pair();
       here.send('never read');
       const peer = spawn(${JSON.stringify(py)}, ['-c', [

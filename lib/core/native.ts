@@ -225,7 +225,7 @@ export interface NativeAddon {
 /** The addon file this process loads: $KVM_GMEM_ADDON, else the node-gyp build. */
 export const addonPath: string = process.env.KVM_GMEM_ADDON
   ? resolve(process.env.KVM_GMEM_ADDON)
-  : resolve(dirname(fileURLToPath(import.meta.url)), '..', 'build', 'Release', 'kvm_gmem.node');
+  : resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'kvm_gmem.node');
 
 /** The build directory holding the addon; the guest images are built beside it (guest/). */
 export const addonDir: string = dirname(addonPath);

@@ -5,9 +5,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { types } from 'node:util';
-import { GuestMemoryFaultError, KvmStateError } from './errors.js';
-import { native, type NativeFault, type NativeMapping } from './native.js';
-import { checkU64, describe, options, u32, u64 } from './numbers.js';
+import { GuestMemoryFaultError, KvmStateError } from '../core/errors.js';
+import { native, type NativeFault, type NativeMapping } from '../core/native.js';
+import { checkU64, describe, options, u32, u64 } from '../core/numbers.js';
 
 /** Node 20's largest ArrayBuffer (buffer.constants.MAX_LENGTH): the largest mapping exposed. */
 export const MAX_MAPPING_LENGTH: number = native.limits.maxMappingLength;

@@ -24,7 +24,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { addonDir } from './native.js';
+import { addonDir } from '../core/native.js';
 
 /**
  * The guest programs built with the addon, one per guest/<name>.S. All arguments are

@@ -4,10 +4,10 @@
  */
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { loadExpectations, type ExpectationFile } from './expect.js';
-import { probeHost } from './host.js';
-import { filterCases, planSelftests } from './plan.js';
-import { reportJson, runSelftests } from './runner.js';
+import { loadExpectations, type ExpectationFile } from '../selftest/expect.js';
+import { probeHost } from '../selftest/host.js';
+import { filterCases, planSelftests } from '../selftest/plan.js';
+import { reportJson, runSelftests } from '../selftest/runner.js';
 
 /** The expectation file shipped with the package: what `selftest` applies unless told otherwise. */
 export const DEFAULT_EXPECTATIONS = fileURLToPath(new URL('../../lib/selftest/expected-failures.txt', import.meta.url));

@@ -5,8 +5,6 @@
  *   kvm-gmem info [--json] [--device PATH]   what this host's KVM offers guest_memfd users
  *   kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]
  *                                            the selftest suite, KTAP out (lib/selftest/)
- *   kvm-gmem upgrade-experiment [--sizes LIST] [--runs N] [--json] [--chart FILE]
- *                                            live VMM upgrade between two processes (lib/upgrade/)
  *   kvm-gmem exec --kernel IMAGE [VM options] -- COMMAND [ARG...]
  *                                            any command on another kernel (lib/kernel-vm.ts)
  * Every command also takes the VM options (--kernel IMAGE...): it then runs on that kernel.
@@ -14,10 +12,9 @@
  */
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { formatHostInfo, hostInfo } from './info.js';
-import { KernelVmError, runInKernelVm, type KernelVmOptions, type VmAccel } from './kernel-vm.js';
-import { selftestCommand } from './selftest/command.js';
-import { upgradeExperimentCommand } from './upgrade/command.js';
+import { formatHostInfo, hostInfo } from '../host/info.js';
+import { KernelVmError, runInKernelVm, type KernelVmOptions, type VmAccel } from '../host/kernel-vm.js';
+import { selftestCommand } from './selftest.js';
 
 const USAGE = `usage: kvm-gmem <command> [options]
 
@@ -28,9 +25,6 @@ commands:
                                   the kernel's guest_memfd selftests mirrored, plus the
                                   lifecycle cases; KTAP on stdout, progress on stderr when
                                   stdout is not a terminal; exit 0 pass, 1 fail, 4 all skipped
-  upgrade-experiment [--sizes LIST] [--runs N] [--json] [--chart FILE]
-                                  hand a running guest from one VMM process to another over a
-                                  Unix socket; the blackout per memory size (see --help there)
 
   exec --kernel IMAGE [VM options] -- COMMAND [ARG...]
                                   run any command on that kernel (e.g. npx vitest run)
@@ -146,7 +140,6 @@ async function main(argv: string[]): Promise<number> {
   if (vm) return inVm(vm, [process.execPath, fileURLToPath(import.meta.url), command, ...rest]);
   if (command === 'info') return info(rest);
   if (command === 'selftest') return selftestCommand(rest);
-  if (command === 'upgrade-experiment') return upgradeExperimentCommand(rest);
   process.stderr.write(`kvm-gmem: unknown command '${command}'\n\n${USAGE}`);
   return 2;
 }

@@ -4,9 +4,9 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { arch, release } from 'node:os';
-import { Cap, GuestMemfdFlag, VmType, decodeBits, type CapName } from './constants.js';
-import { KvmError } from './errors.js';
-import { Kvm, KVM_DEVICE } from './kvm.js';
+import { Cap, GuestMemfdFlag, VmType, decodeBits, type CapName } from '../core/constants.js';
+import { KvmError } from '../core/errors.js';
+import { Kvm, KVM_DEVICE } from '../kvm/kvm.js';
 
 /** One capability as the system fd and a default VM report it. */
 export interface CapabilityInfo {

@@ -17,10 +17,10 @@
  * @module
  * @internal
  */
-import { FdChannel } from '../fd-channel.js';
-import { guestImage } from '../guest-images.js';
-import { Kvm } from '../kvm.js';
-import { bootGuest } from '../x86.js';
+import { FdChannel } from '../../lib/ipc/channel.js';
+import { guestImage } from '../../lib/guest/images.js';
+import { Kvm } from '../../lib/kvm/kvm.js';
+import { bootGuest } from '../../lib/guest/boot.js';
 import {
   GMEM_FLAGS, GuestLoop, Layout, MiB, Tag, control, guestArgs, logLine, msBetween, now, readState,
   stateToJson, tell, vmmEntry, writePattern, type HandoverAck, type HandoverPayload, type OldVmmConfig,

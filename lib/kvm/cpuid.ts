@@ -4,8 +4,8 @@
  * `vcpu.getCpuid2()`).
  * @module
  */
-import { native } from './native.js';
-import { u32 } from './numbers.js';
+import { native } from '../core/native.js';
+import { u32 } from '../core/numbers.js';
 
 /** One CPUID leaf (and subleaf) as KVM describes it: struct kvm_cpuid_entry2, padding left out. */
 export interface CpuidEntry {

@@ -3,11 +3,11 @@
  * @module
  */
 import { decodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmError } from './errors.js';
-import { VmType } from './constants.js';
-import { native } from './native.js';
-import { u32 } from './numbers.js';
-import { FdResource } from './resource.js';
+import { KvmError } from '../core/errors.js';
+import { VmType } from '../core/constants.js';
+import { native } from '../core/native.js';
+import { u32 } from '../core/numbers.js';
+import { FdResource } from '../core/resource.js';
 import { Vm } from './vm.js';
 
 /** The default path of the KVM device. */

@@ -6,7 +6,7 @@
  * IN or an MMIO read; KVM completes the instruction with those bytes on the next run.
  * @module
  */
-import { ExitReason, MemoryFaultFlag, exitReasonName } from './constants.js';
+import { ExitReason, MemoryFaultFlag, exitReasonName } from '../core/constants.js';
 
 /** Byte offsets in struct kvm_run (x86_64), checked against native/uapi/kvm.h by a test. */
 export const RunLayout = {

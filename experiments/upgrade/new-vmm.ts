@@ -20,15 +20,15 @@
  * @module
  * @internal
  */
-import { Cap, Madvise, MemslotFlag, PAGE_SIZE } from '../constants.js';
-import { FdChannel, type ReceivedFd } from '../fd-channel.js';
-import { GuestMemfd } from '../guest-memfd.js';
-import { Kvm } from '../kvm.js';
-import type { Mapping } from '../mapping.js';
-import { native } from '../native.js';
-import { replyUcall, type Ucall } from '../ucall.js';
-import type { Vm } from '../vm.js';
-import { Layout as StateLayout } from '../x86-state.js';
+import { Cap, Madvise, MemslotFlag, PAGE_SIZE } from '../../lib/core/constants.js';
+import { FdChannel, type ReceivedFd } from '../../lib/ipc/channel.js';
+import { GuestMemfd } from '../../lib/kvm/guest-memfd.js';
+import { Kvm } from '../../lib/kvm/kvm.js';
+import type { Mapping } from '../../lib/memory/mapping.js';
+import { native } from '../../lib/core/native.js';
+import { replyUcall, type Ucall } from '../../lib/guest/ucall.js';
+import type { Vm } from '../../lib/kvm/vm.js';
+import { Layout as StateLayout } from '../../lib/kvm/x86-state.js';
 import {
   GMEM_FLAGS, GuestLoop, Layout, MiB, Op, Tag, attempt, checkPattern, control, dataPages, logLine,
   msBetween, now, stateFromJson, tell, vmmEntry, writeState, type HandoverAck, type HandoverPayload,

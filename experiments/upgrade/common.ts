@@ -5,14 +5,14 @@
  * @module
  * @internal
  */
-import { GuestMemfdFlag, PAGE_SIZE } from '../constants.js';
-import { KvmError } from '../errors.js';
-import { getUcall, GuestAssertionError, UnexpectedExitError, type Ucall } from '../ucall.js';
-import { CONSOLE_PORT } from '../guest-images.js';
-import type { VcpuExit } from '../exits.js';
-import type { Vcpu } from '../vcpu.js';
-import type { CpuidEntry } from '../cpuid.js';
-import type { Fpu, Regs, Sregs } from '../x86-state.js';
+import { GuestMemfdFlag, PAGE_SIZE } from '../../lib/core/constants.js';
+import { KvmError } from '../../lib/core/errors.js';
+import { getUcall, GuestAssertionError, UnexpectedExitError, type Ucall } from '../../lib/guest/ucall.js';
+import { CONSOLE_PORT } from '../../lib/guest/images.js';
+import type { VcpuExit } from '../../lib/kvm/exits.js';
+import type { Vcpu } from '../../lib/kvm/vcpu.js';
+import type { CpuidEntry } from '../../lib/kvm/cpuid.js';
+import type { Fpu, Regs, Sregs } from '../../lib/kvm/x86-state.js';
 
 /** Bytes in a MiB. */
 export const MiB = 1024 * 1024;

@@ -9,12 +9,12 @@
  * rather than in code nobody wrote.
  * @module
  */
-import { PAGE_SIZE } from './constants.js';
-import type { CpuidEntry } from './cpuid.js';
-import { checkU64, options, u64 } from './numbers.js';
-import type { Vcpu } from './vcpu.js';
-import type { Vm } from './vm.js';
-import type { Segment } from './x86-state.js';
+import { PAGE_SIZE } from '../core/constants.js';
+import type { CpuidEntry } from '../kvm/cpuid.js';
+import { checkU64, options, u64 } from '../core/numbers.js';
+import type { Vcpu } from '../kvm/vcpu.js';
+import type { Vm } from '../kvm/vm.js';
+import type { Segment } from '../kvm/x86-state.js';
 
 /** Control-register and EFER bits (Intel SDM vol. 3, 2.5). */
 export const X86 = {

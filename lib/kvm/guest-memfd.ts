@@ -3,14 +3,14 @@
  * allocates, punches and (with GuestMemfdFlag.MMAP) maps.
  * @module
  */
-import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from './constants.js';
-import { KvmStateError } from './errors.js';
-import { receivedFdOf, type ReceivedFd } from './fd-channel.js';
-import { fdFacts } from './fd-identity.js';
-import { Mapping, checkLength, checkMappingRoom } from './mapping.js';
-import { MapSharedFlag, native } from './native.js';
-import { checkU64, describe, fdNumber, off, options, u64 } from './numbers.js';
-import { FdResource, identityOf, refuseOwned } from './resource.js';
+import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from '../core/constants.js';
+import { KvmStateError } from '../core/errors.js';
+import { receivedFdOf, type ReceivedFd } from '../ipc/channel.js';
+import { fdFacts } from '../core/fd-identity.js';
+import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
+import { MapSharedFlag, native } from '../core/native.js';
+import { checkU64, describe, fdNumber, off, options, u64 } from '../core/numbers.js';
+import { FdResource, identityOf, refuseOwned } from '../core/resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
 export interface GuestMemfdStat {

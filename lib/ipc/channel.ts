@@ -15,15 +15,15 @@
  */
 import { lstatSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
 import { getSystemErrorMap } from 'node:util';
-import { KvmError, KvmStateError } from './errors.js';
-import { ANON_INODE_FS_MAGIC, fdFacts, type FdFacts, type FdKind } from './fd-identity.js';
-import type { GuestMemfd } from './guest-memfd.js';
-import type { Kvm } from './kvm.js';
-import { native, type NativeFdWatch, type NativeMessage } from './native.js';
-import { describe, fdNumber, options } from './numbers.js';
-import { FdResource, claimFd, identityOf, ownFd, refuseOwned, releaseFd } from './resource.js';
-import type { Vcpu } from './vcpu.js';
-import type { Vm } from './vm.js';
+import { KvmError, KvmStateError } from '../core/errors.js';
+import { ANON_INODE_FS_MAGIC, fdFacts, type FdFacts, type FdKind } from '../core/fd-identity.js';
+import type { GuestMemfd } from '../kvm/guest-memfd.js';
+import type { Kvm } from '../kvm/kvm.js';
+import { native, type NativeFdWatch, type NativeMessage } from '../core/native.js';
+import { describe, fdNumber, options } from '../core/numbers.js';
+import { FdResource, claimFd, identityOf, ownFd, refuseOwned, releaseFd } from '../core/resource.js';
+import type { Vcpu } from '../kvm/vcpu.js';
+import type { Vm } from '../kvm/vm.js';
 
 /** The most fds one message may carry, on send and (by default) on receive. */
 export const MAX_FDS = 64;

@@ -21,8 +21,8 @@ import { existsSync } from 'node:fs';
 import { availableParallelism, arch, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FdChannel } from '../fd-channel.js';
-import { hostPaging } from '../info.js';
+import { FdChannel } from '../../lib/ipc/channel.js';
+import { hostPaging } from '../../lib/host/info.js';
 import {
   MIN_SIZE, MiB, dataPages, msBetween, now, type ControlMessage, type FilledBy, type NewReady,
   type NewResult, type NewResumed, type NewVmmConfig, type OldAcked, type OldReady, type OldSent,

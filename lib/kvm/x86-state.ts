@@ -8,7 +8,7 @@
  * a safe-integer number or a bigint on the way in; narrower fields are numbers.
  * @module
  */
-import { checkU64 } from './numbers.js';
+import { checkU64 } from '../core/numbers.js';
 
 /** General-purpose registers (struct kvm_regs). Every field is a u64. */
 export interface Regs {

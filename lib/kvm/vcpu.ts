@@ -4,11 +4,11 @@
  */
 import { availableParallelism } from 'node:os';
 import { decodeCpuid, encodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmStateError, kvmErrorFromErrno } from './errors.js';
+import { KvmStateError, kvmErrorFromErrno } from '../core/errors.js';
 import { decodeExit, type ExitViews, type VcpuExit } from './exits.js';
-import { native, type NativeVcpuRunner } from './native.js';
-import { options } from './numbers.js';
-import { FdResource } from './resource.js';
+import { native, type NativeVcpuRunner } from '../core/native.js';
+import { options } from '../core/numbers.js';
+import { FdResource } from '../core/resource.js';
 import type { Vm } from './vm.js';
 import {
   decodeFpu, decodeRegs, decodeSregs, encodeFpu, encodeRegs, encodeSregs, Layout,

@@ -7,12 +7,12 @@
  * write a reply into its args, and runs the vCPU again.
  * @module
  */
-import type { VcpuExit } from './exits.js';
+import type { VcpuExit } from '../kvm/exits.js';
 import {
   CONSOLE_PORT, UCALL_MAX_ARGS, UCALL_MSG_LEN, UCALL_PORT, UCALL_STRUCT_SIZE, UcallCmd, UcallOffset,
-} from './guest-images.js';
-import { checkU64 } from './numbers.js';
-import type { RunAsyncOptions, Vcpu } from './vcpu.js';
+} from './images.js';
+import { checkU64 } from '../core/numbers.js';
+import type { RunAsyncOptions, Vcpu } from '../kvm/vcpu.js';
 
 /** A decoded guest call. */
 export interface Ucall {

@@ -3,12 +3,12 @@
  * @module
  */
 import type { CpuidEntry } from './cpuid.js';
-import { MemslotFlag } from './constants.js';
+import { MemslotFlag } from '../core/constants.js';
 import { GuestMemfd } from './guest-memfd.js';
-import { mappingRange, rangeHolders, type Mapping } from './mapping.js';
-import { native } from './native.js';
-import { checkU64, describe, fdNumber, options, u32, u64 } from './numbers.js';
-import { claimFd, FdResource, ownFd, releaseFd } from './resource.js';
+import { mappingRange, rangeHolders, type Mapping } from '../memory/mapping.js';
+import { native } from '../core/native.js';
+import { checkU64, describe, fdNumber, options, u32, u64 } from '../core/numbers.js';
+import { claimFd, FdResource, ownFd, releaseFd } from '../core/resource.js';
 import { Vcpu, VCPU_TOKEN } from './vcpu.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
