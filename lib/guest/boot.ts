@@ -15,6 +15,7 @@ import { checkU64, options, u64 } from '../core/numbers.js';
 import type { Vcpu } from '../kvm/vcpu.js';
 import type { Vm } from '../kvm/vm.js';
 import type { Segment } from '../kvm/x86-state.js';
+import { argTypeError, argRangeError } from '../core/errors.js';
 
 /** Control-register and EFER bits (Intel SDM vol. 3, 2.5). */
 export const X86 = {
@@ -58,7 +59,7 @@ export function pageTablesSize(identityMapSize: number | bigint = GIB): bigint {
 function checkMapSize(value: number | bigint): bigint {
   const size = u64(value, 'identityMapSize');
   if (size === 0n || size % LARGE_PAGE !== 0n || size > 512n * GIB) {
-    throw new RangeError(`The "identityMapSize" argument must be a non-zero multiple of 2 MiB up to 512 GiB; received ${size}`);
+    throw argRangeError(`The "identityMapSize" argument must be a non-zero multiple of 2 MiB up to 512 GiB; received ${size}`);
   }
   return size;
 }
@@ -76,7 +77,7 @@ function checkMapSize(value: number | bigint): bigint {
 export function setupLongMode(vcpu: Vcpu, opts: LongModeOptions): { start: bigint; end: bigint } {
   const o = options(opts, 'options');
   const base = u64(o.pageTables, 'pageTables');
-  if (base % BigInt(PAGE_SIZE) !== 0n) throw new RangeError(`The "pageTables" address must be page-aligned; received 0x${base.toString(16)}`);
+  if (base % BigInt(PAGE_SIZE) !== 0n) throw argRangeError(`The "pageTables" address must be page-aligned; received 0x${base.toString(16)}`);
   const mapSize = checkMapSize((o.identityMapSize as number | bigint | undefined) ?? GIB);
   const size = pageTablesSize(mapSize);
   const cpuid = o.cpuid as readonly CpuidEntry[] | undefined;
@@ -123,7 +124,7 @@ export function setupLongMode(vcpu: Vcpu, opts: LongModeOptions): { start: bigin
  * @throws RangeError if no memslot with a Mapping covers [gpa, gpa + image.length)
  */
 export function loadImage(vm: Vm, image: Uint8Array, gpa: number | bigint): void {
-  if (!(image instanceof Uint8Array)) throw new TypeError('The "image" argument must be a Uint8Array');
+  if (!(image instanceof Uint8Array)) throw argTypeError('The "image" argument must be a Uint8Array');
   vm.guestMemory(gpa, image.length).set(image);
 }
 
@@ -147,7 +148,7 @@ export function setEntry(vcpu: Vcpu, opts: EntryOptions): void {
   const o = options(opts, 'options');
   const args = (o.args ?? []) as readonly unknown[];
   if (!Array.isArray(args) || args.length > ARG_REGS.length) {
-    throw new TypeError(`The "args" option must be an array of at most ${ARG_REGS.length} numbers`);
+    throw argTypeError(`The "args" option must be an array of at most ${ARG_REGS.length} numbers`);
   }
   const regs = vcpu.getRegs();
   for (const k of Object.keys(regs) as (keyof typeof regs)[]) regs[k] = 0n;

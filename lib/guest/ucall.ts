@@ -13,6 +13,7 @@ import {
 } from './images.js';
 import { checkU64 } from '../core/numbers.js';
 import type { RunAsyncOptions, Vcpu } from '../kvm/vcpu.js';
+import { argTypeError } from '../core/errors.js';
 
 /** A decoded guest call. */
 export interface Ucall {
@@ -61,7 +62,7 @@ export function getUcall(vcpu: Vcpu, exit: VcpuExit): Ucall | undefined {
  */
 export function replyUcall(vcpu: Vcpu, ucall: Ucall, args: readonly (number | bigint)[]): void {
   if (!Array.isArray(args) || args.length > UCALL_MAX_ARGS) {
-    throw new TypeError(`The "args" argument must be an array of at most ${UCALL_MAX_ARGS} numbers`);
+    throw argTypeError(`The "args" argument must be an array of at most ${UCALL_MAX_ARGS} numbers`);
   }
   const b = vcpu.vm.guestMemory(ucall.address, UCALL_STRUCT_SIZE);
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);

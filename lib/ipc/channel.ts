@@ -14,8 +14,7 @@
  * @module
  */
 import { lstatSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
-import { getSystemErrorMap } from 'node:util';
-import { KvmError, KvmStateError } from '../core/errors.js';
+import { KvmError, KvmStateError, argRangeError, argTypeError, errnoError } from '../core/errors.js';
 import { ANON_INODE_FS_MAGIC, fdFacts, type FdFacts, type FdKind } from '../core/fd-identity.js';
 import type { GuestMemfd } from '../kvm/guest-memfd.js';
 import type { Kvm } from '../kvm/kvm.js';
@@ -211,9 +210,9 @@ export class FdChannel extends FdResource {
     checkPath(path);
     const o = options(opts, 'options');
     const backlog = o.backlog ?? 16;
-    if (typeof backlog !== 'number') throw new TypeError(`The "options.backlog" option must be an integer; received ${describe(backlog)}`);
+    if (typeof backlog !== 'number') throw argTypeError(`The "options.backlog" option must be an integer; received ${describe(backlog)}`);
     if (!Number.isInteger(backlog) || backlog < 1 || backlog > 0x7fffffff) {
-      throw new RangeError(`The "options.backlog" option must be an integer >= 1; received ${backlog}`);
+      throw argRangeError(`The "options.backlog" option must be an integer >= 1; received ${backlog}`);
     }
     let fd: number;
     try {
@@ -251,7 +250,7 @@ export class FdChannel extends FdResource {
     const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
     const wait = o.waitForListener ?? false;
     if (typeof wait !== 'boolean') {
-      throw new TypeError(`The "options.waitForListener" option must be a boolean; received ${describe(wait)}`);
+      throw argTypeError(`The "options.waitForListener" option must be a boolean; received ${describe(wait)}`);
     }
     for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
       try {
@@ -290,13 +289,13 @@ export class FdChannel extends FdResource {
       t = native.socketType(n);
     } catch (e) {
       if (e instanceof KvmError && e.code === 'ENOTSOCK') {
-        throw coded(new TypeError(`fd ${n} is not a socket (${fdFacts(n).link}); FdChannel.fromFd needs an AF_UNIX SOCK_SEQPACKET socket`), 'ERR_KVM_NOT_SEQPACKET');
+        throw argTypeError(`fd ${n} is not a socket (${fdFacts(n).link}); FdChannel.fromFd needs an AF_UNIX SOCK_SEQPACKET socket`, 'ERR_KVM_NOT_SEQPACKET');
       }
       throw e;
     }
     if (t.domain !== AF_UNIX || t.type !== SOCK_SEQPACKET || t.listening) {
       const what = t.listening ? 'a listening socket' : `a socket of domain ${t.domain}, type ${t.type}`;
-      throw coded(new TypeError(`fd ${n} is ${what}; FdChannel.fromFd needs a connected AF_UNIX SOCK_SEQPACKET socket (domain 1, type 5)`), 'ERR_KVM_NOT_SEQPACKET');
+      throw argTypeError(`fd ${n} is ${what}; FdChannel.fromFd needs a connected AF_UNIX SOCK_SEQPACKET socket (domain 1, type 5)`, 'ERR_KVM_NOT_SEQPACKET');
     }
     if (dup) {
       const copy = native.dupCloexec(n);
@@ -331,10 +330,10 @@ export class FdChannel extends FdResource {
   send(payload: unknown, items: readonly SendItem[] = [], opts: SendOptions = {}): void {
     // Take every argument first (the items, the options, the payload's toJSON), then read the
     // fds: user code run in between could close an item and reuse its number for another file.
-    if (!Array.isArray(items)) throw new TypeError(`The "items" argument must be an array; received ${describe(items)}`);
+    if (!Array.isArray(items)) throw argTypeError(`The "items" argument must be an array; received ${describe(items)}`);
     const count = items.length;
     if (count > MAX_FDS) {
-      throw new RangeError(`The "items" argument must hold at most ${MAX_FDS} fds (MAX_FDS); received ${count}`);
+      throw argRangeError(`The "items" argument must hold at most ${MAX_FDS} fds (MAX_FDS); received ${count}`);
     }
     const list: unknown[] = [];
     for (let i = 0; i < count; i++) list.push(items[i]);
@@ -345,7 +344,7 @@ export class FdChannel extends FdResource {
       const own = ownFd(item, `items[${i}]`); // ERR_KVM_CLOSED for a closed object
       if (own !== undefined) return own;
       if (typeof item === 'number') return fdNumber(item, `items[${i}]`);
-      throw new TypeError(`The "items[${i}]" element must be a GuestMemfd, Vm, Vcpu, Kvm, FdChannel or an fd number; received ${describe(item)}`);
+      throw argTypeError(`The "items[${i}]" element must be a GuestMemfd, Vm, Vcpu, Kvm, FdChannel or an fd number; received ${describe(item)}`);
     });
     const fd = this.open();
     const sent = native.sendMsg(fd, bytes, fds, timeout);
@@ -375,9 +374,9 @@ export class FdChannel extends FdResource {
     const o = options(opts, 'options');
     const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
     const maxFds = o.maxFds ?? MAX_FDS;
-    if (typeof maxFds !== 'number') throw new TypeError(`The "options.maxFds" option must be an integer; received ${describe(maxFds)}`);
+    if (typeof maxFds !== 'number') throw argTypeError(`The "options.maxFds" option must be an integer; received ${describe(maxFds)}`);
     if (!Number.isInteger(maxFds) || maxFds < 0 || maxFds > SCM_MAX_FD) {
-      throw new RangeError(`The "options.maxFds" option must be an integer in [0, ${SCM_MAX_FD}]; received ${maxFds}`);
+      throw argRangeError(`The "options.maxFds" option must be an integer in [0, ${SCM_MAX_FD}]; received ${maxFds}`);
     }
     this.open();
     const before = this.#tail;
@@ -415,7 +414,7 @@ export class FdChannel extends FdResource {
       if (code === WAIT_CLOSED || this.closed) {
         throw new KvmStateError('ERR_KVM_CLOSED', 'FdChannel was closed while receive() was waiting');
       }
-      if (code < 0) throw sysError(-code, 'poll', `fd ${fd}, POLLIN`);
+      if (code < 0) throw errnoError(-code, 'poll', `fd ${fd}, POLLIN`);
     }
   }
 
@@ -458,7 +457,7 @@ export class FdListener extends FdResource {
 
   /** @internal Use FdChannel.listen(). */
   constructor(token: symbol, fd: number, path: string, ino: bigint) {
-    if (token !== LISTENER_TOKEN) throw new TypeError('An FdListener is created by FdChannel.listen(path)');
+    if (token !== LISTENER_TOKEN) throw argTypeError('An FdListener is created by FdChannel.listen(path)');
     super(fd, 'FdListener', identityOf(fd));
     this.path = path;
     this.#ino = ino;
@@ -495,7 +494,7 @@ export class FdListener extends FdResource {
         if (code === WAIT_CLOSED || this.closed) {
           throw new KvmStateError('ERR_KVM_CLOSED', 'FdListener was closed while accept() was waiting');
         }
-        if (code < 0) throw sysError(-code, 'poll', `fd ${fd}, POLLIN`);
+        if (code < 0) throw errnoError(-code, 'poll', `fd ${fd}, POLLIN`);
       }
     } finally {
       done();
@@ -730,22 +729,22 @@ function encodePayload(payload: unknown): Uint8Array {
   try {
     text = JSON.stringify(payload === undefined ? null : payload);
   } catch (e) {
-    throw new TypeError(`The "payload" argument cannot be encoded as JSON: ${(e as Error).message}`, { cause: e });
+    throw argTypeError(`The "payload" argument cannot be encoded as JSON: ${(e as Error).message}`, 'ERR_INVALID_ARG_VALUE', { cause: e });
   }
-  if (text === undefined) throw new TypeError(`The "payload" argument cannot be encoded as JSON; received ${describe(payload)}`);
+  if (text === undefined) throw argTypeError(`The "payload" argument cannot be encoded as JSON; received ${describe(payload)}`);
   const bytes = encoder.encode(text);
   if (bytes.length > MAX_PAYLOAD) {
-    throw new RangeError(`The "payload" argument must encode to at most ${MAX_PAYLOAD} bytes of JSON (MAX_PAYLOAD); it takes ${bytes.length}`);
+    throw argRangeError(`The "payload" argument must encode to at most ${MAX_PAYLOAD} bytes of JSON (MAX_PAYLOAD); it takes ${bytes.length}`);
   }
   return bytes;
 }
 
 function checkPath(path: unknown): asserts path is string {
-  if (typeof path !== 'string') throw new TypeError(`The "path" argument must be a string; received ${describe(path)}`);
-  if (path.length === 0 || path.includes('\0')) throw new TypeError('The "path" argument must be a non-empty string without NUL bytes');
+  if (typeof path !== 'string') throw argTypeError(`The "path" argument must be a string; received ${describe(path)}`);
+  if (path.length === 0 || path.includes('\0')) throw argTypeError('The "path" argument must be a non-empty string without NUL bytes');
   const n = Buffer.byteLength(path);
   if (n > MAX_PATH_BYTES) {
-    throw new RangeError(`The "path" argument must be at most ${MAX_PATH_BYTES} bytes (a Unix socket path); received ${n}`);
+    throw argRangeError(`The "path" argument must be at most ${MAX_PATH_BYTES} bytes (a Unix socket path); received ${n}`);
   }
 }
 
@@ -758,10 +757,10 @@ function deadlineOf(value: unknown, name: string): number {
 
 /** A timeout in milliseconds for native code: -1 for Infinity, else an integer in [0, 2^31). */
 function timeoutArg(value: unknown, name: string): number {
-  if (typeof value !== 'number') throw new TypeError(`The "${name}" option must be a number of milliseconds; received ${describe(value)}`);
+  if (typeof value !== 'number') throw argTypeError(`The "${name}" option must be a number of milliseconds; received ${describe(value)}`);
   if (value === Infinity) return -1;
   if (!(value >= 0) || !Number.isFinite(value)) {
-    throw new RangeError(`The "${name}" option must be >= 0 (or Infinity); received ${value}`);
+    throw argRangeError(`The "${name}" option must be >= 0 (or Infinity); received ${value}`);
   }
   return Math.min(Math.ceil(value), 0x7fffffff);
 }
@@ -787,15 +786,7 @@ function staleSocket(path: string): string | undefined {
 /** A boolean option (default false). */
 function boolOption(value: unknown, name: string): boolean {
   if (value === undefined) return false;
-  if (typeof value !== 'boolean') throw new TypeError(`The "${name}" option must be a boolean; received ${describe(value)}`);
+  if (typeof value !== 'boolean') throw argTypeError(`The "${name}" option must be a boolean; received ${describe(value)}`);
   return value;
 }
 
-function coded<E extends Error>(e: E, code: string): E & { code: string } {
-  return Object.assign(e, { code });
-}
-
-function sysError(errno: number, syscall: string, detail: string): KvmError {
-  const description = getSystemErrorMap().get(-errno)?.[1] ?? `errno ${errno}`;
-  return new KvmError({ errno, syscall, detail, description });
-}

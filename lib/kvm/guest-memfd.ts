@@ -4,7 +4,7 @@
  * @module
  */
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from '../core/constants.js';
-import { KvmStateError } from '../core/errors.js';
+import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
 import { receivedFdOf, type ReceivedFd } from '../ipc/channel.js';
 import { fdFacts } from '../core/fd-identity.js';
 import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
@@ -127,32 +127,30 @@ export class GuestMemfd extends FdResource {
     // Take every argument before looking at the fd: a getter could close or reuse it.
     const received = receivedFdOf(fd);
     if (received === undefined && typeof fd === 'object' && fd !== null) {
-      throw new TypeError(`The "fd" argument must be a file descriptor or a ReceivedFd of this library; received ${describe(fd)}`);
+      throw argTypeError(`The "fd" argument must be a file descriptor or a ReceivedFd of this library; received ${describe(fd)}`);
     }
     const n = received ? received.fd : fdNumber(fd, 'fd');
     const o = options(opts, 'options');
     const size = u64(o.size, 'options.size');
     const flags = u64(o.flags, 'options.flags');
     const dup = o.dup ?? false;
-    if (typeof dup !== 'boolean') throw new TypeError(`The "options.dup" option must be a boolean; received ${describe(dup)}`);
+    if (typeof dup !== 'boolean') throw argTypeError(`The "options.dup" option must be a boolean; received ${describe(dup)}`);
     // No user code runs from here on.
     if (received?.closed) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${n} was already taken or closed`);
     const st = native.fstat(n); // EBADF for a closed fd
     const facts = fdFacts(n);
     if (facts.kind !== 'guest_memfd') {
-      throw Object.assign(
-        new TypeError(
+      throw argTypeError(
           `fd ${n} is not a guest_memfd: /proc/self/fd/${n} is '${facts.link}' on a filesystem with magic ` +
             `0x${facts.fsMagic.toString(16)}`,
-        ),
-        { code: 'ERR_KVM_NOT_GUEST_MEMFD' },
-      );
+          'ERR_KVM_NOT_GUEST_MEMFD',
+        );
     }
     if (st.size !== size) {
-      throw Object.assign(
-        new RangeError(`guest_memfd fd ${n} has ${st.size} bytes (fstat), not the ${size} claimed`),
-        { code: 'ERR_KVM_SIZE_MISMATCH' },
-      );
+      throw argRangeError(
+          `guest_memfd fd ${n} has ${st.size} bytes (fstat), not the ${size} claimed`,
+          'ERR_KVM_SIZE_MISMATCH',
+        );
     }
     let mappable: boolean | undefined;
     if (size > 0n) {
@@ -160,12 +158,10 @@ export class GuestMemfd extends FdResource {
       mappable = probe === 0 ? true : probe === ENODEV ? false : undefined;
       const claimed = (flags & GuestMemfdFlag.MMAP) !== 0n;
       if (mappable !== undefined && mappable !== claimed) {
-        throw Object.assign(
-          new RangeError(
-            `guest_memfd fd ${n} ${mappable ? 'can' : 'cannot'} be mapped, but the flags claimed (0x${flags.toString(16)}) say ` +
+        throw argRangeError(
+          `guest_memfd fd ${n} ${mappable ? 'can' : 'cannot'} be mapped, but the flags claimed (0x${flags.toString(16)}) say ` +
               `it was created ${claimed ? 'with' : 'without'} GuestMemfdFlag.MMAP`,
-          ),
-          { code: 'ERR_KVM_FLAGS_MISMATCH' },
+          'ERR_KVM_FLAGS_MISMATCH',
         );
       }
     }
@@ -176,13 +172,11 @@ export class GuestMemfd extends FdResource {
       const claimed = (flags & GuestMemfdFlag.INIT_SHARED) !== 0n;
       const shared = hostCanRead(n);
       if (shared !== claimed) {
-        throw Object.assign(
-          new RangeError(
-            `guest_memfd fd ${n} holds ${shared ? 'shared' : 'private'} memory (a guarded read of its first page ` +
+        throw argRangeError(
+          `guest_memfd fd ${n} holds ${shared ? 'shared' : 'private'} memory (a guarded read of its first page ` +
               `${shared ? 'worked' : 'faulted'}), but the flags claimed (0x${flags.toString(16)}) say it was created ` +
               `${claimed ? 'with' : 'without'} GuestMemfdFlag.INIT_SHARED`,
-          ),
-          { code: 'ERR_KVM_FLAGS_MISMATCH' },
+          'ERR_KVM_FLAGS_MISMATCH',
         );
       }
     }
@@ -255,7 +249,7 @@ export class GuestMemfd extends FdResource {
     const l = checkLength(length ?? (this.size > o ? this.size - o : 0n));
     const { beyondEnd, align } = checkMapOptions(opts);
     if (o + l > this.size && !beyondEnd) {
-      throw new RangeError(
+      throw argRangeError(
         `The range [${o}, ${o + l}) extends past the end of the guest_memfd (size ${this.size}); ` +
           'a host access there would raise SIGBUS (pass { beyondEnd: true } to map it anyway)',
       );
@@ -295,12 +289,12 @@ function checkMapOptions(value: unknown): { beyondEnd: boolean; align: bigint } 
   const opts = options(value, 'options');
   const beyondEnd = opts.beyondEnd ?? false;
   if (typeof beyondEnd !== 'boolean') {
-    throw new TypeError(`The "options.beyondEnd" option must be a boolean; received ${describe(beyondEnd)}`);
+    throw argTypeError(`The "options.beyondEnd" option must be a boolean; received ${describe(beyondEnd)}`);
   }
   if (opts.align === undefined) return { beyondEnd, align: 0n };
   const align = BigInt(checkU64(opts.align, 'options.align'));
   if (align < BigInt(PAGE_SIZE) || align > MAX_ALIGN || (align & (align - 1n)) !== 0n) {
-    throw new RangeError(
+    throw argRangeError(
       `The "options.align" option must be a power of two in [${PAGE_SIZE}, 2^30]; received ${align}`,
     );
   }

@@ -3,7 +3,7 @@
  * @module
  */
 import { decodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmError } from '../core/errors.js';
+import { KvmError, argTypeError } from '../core/errors.js';
 import { VmType } from '../core/constants.js';
 import { native } from '../core/native.js';
 import { u32 } from '../core/numbers.js';
@@ -56,7 +56,7 @@ export class Kvm extends FdResource {
    * KVM_GET_API_VERSION) if the path is not a KVM device
    */
   static open(path: string = KVM_DEVICE): Kvm {
-    if (typeof path !== 'string') throw new TypeError('The "path" argument must be a string');
+    if (typeof path !== 'string') throw argTypeError('The "path" argument must be a string');
     let fd: number;
     try {
       fd = native.open(path);

@@ -4,7 +4,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { decodeCpuid, encodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmStateError, kvmErrorFromErrno } from '../core/errors.js';
+import { KvmStateError, errnoError, argTypeError } from '../core/errors.js';
 import { decodeExit, type ExitViews, type VcpuExit } from './exits.js';
 import { native, type NativeVcpuRunner } from '../core/native.js';
 import { options } from '../core/numbers.js';
@@ -56,7 +56,7 @@ export class Vcpu extends FdResource {
   /** @internal Use vm.createVcpu(). */
   constructor(token: symbol, fd: number, id: number, vm: Vm, runSize: number) {
     // Only vm.createVcpu() makes these: a second Vcpu over the same fd would be a second runner.
-    if (token !== VCPU_TOKEN) throw new TypeError('A Vcpu is created by vm.createVcpu(id)');
+    if (token !== VCPU_TOKEN) throw argTypeError('A Vcpu is created by vm.createVcpu(id)');
     const runner = new native.VcpuRunner(fd, runSize);
     super(fd, 'Vcpu');
     this.id = id;
@@ -178,7 +178,7 @@ export class Vcpu extends FdResource {
   runAsync(opts: RunAsyncOptions = {}): Promise<VcpuExit> {
     const signal = options(opts, 'options').signal as AbortSignal | undefined;
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw new TypeError('The "options.signal" argument must be an AbortSignal');
+      throw argTypeError('The "options.signal" argument must be an AbortSignal');
     }
     this.#idle();
     if (signal?.aborted) return Promise.reject(signal.reason);
@@ -249,7 +249,7 @@ export class Vcpu extends FdResource {
   #decode(status: number): VcpuExit {
     const exit = decodeExit(this.#page, this.#buffer, status, this.#views);
     if (exit) return exit;
-    throw kvmErrorFromErrno(status, 'ioctl', 'KVM_RUN', `vcpu ${this.id}`);
+    throw errnoError(status, 'ioctl', `vcpu ${this.id}`, 'KVM_RUN');
   }
 
   /** The fd, if the vCPU is open and not running. */

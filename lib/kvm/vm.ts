@@ -10,6 +10,7 @@ import { native } from '../core/native.js';
 import { checkU64, describe, fdNumber, options, u32, u64 } from '../core/numbers.js';
 import { claimFd, FdResource, ownFd, releaseFd } from '../core/resource.js';
 import { Vcpu, VCPU_TOKEN } from './vcpu.js';
+import { argTypeError, argRangeError } from '../core/errors.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
 export interface GuestMemfdOptions {
@@ -187,7 +188,7 @@ export class Vm extends FdResource {
       const at = Number(start - m.guestPhysAddr);
       return m.mapping.bytes.subarray(at, at + len);
     }
-    throw new RangeError(
+    throw argRangeError(
       `No memslot with a host Mapping covers guest memory [0x${start.toString(16)}, 0x${(start + BigInt(len)).toString(16)})`,
     );
   }
@@ -256,7 +257,7 @@ export class Vm extends FdResource {
     if (gmIn !== undefined) {
       const own = ownFd(gmIn, 'guestMemfd'); // ERR_KVM_CLOSED if it was closed
       if (own === undefined) {
-        if (typeof gmIn !== 'number') throw new TypeError(`The "guestMemfd" argument must be a GuestMemfd or an fd number; received ${describe(gmIn)}`);
+        if (typeof gmIn !== 'number') throw argTypeError(`The "guestMemfd" argument must be a GuestMemfd or an fd number; received ${describe(gmIn)}`);
         gm = gmemFd = gmIn;
       } else {
         gm = gmIn as GuestMemfd;
@@ -345,7 +346,7 @@ function userspaceAddr(value: unknown, size: bigint): [bigint, Mapping | undefin
   const m = mappingRange(value, 'userspaceAddr'); // ERR_KVM_CLOSED for a closed Mapping
   if (m !== undefined) {
     if (BigInt(m.length) < size) {
-      throw new RangeError(`The "userspaceAddr" Mapping is ${m.length} bytes, shorter than memorySize ${size}`);
+      throw argRangeError(`The "userspaceAddr" Mapping is ${m.length} bytes, shorter than memorySize ${size}`);
     }
     return [m.address, value as Mapping];
   }
