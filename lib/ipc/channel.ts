@@ -229,7 +229,7 @@ export class FdChannel extends FdResource {
       fd = native.unixListen(path, backlog);
     }
     try {
-      return new FdListener(LISTENER_TOKEN, fd, path, statSync(path, { bigint: true }).ino);
+      return FdListener.fromBound(fd, path, statSync(path, { bigint: true }).ino);
     } catch (e) {
       native.close(fd);
       throw e;
@@ -441,9 +441,6 @@ export class FdChannel extends FdResource {
   }
 }
 
-/** @internal */
-const LISTENER_TOKEN: unique symbol = Symbol('kvm-gmem FdListener');
-
 /**
  * A listening AF_UNIX SOCK_SEQPACKET socket bound to a path (`FdChannel.listen()`); each
  * `accept()` gives the FdChannel of one connection. close() also removes the socket file.
@@ -455,12 +452,15 @@ export class FdListener extends FdResource {
   #watch: NativeFdWatch | undefined;
   #tail: Promise<void> = Promise.resolve();
 
-  /** @internal Use FdChannel.listen(). */
-  constructor(token: symbol, fd: number, path: string, ino: bigint) {
-    if (token !== LISTENER_TOKEN) throw argTypeError('An FdListener is created by FdChannel.listen(path)');
+  private constructor(fd: number, path: string, ino: bigint) {
     super(fd, 'FdListener', identityOf(fd));
     this.path = path;
     this.#ino = ino;
+  }
+
+  /** @internal The listener of a socket just bound to `path` (`FdChannel.listen()`). */
+  static fromBound(fd: number, path: string, ino: bigint): FdListener {
+    return new FdListener(fd, path, ino);
   }
 
   /**

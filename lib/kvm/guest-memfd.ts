@@ -88,11 +88,15 @@ export class GuestMemfd extends FdResource {
   /** The GuestMemfdFlag bits given at creation. */
   readonly flags: bigint;
 
-  /** @internal Use vm.createGuestMemfd(). */
-  constructor(fd: number, size: bigint, flags: bigint) {
+  private constructor(fd: number, size: bigint, flags: bigint) {
     super(fd, 'GuestMemfd', identityOf(fd));
     this.size = size;
     this.flags = flags;
+  }
+
+  /** @internal The GuestMemfd of a fd KVM_CREATE_GUEST_MEMFD just made (`vm.createGuestMemfd()`). */
+  static fromCreated(fd: number, size: bigint, flags: bigint): GuestMemfd {
+    return new GuestMemfd(fd, size, flags);
   }
 
   /**
@@ -266,7 +270,7 @@ export class GuestMemfd extends FdResource {
         : undefined;
     const flags = beyondEnd ? MapSharedFlag.BEYOND_END : 0;
     checkMappingRoom();
-    return new Mapping(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
+    return Mapping.fromNative(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
   }
 }
 

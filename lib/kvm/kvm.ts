@@ -95,7 +95,7 @@ export class Kvm extends FdResource {
       using again = Kvm.open(this.path);
       return again.getSupportedCpuid();
     };
-    return new Vm(native.createVm(fd, t), t, runSize, cpuid);
+    return Vm.fromCreated(native.createVm(fd, t), t, runSize, cpuid);
   }
 
   /**

@@ -15,9 +15,6 @@ import {
   type Fpu, type Regs, type RegsInput, type Sregs,
 } from './x86-state.js';
 
-/** @internal What vm.createVcpu() passes to the Vcpu constructor. */
-export const VCPU_TOKEN: unique symbol = Symbol('kvm-gmem Vcpu');
-
 /** How long the event loop polls for a run's result before sleeping, in milliseconds. */
 const POLL_MS = 0.05;
 const CAN_POLL = availableParallelism() >= 2;
@@ -53,10 +50,7 @@ export class Vcpu extends FdResource {
   #inFlight = false;
   readonly #views: ExitViews = {};
 
-  /** @internal Use vm.createVcpu(). */
-  constructor(token: symbol, fd: number, id: number, vm: Vm, runSize: number) {
-    // Only vm.createVcpu() makes these: a second Vcpu over the same fd would be a second runner.
-    if (token !== VCPU_TOKEN) throw argTypeError('A Vcpu is created by vm.createVcpu(id)');
+  private constructor(fd: number, id: number, vm: Vm, runSize: number) {
     const runner = new native.VcpuRunner(fd, runSize);
     super(fd, 'Vcpu');
     this.id = id;
@@ -69,6 +63,11 @@ export class Vcpu extends FdResource {
   /** Whether a runAsync() is in flight. */
   get running(): boolean {
     return this.#inFlight;
+  }
+
+  /** @internal The Vcpu of a vCPU fd KVM_CREATE_VCPU made (`vm.createVcpu()`). */
+  static fromCreated(fd: number, id: number, vm: Vm, runSize: number): Vcpu {
+    return new Vcpu(fd, id, vm, runSize);
   }
 
   /** The Linux thread id of this vCPU's own thread, once runAsync() has started it. */

@@ -9,7 +9,7 @@ import { mappingRange, rangeHolders, type Mapping } from '../memory/mapping.js';
 import { native } from '../core/native.js';
 import { checkU64, describe, fdNumber, options, u32, u64 } from '../core/numbers.js';
 import { claimFd, FdResource, ownFd, releaseFd } from '../core/resource.js';
-import { Vcpu, VCPU_TOKEN } from './vcpu.js';
+import { Vcpu } from './vcpu.js';
 import { argTypeError, argRangeError } from '../core/errors.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
@@ -111,15 +111,19 @@ export class Vm extends FdResource {
   // createVcpu() of that id instead of leaving the id taken for good.
   readonly #parked = new Map<number, Parked>();
 
-  /**
-   * @internal Use kvm.createVm(). `runSize` is KVM_GET_VCPU_MMAP_SIZE; `supportedCpuid` asks the
-   * Kvm that created this VM.
-   */
-  constructor(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]) {
+  private constructor(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]) {
     super(fd, 'Vm');
     this.type = type;
     this.#runSize = runSize;
     this.#supportedCpuid = supportedCpuid;
+  }
+
+  /**
+   * @internal The Vm of a VM fd KVM_CREATE_VM just made (`kvm.createVm()`). `runSize` is
+   * KVM_GET_VCPU_MMAP_SIZE; `supportedCpuid` asks the Kvm that created this VM.
+   */
+  static fromCreated(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]): Vm {
+    return new Vm(fd, type, runSize, supportedCpuid);
   }
 
   /**
@@ -146,7 +150,7 @@ export class Vm extends FdResource {
     const fd = parked?.fd ?? native.createVcpu(vmFd, vcpuId);
     let vcpu: Vcpu;
     try {
-      vcpu = new Vcpu(VCPU_TOKEN, fd, vcpuId, this, this.#runSize);
+      vcpu = Vcpu.fromCreated(fd, vcpuId, this, this.#runSize);
     } catch (e) {
       if (!parked) this.#parked.set(vcpuId, { fd, ref: claimFd(fd, this), owned: native.ownFd(fd, false) });
       throw e;
@@ -217,7 +221,7 @@ export class Vm extends FdResource {
     const size = checkU64(o.size, 'size');
     const flags = checkU64(o.flags ?? 0, 'flags');
     const fd = native.createGuestMemfd(this.open(), size, flags);
-    return new GuestMemfd(fd, BigInt(size), BigInt(flags));
+    return GuestMemfd.fromCreated(fd, BigInt(size), BigInt(flags));
   }
 
   /**

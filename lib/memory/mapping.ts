@@ -141,13 +141,12 @@ export class Mapping implements Disposable {
   readonly offset: bigint;
 
   /**
-   * @internal Use GuestMemfd.map() or Mapping.anonymous().
    * @param privateReason set when every host access to the range would fault (SIGBUS): `bytes`
    * is then refused with that reason instead of handing out a view that kills the process.
    * @param pastEofReason set when the range extends past the end of the file: `bytes` is then
    * refused (ERR_KVM_PAST_EOF) with that reason.
    */
-  constructor(m: NativeMapping, offset: bigint, privateReason?: string, pastEofReason?: string) {
+  private constructor(m: NativeMapping, offset: bigint, privateReason?: string, pastEofReason?: string) {
     this.#buffer = m.buffer;
     this.#privateReason = privateReason;
     this.#pastEofReason = pastEofReason;
@@ -157,6 +156,11 @@ export class Mapping implements Disposable {
     const entry: RangeEntry = { address: m.address, end: m.address + BigInt(this.#size), buffer: new WeakRef(m.buffer) };
     ranges.set(m.address, entry);
     rangeGone.register(m.buffer, entry);
+  }
+
+  /** @internal The Mapping of a shared mapping of a file (`GuestMemfd.map()`); parameters as the constructor's. */
+  static fromNative(m: NativeMapping, offset: bigint, privateReason?: string, pastEofReason?: string): Mapping {
+    return new Mapping(m, offset, privateReason, pastEofReason);
   }
 
   static {
