@@ -13,7 +13,7 @@ import {
 } from './images.js';
 import { checkU64 } from '../core/numbers.js';
 import type { RunAsyncOptions, Vcpu } from '../kvm/vcpu.js';
-import { argTypeError } from '../core/errors.js';
+import { argRangeError, argTypeError } from '../core/errors.js';
 
 /** A decoded guest call. */
 export interface Ucall {
@@ -81,16 +81,21 @@ export class GuestAssertionError extends Error {
   }
 }
 
-/** The guest stopped in a way the ucall loop does not handle (see `exit`). */
+/**
+ * The guest stopped in a way the ucall loop does not handle (see `exit`), or made no call in
+ * `maxExits` exits.
+ */
 export class UnexpectedExitError extends Error {
-  /** The exit. */
+  /** The exit (the last one, when the guest made no call in `maxExits` exits). */
   readonly exit: VcpuExit;
-  /** Builds the error from the exit. */
-  constructor(exit: VcpuExit) {
+  /** Builds the error from the exit; `exits` when the loop gave up after that many. */
+  constructor(exit: VcpuExit, exits?: number) {
     const what = exit.reason === 'io' ? `io ${exit.direction} port 0x${exit.port.toString(16)}`
       : exit.reason === 'mmio' ? `mmio ${exit.isWrite ? 'write' : 'read'} at 0x${exit.address.toString(16)}`
       : exit.reason;
-    super(`unexpected vCPU exit: ${what} (exit_reason ${exit.exitReason})`);
+    super(exits === undefined
+      ? `unexpected vCPU exit: ${what} (exit_reason ${exit.exitReason})`
+      : `the guest made no ucall in ${exits} exits (the last: ${what}, exit_reason ${exit.exitReason})`);
     this.name = 'UnexpectedExitError';
     this.exit = exit;
   }
@@ -102,6 +107,14 @@ export interface UcallLoopOptions extends RunAsyncOptions {
   console?: (text: string) => void;
   /** Use the synchronous `run()` instead of `runAsync()`. */
   sync?: boolean;
+  /**
+   * Called with every exit that is neither a ucall nor console output (mmio, intr, hlt...):
+   * return true when it was handled and the vCPU should run on; false makes it an
+   * UnexpectedExitError. It may also throw to end the loop.
+   */
+  onExit?: (exit: VcpuExit) => boolean;
+  /** Give up with UnexpectedExitError after this many exits without a SYNC or DONE call. Default: no limit. */
+  maxExits?: number;
 }
 
 function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefined {
@@ -110,7 +123,10 @@ function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefi
     return undefined;
   }
   const uc = getUcall(vcpu, exit);
-  if (uc === undefined) throw new UnexpectedExitError(exit);
+  if (uc === undefined) {
+    if (o.onExit?.(exit)) return undefined;
+    throw new UnexpectedExitError(exit);
+  }
   if (uc.cmd === 'printf') {
     o.console?.(uc.message);
     return undefined;
@@ -120,24 +136,41 @@ function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefi
 }
 
 /**
- * Runs the vCPU until the guest makes a SYNC or DONE call, and returns it. On the way, console
- * output and PRINTF calls go to `options.console`.
- * @throws (rejects) GuestAssertionError for an ABORT call; UnexpectedExitError for any other
- * exit (mmio, hlt, shutdown...); what runAsync() throws
+ * Runs the vCPU until the guest makes a SYNC or DONE call, and returns it: the one ucall loop
+ * of the library. On the way, console output and PRINTF calls go to `options.console`, other
+ * exits to `options.onExit`.
+ * @throws (rejects) GuestAssertionError for an ABORT call; UnexpectedExitError for an exit
+ * nobody handled (mmio, hlt, shutdown...) or after `maxExits`; what runAsync() throws
  */
 export async function runUntilUcall(vcpu: Vcpu, opts: UcallLoopOptions = {}): Promise<Ucall> {
+  if (opts.sync) return runUntilUcallSync(vcpu, opts);
   const runOpts: RunAsyncOptions = opts.signal ? { signal: opts.signal } : {};
-  for (;;) {
-    const exit = opts.sync ? vcpu.run() : await vcpu.runAsync(runOpts);
+  const max = maxExits(opts);
+  let exit: VcpuExit | undefined;
+  for (let n = 0; n < max; n++) {
+    exit = await vcpu.runAsync(runOpts);
     const uc = handle(vcpu, exit, opts);
     if (uc) return uc;
   }
+  throw new UnexpectedExitError(exit!, max);
 }
 
 /** {@link runUntilUcall} with the synchronous `run()`, returning at once. */
 export function runUntilUcallSync(vcpu: Vcpu, opts: Omit<UcallLoopOptions, 'sync' | 'signal'> = {}): Ucall {
-  for (;;) {
-    const uc = handle(vcpu, vcpu.run(), opts);
+  const max = maxExits(opts);
+  let exit: VcpuExit | undefined;
+  for (let n = 0; n < max; n++) {
+    exit = vcpu.run();
+    const uc = handle(vcpu, exit, opts);
     if (uc) return uc;
   }
+  throw new UnexpectedExitError(exit!, max);
+}
+
+function maxExits(opts: Pick<UcallLoopOptions, 'maxExits'>): number {
+  if (opts.maxExits === undefined) return Infinity;
+  if (!Number.isSafeInteger(opts.maxExits) || opts.maxExits < 1) {
+    throw argRangeError(`The "options.maxExits" argument must be a whole number >= 1; received ${String(opts.maxExits)}`);
+  }
+  return opts.maxExits;
 }
