@@ -21,7 +21,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism, arch, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FdChannel } from '../../lib/ipc/channel.js';
+import { FdChannel } from '../../lib/ipc/index.js';
 import { hostPaging } from '../../lib/host/info.js';
 import {
   MIN_SIZE, MiB, dataPages, msBetween, now, type ControlMessage, type FilledBy, type NewReady,

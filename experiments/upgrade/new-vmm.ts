@@ -21,7 +21,7 @@
  * @internal
  */
 import { Cap, Madvise, MemslotFlag, PAGE_SIZE } from '../../lib/core/constants.js';
-import { FdChannel, type ReceivedFd } from '../../lib/ipc/channel.js';
+import { FdChannel, type ReceivedFd } from '../../lib/ipc/index.js';
 import { GuestMemfd } from '../../lib/kvm/guest-memfd.js';
 import { Kvm } from '../../lib/kvm/kvm.js';
 import type { Mapping } from '../../lib/memory/mapping.js';

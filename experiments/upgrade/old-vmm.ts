@@ -17,7 +17,7 @@
  * @module
  * @internal
  */
-import { FdChannel } from '../../lib/ipc/channel.js';
+import { FdChannel } from '../../lib/ipc/index.js';
 import { guestImage } from '../../lib/guest/images.js';
 import { Kvm } from '../../lib/kvm/kvm.js';
 import { bootGuest } from '../../lib/guest/boot.js';

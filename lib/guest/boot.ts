@@ -16,6 +16,7 @@ import type { Vcpu } from '../kvm/vcpu.js';
 import type { Vm } from '../kvm/vm.js';
 import type { Segment } from '../kvm/x86-state.js';
 import { argTypeError, argRangeError } from '../core/errors.js';
+import { guestMemory } from './memory.js';
 
 /** Control-register and EFER bits (Intel SDM vol. 3, 2.5). */
 export const X86 = {
@@ -37,7 +38,7 @@ export interface LongModeOptions {
   /**
    * Guest-physical address (page-aligned) where the page tables are written: a PML4, a PDPT and
    * one page directory per GiB mapped; {@link pageTablesSize} says how much room that takes. It
-   * must lie in a memslot set with a Mapping (see `vm.guestMemory()`).
+   * must lie in a memslot set with a Mapping (see `guestMemory()`).
    */
   pageTables: number | bigint;
   /** How much to identity-map from address 0, a multiple of 2 MiB up to 512 GiB. Default 1 GiB. */
@@ -82,7 +83,7 @@ export function setupLongMode(vcpu: Vcpu, opts: LongModeOptions): { start: bigin
   const size = pageTablesSize(mapSize);
   const cpuid = o.cpuid as readonly CpuidEntry[] | undefined;
   if (vcpu.getCpuid2().length === 0) vcpu.setCpuid2(cpuid ?? vcpu.vm.supportedCpuid());
-  const bytes = vcpu.vm.guestMemory(base, Number(size));
+  const bytes = guestMemory(vcpu.vm, base, Number(size));
   bytes.fill(0);
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const page = BigInt(PAGE_SIZE);
@@ -120,12 +121,12 @@ export function setupLongMode(vcpu: Vcpu, opts: LongModeOptions): { start: bigin
 }
 
 /**
- * Copies a flat guest image into guest memory at `gpa` (through `vm.guestMemory()`).
+ * Copies a flat guest image into guest memory at `gpa` (through `guestMemory()`).
  * @throws RangeError if no memslot with a Mapping covers [gpa, gpa + image.length)
  */
 export function loadImage(vm: Vm, image: Uint8Array, gpa: number | bigint): void {
   if (!(image instanceof Uint8Array)) throw argTypeError('The "image" argument must be a Uint8Array');
-  vm.guestMemory(gpa, image.length).set(image);
+  guestMemory(vm, gpa, image.length).set(image);
 }
 
 /** Where a guest starts (see {@link setEntry}). */

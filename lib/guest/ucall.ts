@@ -14,6 +14,7 @@ import {
 import { checkU64 } from '../core/numbers.js';
 import type { RunAsyncOptions, Vcpu } from '../kvm/vcpu.js';
 import { argRangeError, argTypeError } from '../core/errors.js';
+import { guestMemory } from './memory.js';
 
 /** A decoded guest call. */
 export interface Ucall {
@@ -37,14 +38,14 @@ const CMD_NAMES = new Map<bigint, Ucall['cmd']>([
 /**
  * The guest call an exit carries, or undefined if the exit is not one (anything but a 4-byte
  * OUT to UCALL_PORT).
- * @throws RangeError if the struct is not in memory the host can reach (see `vm.guestMemory()`)
+ * @throws RangeError if the struct is not in memory the host can reach (see `guestMemory()`)
  */
 export function getUcall(vcpu: Vcpu, exit: VcpuExit): Ucall | undefined {
   if (exit.reason !== 'io' || exit.direction !== 'out' || exit.port !== UCALL_PORT || exit.size !== 4 || exit.count !== 1) {
     return undefined;
   }
   const address = BigInt(new DataView(exit.data.buffer, exit.data.byteOffset, 4).getUint32(0, true));
-  const b = vcpu.vm.guestMemory(address, UCALL_STRUCT_SIZE);
+  const b = guestMemory(vcpu.vm, address, UCALL_STRUCT_SIZE);
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const command = v.getBigUint64(UcallOffset.CMD, true);
   const nargs = Number(BigInt.asUintN(8, v.getBigUint64(UcallOffset.NARGS, true)));
@@ -64,7 +65,7 @@ export function replyUcall(vcpu: Vcpu, ucall: Ucall, args: readonly (number | bi
   if (!Array.isArray(args) || args.length > UCALL_MAX_ARGS) {
     throw argTypeError(`The "args" argument must be an array of at most ${UCALL_MAX_ARGS} numbers`);
   }
-  const b = vcpu.vm.guestMemory(ucall.address, UCALL_STRUCT_SIZE);
+  const b = guestMemory(vcpu.vm, ucall.address, UCALL_STRUCT_SIZE);
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   args.forEach((a, i) => v.setBigUint64(UcallOffset.ARGS + i * 8, BigInt(checkU64(a, `args[${i}]`)), true));
 }

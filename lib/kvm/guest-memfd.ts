@@ -5,7 +5,7 @@
  */
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from '../core/constants.js';
 import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
-import { receivedFdOf, type ReceivedFd } from '../ipc/channel.js';
+import { receivedFdOf, type ReceivedFd } from '../ipc/message.js';
 import { fdFacts } from '../core/fd-identity.js';
 import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
 import { MapSharedFlag, native } from '../core/native.js';

@@ -178,26 +178,6 @@ export class Vm extends FdResource {
   }
 
   /**
-   * The host's view of guest memory [gpa, gpa + length): a Uint8Array over the Mapping that
-   * backs the memslot covering that range (no copy). Writes are seen by the guest at once, and
-   * the guest's writes are seen here.
-   * @throws RangeError if no memslot set with a Mapping as userspaceAddr covers the whole range;
-   * KvmStateError (ERR_KVM_CLOSED / ERR_KVM_PRIVATE_MEMORY) from the Mapping
-   */
-  guestMemory(gpa: number | bigint, length: number): Uint8Array {
-    const start = u64(gpa, 'gpa');
-    const len = u32(length, 'length');
-    for (const m of this.#slots.values()) {
-      if (!m.mapping || start < m.guestPhysAddr || start + BigInt(len) > m.guestPhysAddr + m.memorySize) continue;
-      const at = Number(start - m.guestPhysAddr);
-      return m.mapping.bytes.subarray(at, at + len);
-    }
-    throw argRangeError(
-      `No memslot with a host Mapping covers guest memory [0x${start.toString(16)}, 0x${(start + BigInt(len)).toString(16)})`,
-    );
-  }
-
-  /**
    * Asks this VM about a capability (ioctl KVM_CHECK_EXTENSION on the VM fd); some answers,
    * e.g. Cap.GUEST_MEMFD_FLAGS, depend on the VM type.
    * @param cap a Cap value
@@ -238,16 +218,30 @@ export class Vm extends FdResource {
    * for bad numbers, or a Mapping shorter than the slot.
    */
   setUserMemoryRegion2(region: MemoryRegion2): void {
+    this.#setRegion(region, 'region2');
+  }
+
+  /**
+   * Creates or changes a memslot with the legacy call (ioctl KVM_SET_USER_MEMORY_REGION), which
+   * cannot carry a guest_memfd (the kernel refuses MemslotFlag.GUEST_MEMFD here with EINVAL).
+   * @throws KvmError: EEXIST on overlap, EINVAL for unaligned values or unsupported flags;
+   * KvmStateError if this Vm or the Mapping is closed; TypeError/RangeError for bad numbers
+   */
+  setUserMemoryRegion(region: MemoryRegion): void {
+    this.#setRegion(region, 'region');
+  }
+
+  #setRegion(region: MemoryRegion2, via: Memslot['via']): void {
     // Take every field once, first: a getter could close the GuestMemfd or the Mapping and reuse
     // the fd number or the address range, so neither is read before all getters have run.
     const r = options(region, 'region');
     const slotIn = r.slot;
-    const gmIn = r.guestMemfd;
+    const gmIn = via === 'region2' ? r.guestMemfd : undefined;
     const flagsIn = r.flags;
     const gpaIn = r.guestPhysAddr;
     const sizeIn = r.memorySize;
-    const uaddrIn = r.userspaceAddr;
-    const offsetIn = r.guestMemfdOffset;
+    const uaddrIn = via === 'region2' ? r.userspaceAddr ?? 0 : r.userspaceAddr;
+    const offsetIn = via === 'region2' ? r.guestMemfdOffset : undefined;
     const slot = u32(slotIn, 'slot');
     if (gmIn !== undefined && !(gmIn instanceof GuestMemfd)) fdNumber(gmIn, 'guestMemfd');
     const flags = u32(flagsIn ?? (gmIn !== undefined ? MemslotFlag.GUEST_MEMFD : 0), 'flags');
@@ -255,7 +249,7 @@ export class Vm extends FdResource {
     const size = u64(sizeIn, 'memorySize');
     const gmemOffset = u64(offsetIn ?? 0, 'guestMemfdOffset');
     // No user code runs from here on.
-    const [uaddr, mapping] = userspaceAddr(uaddrIn ?? 0, size);
+    const [uaddr, mapping] = userspaceAddr(uaddrIn, size);
     let gm: GuestMemfd | number | undefined;
     let gmemFd = 0;
     if (gmIn !== undefined) {
@@ -269,40 +263,14 @@ export class Vm extends FdResource {
       }
     }
     const holds = rangeHolders(uaddr, size);
-    native.setUserMemoryRegion2(this.open(), slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
+    if (via === 'region2') native.setUserMemoryRegion2(this.open(), slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
+    else native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
     this.#record({
-      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr,
-      guestMemfdOffset: gmemOffset, via: 'region2', ...(gm !== undefined ? { guestMemfd: gm } : {}),
-      ...(mapping ? { mapping } : {}),
+      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: gmemOffset, via,
+      ...(gm !== undefined ? { guestMemfd: gm } : {}), ...(mapping ? { mapping } : {}),
     }, holds);
   }
 
-  /**
-   * Creates or changes a memslot with the legacy call (ioctl KVM_SET_USER_MEMORY_REGION), which
-   * cannot carry a guest_memfd (the kernel refuses MemslotFlag.GUEST_MEMFD here with EINVAL).
-   * @throws KvmError: EEXIST on overlap, EINVAL for unaligned values or unsupported flags;
-   * KvmStateError if this Vm or the Mapping is closed; TypeError/RangeError for bad numbers
-   */
-  setUserMemoryRegion(region: MemoryRegion): void {
-    const r = options(region, 'region');
-    const slotIn = r.slot;
-    const flagsIn = r.flags;
-    const gpaIn = r.guestPhysAddr;
-    const sizeIn = r.memorySize;
-    const uaddrIn = r.userspaceAddr;
-    const slot = u32(slotIn, 'slot');
-    const flags = u32(flagsIn ?? 0, 'flags');
-    const gpa = u64(gpaIn, 'guestPhysAddr');
-    const size = u64(sizeIn, 'memorySize');
-    // No user code runs from here on.
-    const [uaddr, mapping] = userspaceAddr(uaddrIn, size);
-    const holds = rangeHolders(uaddr, size);
-    native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
-    this.#record({
-      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: 0n, via: 'region',
-      ...(mapping ? { mapping } : {}),
-    }, holds);
-  }
 
   /**
    * Deletes a memslot: the same ioctl that created it, with memory_size 0. The guest_memfd and
