@@ -6,7 +6,7 @@
  *   kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]
  *                                            the selftest suite, KTAP out (lib/selftest/)
  *   kvm-gmem exec --kernel IMAGE [VM options] -- COMMAND [ARG...]
- *                                            any command on another kernel (lib/kernel-vm.ts)
+ *                                            any command on another kernel (lib/host/kernel-vm.ts)
  * Every command also takes the VM options (--kernel IMAGE...): it then runs on that kernel.
  * @module
  */
