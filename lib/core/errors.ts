@@ -68,23 +68,16 @@ export class KvmError extends Error {
   }
 }
 
+/** @internal Every code a {@link KvmStateError} carries. */
+export const STATE_CODES = [
+  'ERR_KVM_CLOSED', 'ERR_KVM_PRIVATE_MEMORY', 'ERR_KVM_PAST_EOF', 'ERR_KVM_VCPU_RUNNING', 'ERR_KVM_PEER_CLOSED',
+  'ERR_KVM_TIMEOUT', 'ERR_KVM_CONTROL_TRUNCATED', 'ERR_KVM_PAYLOAD_TRUNCATED', 'ERR_KVM_BAD_MESSAGE',
+  'ERR_KVM_FD_OWNED', 'ERR_KVM_MAPPING_LIMIT', 'ERR_KVM_VCPU_HAS_RUNNER', 'ERR_KVM_BUSY', 'ERR_KVM_THREAD_LIMIT',
+  'ERR_KVM_ADDON_INIT',
+] as const;
+
 /** Codes carried by {@link KvmStateError}. */
-export type KvmStateCode =
-  | 'ERR_KVM_CLOSED'
-  | 'ERR_KVM_PRIVATE_MEMORY'
-  | 'ERR_KVM_PAST_EOF'
-  | 'ERR_KVM_VCPU_RUNNING'
-  | 'ERR_KVM_PEER_CLOSED'
-  | 'ERR_KVM_TIMEOUT'
-  | 'ERR_KVM_CONTROL_TRUNCATED'
-  | 'ERR_KVM_PAYLOAD_TRUNCATED'
-  | 'ERR_KVM_BAD_MESSAGE'
-  | 'ERR_KVM_FD_OWNED'
-  | 'ERR_KVM_MAPPING_LIMIT'
-  | 'ERR_KVM_VCPU_HAS_RUNNER'
-  | 'ERR_KVM_BUSY'
-  | 'ERR_KVM_THREAD_LIMIT'
-  | 'ERR_KVM_ADDON_INIT';
+export type KvmStateCode = (typeof STATE_CODES)[number];
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
@@ -237,21 +230,17 @@ export function errnoError(
   });
 }
 
+/** @internal Every code an argument error (TypeError, RangeError) carries. */
+export const ARG_CODES = [
+  'ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_OUT_OF_RANGE', 'ERR_MISSING_ARGS', 'ERR_KVM_NOT_GUEST_MEMFD',
+  'ERR_KVM_NOT_VM', 'ERR_KVM_NOT_VCPU', 'ERR_KVM_SIZE_MISMATCH', 'ERR_KVM_FLAGS_MISMATCH', 'ERR_KVM_NOT_SEQPACKET',
+] as const;
+
 /**
  * Codes of argument errors (TypeError, RangeError): Node's own where one fits, else the
  * library's for an fd or a value of the wrong kind.
  */
-export type KvmArgCode =
-  | 'ERR_INVALID_ARG_TYPE'
-  | 'ERR_INVALID_ARG_VALUE'
-  | 'ERR_OUT_OF_RANGE'
-  | 'ERR_MISSING_ARGS'
-  | 'ERR_KVM_NOT_GUEST_MEMFD'
-  | 'ERR_KVM_NOT_VM'
-  | 'ERR_KVM_NOT_VCPU'
-  | 'ERR_KVM_SIZE_MISMATCH'
-  | 'ERR_KVM_FLAGS_MISMATCH'
-  | 'ERR_KVM_NOT_SEQPACKET';
+export type KvmArgCode = (typeof ARG_CODES)[number];
 
 /** An errno name, the `code` of a {@link KvmError} ('EINVAL', 'EEXIST'...). */
 export type ErrnoCode = `E${string}`;
