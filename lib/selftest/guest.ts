@@ -11,7 +11,7 @@
  */
 import { guestImage, type GuestImageName } from '../guest/images.js';
 import { Mapping } from '../memory/mapping.js';
-import { getUcall, GuestAssertionError, replyUcall, UnexpectedExitError, type Ucall } from '../guest/ucall.js';
+import { replyUcall, runUntilUcall, type Ucall } from '../guest/ucall.js';
 import type { Vcpu } from '../kvm/vcpu.js';
 import type { Vm } from '../kvm/vm.js';
 import type { MmioExit, VcpuExit } from '../kvm/exits.js';
@@ -77,30 +77,25 @@ export interface RunToUcallOptions {
 }
 
 /**
- * Runs the vCPU on its own thread (runAsync) until its next SYNC or DONE ucall. `signal` (the
- * case's) kicks a run in flight, so a guest that never exits cannot outlast the case's timeout.
- * @throws GuestAssertionError for an ABORT; UnexpectedExitError for an exit nobody handled; the
- * signal's reason once it aborts
+ * Runs the vCPU on its own thread (runAsync) until its next SYNC or DONE ucall: the library's
+ * ucall loop with MMIO exits routed to `onMmio`. `signal` (the case's) kicks a run in flight, so a
+ * guest that never exits cannot outlast the case's timeout.
+ * @throws GuestAssertionError for an ABORT; UnexpectedExitError for an exit nobody handled or
+ * after `maxExits`; the signal's reason once it aborts
  */
-export async function runToUcall(vcpu: Vcpu, signal: AbortSignal, opts: RunToUcallOptions = {}): Promise<Ucall> {
-  const max = opts.maxExits ?? 100_000;
-  for (let n = 0; n < max; n++) {
-    const exit = await vcpu.runAsync({ signal });
-    const uc = getUcall(vcpu, exit);
-    if (uc) {
-      if (uc.cmd === 'abort') throw new GuestAssertionError(uc);
-      if (uc.cmd === 'printf') continue;
-      return uc;
-    }
-    if (exit.reason === 'mmio' && opts.onMmio) {
-      opts.onMmio(exit);
-      continue;
-    }
-    if (exit.reason === 'io' && exit.direction === 'out' && exit.port === 0xe9) continue; // console
-    if (opts.onExit?.(exit)) continue;
-    throw new UnexpectedExitError(exit);
-  }
-  throw new Error(`the guest made no ucall in ${max} exits`);
+export function runToUcall(vcpu: Vcpu, signal: AbortSignal, opts: RunToUcallOptions = {}): Promise<Ucall> {
+  const { onMmio, onExit } = opts;
+  return runUntilUcall(vcpu, {
+    signal,
+    maxExits: opts.maxExits ?? 100_000,
+    onExit(exit) {
+      if (exit.reason === 'mmio' && onMmio) {
+        onMmio(exit);
+        return true;
+      }
+      return onExit?.(exit) ?? false;
+    },
+  });
 }
 
 /** One memtest job: check [start, start + length) holds `expect`, then fill it with `fill`. */
