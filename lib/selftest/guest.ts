@@ -18,6 +18,7 @@ import type { MmioExit, VcpuExit } from '../kvm/exits.js';
 import { bootGuest } from '../guest/boot.js';
 import { VmType } from '../core/constants.js';
 import type { CaseContext } from './harness.js';
+import { argRangeError, argTypeError } from '../core/errors.js';
 
 /** Bytes in a MiB / GiB. */
 export const MiB = 1 << 20;
@@ -52,7 +53,7 @@ export function selftestGuest(ctx: CaseContext, opts: SelftestGuestOptions = {})
     vm,
     signal: ctx.signal,
     boot(id, image, args = []) {
-      if (id >= 8) throw new RangeError('selftestGuest has room for 8 vCPUs');
+      if (id >= 8) throw argRangeError('selftestGuest has room for 8 vCPUs');
       const vcpu = ctx.use(vm.createVcpu(id));
       bootGuest(vcpu, {
         image: guestImage(image), loadAt: 0x10000 * (1 + id), stack: 0x90000 + 0x10000 * id,
@@ -125,10 +126,10 @@ export class Memtest {
   /** Runs the job given at construction, or `job` after the first; resolves to the guest's SYNC. */
   async run(job?: MemtestJob, opts?: RunToUcallOptions): Promise<Ucall> {
     if (this.#pending) {
-      if (!job) throw new TypeError('memtest: a job is needed after the first');
+      if (!job) throw argTypeError('memtest: a job is needed after the first');
       replyUcall(this.vcpu, this.#pending, [job.start, job.length, job.expect, job.fill, 0]);
     } else if (job) {
-      throw new TypeError('memtest: the first job was given at boot');
+      throw argTypeError('memtest: the first job was given at boot');
     }
     const uc = await runToUcall(this.vcpu, this.#signal, opts);
     if (uc.cmd !== 'sync') throw new Error(`memtest: expected SYNC, got ${uc.cmd}`);
@@ -138,7 +139,7 @@ export class Memtest {
 
   /** Tells the guest to finish; resolves to its DONE. */
   async finish(): Promise<Ucall> {
-    if (!this.#pending) throw new TypeError('memtest: nothing to finish');
+    if (!this.#pending) throw argTypeError('memtest: nothing to finish');
     replyUcall(this.vcpu, this.#pending, [0, 0, 0, 0, 1]);
     const uc = await runToUcall(this.vcpu, this.#signal);
     if (uc.cmd !== 'done') throw new Error(`memtest: expected DONE, got ${uc.cmd}`);
