@@ -44,14 +44,21 @@ export interface NativeMemPolicy {
   nodemask: bigint;
 }
 
-/** fstat() as the addon returns it. */
+/** fstat(2) as the addon returns it. */
 export interface NativeStat {
+  /** st_size: the file's size in bytes. */
   size: bigint;
+  /** st_blksize: the preferred I/O block size (the page size). */
   blksize: number;
+  /** st_blocks: 512-byte blocks allocated. */
   blocks: bigint;
+  /** st_ino: the inode number (distinct per guest_memfd). */
   ino: bigint;
+  /** st_dev. */
   dev: bigint;
+  /** st_mode (file type and permission bits). */
   mode: number;
+  /** st_nlink. */
   nlink: number;
 }
 

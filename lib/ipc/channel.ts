@@ -21,7 +21,7 @@ import { describe, fdNumber, options } from '../core/numbers.js';
 import { FdResource, identityOf, ownFd, refuseOwned } from '../core/resource.js';
 import { FdListener, type ListenOptions } from './listener.js';
 import { type ReceivedMessage, toMessage } from './message.js';
-import { WAIT_CLOSED, boolOption, checkPath, deadlineOf, staleSocket, timeoutArg, waitOn } from './socket.js';
+import { Turns, WAIT_CLOSED, boolOption, checkPath, deadlineOf, staleSocket, timeoutArg, waitOn } from './socket.js';
 import { AF_UNIX, DEFAULT_SEND_TIMEOUT_MS, MAX_FDS, MAX_PAYLOAD, SCM_MAX_FD, SOCK_SEQPACKET, encodePayload } from './wire.js';
 
 /**
@@ -91,7 +91,7 @@ export interface FromFdOptions {
  */
 export class FdChannel extends FdResource {
   #watch: NativeFdWatch | undefined;
-  #tail: Promise<void> = Promise.resolve();
+  readonly #turns = new Turns();
 
   private constructor(fd: number) {
     super(fd, 'FdChannel', identityOf(fd));
@@ -304,15 +304,7 @@ export class FdChannel extends FdResource {
       throw argRangeError(`The "options.maxFds" option must be an integer in [0, ${SCM_MAX_FD}]; received ${maxFds}`);
     }
     this.open();
-    const before = this.#tail;
-    let done!: () => void;
-    this.#tail = new Promise<void>((r) => (done = r));
-    try {
-      await before;
-      return await this.#receiveOne(deadline, maxFds);
-    } finally {
-      done();
-    }
+    return this.#turns.run(() => this.#receiveOne(deadline, maxFds));
   }
 
   async #receiveOne(deadline: number, maxFds: number): Promise<ReceivedMessage> {

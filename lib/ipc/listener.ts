@@ -8,7 +8,7 @@ import { type NativeFdWatch, native } from '../core/native.js';
 import { options } from '../core/numbers.js';
 import { FdResource, identityOf } from '../core/resource.js';
 import { FdChannel } from './channel.js';
-import { WAIT_CLOSED, deadlineOf, waitOn } from './socket.js';
+import { Turns, WAIT_CLOSED, deadlineOf, waitOn } from './socket.js';
 import { statSync, unlinkSync } from 'node:fs';
 
 /** Options of `FdChannel.listen()`. */
@@ -32,7 +32,7 @@ export class FdListener extends FdResource {
   readonly path: string;
   readonly #ino: bigint;
   #watch: NativeFdWatch | undefined;
-  #tail: Promise<void> = Promise.resolve();
+  readonly #turns = new Turns();
 
   private constructor(fd: number, path: string, ino: bigint) {
     super(fd, 'FdListener', identityOf(fd));
@@ -55,11 +55,7 @@ export class FdListener extends FdResource {
     const o = options(opts, 'options');
     const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
     this.open();
-    const before = this.#tail;
-    let done!: () => void;
-    this.#tail = new Promise<void>((r) => (done = r));
-    try {
-      await before;
+    return this.#turns.run(async () => {
       for (;;) {
         const fd = this.open();
         const c = native.unixAccept(fd);
@@ -78,9 +74,7 @@ export class FdListener extends FdResource {
         }
         if (code < 0) throw errnoError(-code, 'poll', `fd ${fd}, POLLIN`);
       }
-    } finally {
-      done();
-    }
+    });
   }
 
   /**

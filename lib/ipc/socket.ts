@@ -70,3 +70,21 @@ export function boolOption(value: unknown, name: string): boolean {
   if (typeof value !== 'boolean') throw argTypeError(`The "${name}" option must be a boolean; received ${describe(value)}`);
   return value;
 }
+
+/** Runs async calls one at a time, in call order (receives on a channel, accepts on a listener). */
+export class Turns {
+  #tail: Promise<void> = Promise.resolve();
+
+  /** Runs `f` once every call made before this one has settled. */
+  async run<T>(f: () => Promise<T>): Promise<T> {
+    const before = this.#tail;
+    let done!: () => void;
+    this.#tail = new Promise<void>((r) => (done = r));
+    try {
+      await before;
+      return await f();
+    } finally {
+      done();
+    }
+  }
+}

@@ -9,26 +9,12 @@ import { receivedFdOf, type ReceivedFd } from '../ipc/message.js';
 import { fdFacts } from '../core/fd-identity.js';
 import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
 import { MapSharedFlag, native } from '../core/native.js';
+import type { NativeStat } from '../core/native.js';
 import { checkU64, describe, fdNumber, off, options, u64 } from '../core/numbers.js';
 import { FdResource, identityOf, refuseOwned } from '../core/resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
-export interface GuestMemfdStat {
-  /** st_size: the file's size in bytes. */
-  size: bigint;
-  /** st_blksize: the preferred I/O block size (the page size). */
-  blksize: number;
-  /** st_blocks: 512-byte blocks allocated. */
-  blocks: bigint;
-  /** st_ino: the inode number (distinct per guest_memfd). */
-  ino: bigint;
-  /** st_dev. */
-  dev: bigint;
-  /** st_mode (file type and permission bits). */
-  mode: number;
-  /** st_nlink. */
-  nlink: number;
-}
+export type GuestMemfdStat = NativeStat;
 
 /** Options of `GuestMemfd.map()`. */
 export interface MapOptions {
