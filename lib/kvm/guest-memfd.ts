@@ -8,8 +8,7 @@ import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
 import { receivedFdOf, type ReceivedFd } from '../ipc/message.js';
 import { fdFacts } from '../core/fd-identity.js';
 import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
-import { MapSharedFlag, native } from '../core/native.js';
-import type { NativeStat } from '../core/native.js';
+import { MapSharedFlag, native, type NativeStat } from '../core/native.js';
 import { checkU64, describe, fdNumber, off, options, u64 } from '../core/numbers.js';
 import { FdResource, identityOf, refuseOwned } from '../core/resource.js';
 
