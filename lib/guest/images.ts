@@ -62,7 +62,7 @@ import { addonDir } from '../core/native.js';
  * - `'fault'`: no arguments. `ud2`: with no IDT the #UD escalates to a triple fault, which the
  *   host sees as KVM_EXIT_SHUTDOWN.
  * - `'halt'`: no arguments. `hlt`, and `hlt` again if resumed.
- * - `'upgrade'`: the live-upgrade experiment's guest (lib/upgrade/). RDI = data base (4 KiB
+ * - `'upgrade'`: the live-upgrade experiment's guest (experiments/upgrade/). RDI = data base (4 KiB
  *   aligned), RSI = data length (a multiple of 4096), RDX = seed, RCX = address of a u64
  *   counter, R8 = period, R9 = fill. The pattern: every u64 of the page at guest address P holds
  *   P XOR seed. If R9 != 0 it fills the region with it, then {@link UcallCmd.SYNC} (2, pages,
