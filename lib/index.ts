@@ -16,7 +16,7 @@
  */
 export { Kvm, KVM_DEVICE } from './kvm/kvm.js';
 export { Vm } from './kvm/vm.js';
-export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './kvm/vm.js';
+export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr, VmAdoptOptions, VcpuAdoptOptions } from './kvm/vm.js';
 export { GuestMemfd } from './kvm/guest-memfd.js';
 export type { GuestMemfdStat, MapOptions, AdoptOptions } from './kvm/guest-memfd.js';
 export { Vcpu } from './kvm/vcpu.js';

@@ -5,8 +5,9 @@
  */
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from '../core/constants.js';
 import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
-import { receivedFdOf, type ReceivedFd } from '../ipc/message.js';
-import { fdFacts } from '../core/fd-identity.js';
+import type { ReceivedFd } from '../ipc/message.js';
+import type { FdFacts } from '../core/fd-identity.js';
+import { dupOption, fdArgument, takeOver } from './adopt.js';
 import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
 import { MapSharedFlag, native, type NativeStat } from '../core/native.js';
 import { checkU64, describe, fdNumber, off, options, u64 } from '../core/numbers.js';
@@ -114,74 +115,45 @@ export class GuestMemfd extends FdResource {
    */
   static adopt(fd: number | ReceivedFd, opts: AdoptOptions): GuestMemfd {
     // Take every argument before looking at the fd: a getter could close or reuse it.
-    const received = receivedFdOf(fd);
-    if (received === undefined && typeof fd === 'object' && fd !== null) {
-      throw argTypeError(`The "fd" argument must be a file descriptor or a ReceivedFd of this library; received ${describe(fd)}`);
-    }
-    const n = received ? received.fd : fdNumber(fd, 'fd');
+    const arg = fdArgument(fd);
     const o = options(opts, 'options');
     const size = u64(o.size, 'options.size');
     const flags = u64(o.flags, 'options.flags');
-    const dup = o.dup ?? false;
-    if (typeof dup !== 'boolean') throw argTypeError(`The "options.dup" option must be a boolean; received ${describe(dup)}`);
+    const dup = dupOption(o.dup);
     // No user code runs from here on.
-    if (received?.closed) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${n} was already taken or closed`);
-    const st = native.fstat(n); // EBADF for a closed fd
-    const facts = fdFacts(n);
-    if (facts.kind !== 'guest_memfd') {
-      throw argTypeError(
-          `fd ${n} is not a guest_memfd: /proc/self/fd/${n} is '${facts.link}' on a filesystem with magic ` +
-            `0x${facts.fsMagic.toString(16)}`,
-          'ERR_KVM_NOT_GUEST_MEMFD',
-        );
-    }
-    if (st.size !== size) {
-      throw argRangeError(
-          `guest_memfd fd ${n} has ${st.size} bytes (fstat), not the ${size} claimed`,
-          'ERR_KVM_SIZE_MISMATCH',
-        );
-    }
     let mappable: boolean | undefined;
-    if (size > 0n) {
+    const before = (n: number, _facts: FdFacts, st: NativeStat): void => {
+      if (st.size !== size) {
+        throw argRangeError(`guest_memfd fd ${n} has ${st.size} bytes (fstat), not the ${size} claimed`, 'ERR_KVM_SIZE_MISMATCH');
+      }
+      if (size === 0n) return;
       const probe = native.mmapProbe(n, 0, PAGE_SIZE, PROT_READ_WRITE, MAP_SHARED);
       mappable = probe === 0 ? true : probe === ENODEV ? false : undefined;
       const claimed = (flags & GuestMemfdFlag.MMAP) !== 0n;
       if (mappable !== undefined && mappable !== claimed) {
         throw argRangeError(
           `guest_memfd fd ${n} ${mappable ? 'can' : 'cannot'} be mapped, but the flags claimed (0x${flags.toString(16)}) say ` +
-              `it was created ${claimed ? 'with' : 'without'} GuestMemfdFlag.MMAP`,
+            `it was created ${claimed ? 'with' : 'without'} GuestMemfdFlag.MMAP`,
           'ERR_KVM_FLAGS_MISMATCH',
         );
       }
-    }
-    if (!dup) refuseOwned(n, 'fd', received?.owner);
+    };
     // INIT_SHARED decides whether `bytes` is handed out: a false claim would let the first host
     // access kill the process with SIGBUS, so ask the kernel with a guarded read.
-    if (mappable === true) {
+    const after = (n: number): void => {
+      if (mappable !== true) return;
       const claimed = (flags & GuestMemfdFlag.INIT_SHARED) !== 0n;
       const shared = hostCanRead(n);
       if (shared !== claimed) {
         throw argRangeError(
           `guest_memfd fd ${n} holds ${shared ? 'shared' : 'private'} memory (a guarded read of its first page ` +
-              `${shared ? 'worked' : 'faulted'}), but the flags claimed (0x${flags.toString(16)}) say it was created ` +
-              `${claimed ? 'with' : 'without'} GuestMemfdFlag.INIT_SHARED`,
+            `${shared ? 'worked' : 'faulted'}), but the flags claimed (0x${flags.toString(16)}) say it was created ` +
+            `${claimed ? 'with' : 'without'} GuestMemfdFlag.INIT_SHARED`,
           'ERR_KVM_FLAGS_MISMATCH',
         );
       }
-    }
-    if (dup) {
-      const copy = native.dupCloexec(n);
-      try {
-        return new GuestMemfd(copy, size, flags);
-      } catch (e) {
-        native.close(copy);
-        throw e;
-      }
-    }
-    native.setCloexec(n);
-    const g = new GuestMemfd(n, size, flags);
-    received?.take();
-    return g;
+    };
+    return takeOver(arg, dup, 'guest_memfd', { before, after }, (n) => new GuestMemfd(n, size, flags));
   }
 
   /**
