@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Cap, GuestMemfdFlag, type Vcpu } from '../lib/index.js';
-import { bootGuest, getUcall, guestImage, replyUcall } from '../lib/guest/index.js';
+import { bootGuest, GuestAssertionError, guestImage, replyUcall, runUntilUcall } from '../lib/guest/index.js';
 import {
   GuestLoop, Layout, MiB, Op, Tag, checkPattern, dataPages, guestArgs, patternValue, readState, stateFromJson,
   stateToJson, writePattern, writeState,
@@ -24,14 +24,13 @@ const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
 const scratch = mkdtempSync(join(tmpdir(), 'kvm-gmem-upgrade-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-/** Runs the guest to its next SYNC; throws on anything else. */
+/** Runs the guest to its next SYNC (or DONE) through the library's ucall loop; an ABORT is returned, not thrown. */
 async function nextSync(vcpu: Vcpu) {
-  for (;;) {
-    const exit = await vcpu.runAsync();
-    const uc = getUcall(vcpu, exit);
-    if (uc?.cmd === 'sync') return uc;
-    if (uc?.cmd === 'abort') return uc;
-    if (exit.reason !== 'intr') throw new Error(`unexpected exit ${exit.reason} ${uc?.cmd ?? ''}`);
+  try {
+    return await runUntilUcall(vcpu, { onExit: (e) => e.reason === 'intr' });
+  } catch (e) {
+    if (e instanceof GuestAssertionError) return e.ucall;
+    throw e;
   }
 }
 
