@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Cap, GuestMemfd, GuestMemfdFlag, KvmError, KvmStateError, PAGE_SIZE } from '../lib/index.js';
+import { GuestMemfd, GuestMemfdFlag, KvmError, KvmStateError, PAGE_SIZE } from '../lib/index.js';
 import { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from '../lib/ipc/channel.js';
 import { native } from '../lib/core/native.js';
 import { fdLink, isCloexec, openFds, openKvm, thrown, hangBound } from './kvm-host.js';
@@ -34,7 +34,7 @@ interface ChildResult {
 function child(body: string, end?: FdChannel, extra: number[] = []): Promise<ChildResult> & { proc: ChildProcess } {
   if (!existsSync(join(root, 'dist', 'ipc', 'channel.js'))) throw new Error('dist/ is not built: run `npm run build` first');
   const script = `
-    import { Cap, GuestMemfd, GuestMemfdFlag, Kvm, KvmError, PAGE_SIZE } from ${JSON.stringify(root + 'dist/index.js')};
+    import { GuestMemfd, GuestMemfdFlag, Kvm, KvmError, PAGE_SIZE } from ${JSON.stringify(root + 'dist/index.js')};
     import { FdChannel, MAX_FDS } from ${JSON.stringify(root + 'dist/ipc/channel.js')};
     import { native } from ${JSON.stringify(root + 'dist/core/native.js')};
     import { readFileSync, readdirSync } from 'node:fs';
@@ -239,7 +239,7 @@ describe('FdChannel between two processes', () => {
     const before = memfds();
     const codes: string[] = [];
     for (const maxFds of [2, 3, 0]) {
-      const e = await here.receive({ maxFds, timeoutMs: 10_000 }).catch((x: { code: string }) => x);
+      const e = await here.receive({ maxFds, timeoutMs: 10_000 }).catch((x: unknown) => x);
       expect(e).toBeInstanceOf(KvmStateError);
       codes.push((e as { code: string }).code);
     }
