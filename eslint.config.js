@@ -1,7 +1,7 @@
 // TypeScript lint (typescript-eslint), `npm run lint:ts`: strictTypeChecked for every TypeScript
 // file (lib/, experiments/, test/, examples/), with the departures below; the plain-JS scripts
-// get ESLint's recommended rules. Type-aware rules need the built dist/ for examples/ and
-// test/types/, which import the package by name as its users do.
+// get ESLint's recommended rules. Type-aware rules need the built dist/ for experiments/,
+// examples/ and test/types/, which import the package by name as its users do.
 import js from '@eslint/js';
 import { defineConfig } from 'eslint/config';
 import globals from 'globals';
@@ -43,7 +43,8 @@ function typed(files, project, rules = {}, ignores = []) {
 export default defineConfig(
   { linterOptions: { reportUnusedDisableDirectives: 'error' } },
   { ignores: ['dist/', 'build/', 'build-cmake/', 'node_modules/', 'guest/', 'native/', 'bench-out/'] },
-  typed(['lib/**/*.ts', 'experiments/**/*.ts'], './tsconfig.eslint.json'),
+  typed(['lib/**/*.ts'], './tsconfig.eslint.json'),
+  typed(['experiments/**/*.ts'], './experiments/tsconfig.json'),
   typed(['test/**/*.ts', 'vitest.config.ts'], './tsconfig.eslint.json', {
     // Test diagnostics print a missing signal, status or code as null/undefined on purpose.
     '@typescript-eslint/restrict-template-expressions': ['error', { ...template, allowNullish: true }],

@@ -1,9 +1,19 @@
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
+
+const lib = fileURLToPath(new URL('./lib/', import.meta.url));
 
 // Hang bounds stretch under CPU emulation (see HANG_SCALE in test/kvm-host.ts).
 const scale = Math.max(1, Number(process.env.KVM_GMEM_HANG_SCALE ?? 1) || 1);
 
 export default defineConfig({
+  // experiments/ import the package by name: under test that is lib/, one copy shared with the tests.
+  resolve: {
+    alias: [
+      { find: /^kvm-gmem$/, replacement: `${lib}index.ts` },
+      { find: /^kvm-gmem\/(guest|ipc|selftest)$/, replacement: `${lib}$1/index.ts` },
+    ],
+  },
   test: {
     include: ['test/**/*.test.ts'],
     // Each file in its own process: a native crash fails that file, not the whole run.

@@ -16,7 +16,7 @@
  */
 export { Kvm, KVM_DEVICE } from './kvm/kvm.js';
 export { Vm } from './kvm/vm.js';
-export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr } from './kvm/vm.js';
+export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr, VmAdoptOptions, VcpuAdoptOptions } from './kvm/vm.js';
 export { GuestMemfd } from './kvm/guest-memfd.js';
 export type { GuestMemfdStat, MapOptions, AdoptOptions } from './kvm/guest-memfd.js';
 export { Vcpu } from './kvm/vcpu.js';
@@ -34,7 +34,9 @@ export type { MemoryPolicy, MbindOptions } from './memory/mapping.js';
 export { fdKind, fdFacts, classifyFd, ANON_INODE_FS_MAGIC, GUEST_MEMFD_MAGIC } from './core/fd-identity.js';
 export type { FdKind, FdFacts } from './core/fd-identity.js';
 export { KvmError, KvmStateError, GuestMemoryFaultError, sigbusCodeName } from './core/errors.js';
-export type { KvmErrorInfo, KvmStateCode, GuestMemoryFaultInfo } from './core/errors.js';
+export type {
+  KvmErrorInfo, KvmStateCode, KvmArgCode, KvmArgError, KvmErrorCode, ErrnoCode, GuestMemoryFaultInfo,
+} from './core/errors.js';
 export {
   Cap, GuestMemfdFlag, MemslotFlag, VmType, FallocMode, PAGE_SIZE, decodeBits,
   ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror, Madvise, MemPolicy,

@@ -1,11 +1,12 @@
 #!/usr/bin/env zx
 // npx zx scripts/upgrade-experiment.mjs [--sizes 64,256,1024] [--runs N] [--json] [--chart FILE] ...
 //
-// The live VMM upgrade experiment (lib/upgrade/), run as a user runs it: builds what is missing or
-// stale (the addon with its guest images, the TypeScript), then runs `node dist/cli.js
-// upgrade-experiment` with this script's arguments, passed on unchanged. Everything else (the two
-// VMM processes, the measurements, the table, the JSON and the chart) is the command's; see
-// `node dist/cli.js upgrade-experiment --help`.
+// The live VMM upgrade experiment (experiments/upgrade/, outside the package: it uses only the
+// package's public entry points), run as a user runs it: builds what is missing or stale (the
+// addon with its guest images, the package's dist/, then the experiment against dist/'s typings),
+// then runs build/experiments/upgrade/main.js with this script's arguments, passed on unchanged.
+// Everything else (the two VMM processes, the measurements, the table, the JSON and the chart) is
+// the experiment's; see `npm run upgrade-experiment -- --help`.
 import { $, fs, path } from 'zx';
 import { fileURLToPath } from 'node:url';
 
@@ -26,6 +27,7 @@ function newest(dir, keep) {
   return t;
 }
 const mtime = (p) => (fs.existsSync(p) ? fs.statSync(p).mtimeMs : 0);
+const ts = (n) => n.endsWith('.ts');
 
 const addon = path.join(root, 'build', 'Release', 'kvm_gmem.node');
 const image = path.join(root, 'build', 'Release', 'guest', 'upgrade.bin');
@@ -33,11 +35,20 @@ if (!process.env.KVM_GMEM_ADDON && (mtime(image) === 0 || mtime(addon) < Math.ma
   console.error('upgrade-experiment: building the addon and the guest images (npm run build:native)');
   await $`npm run build:native`.pipe(process.stderr);
 }
-const cli = path.join(root, 'dist', 'cli.js');
-if (mtime(path.join(root, 'dist', 'upgrade', 'command.js')) < newest(path.join(root, 'lib'), (n) => n.endsWith('.ts'))) {
-  console.error('upgrade-experiment: compiling the TypeScript (npm run build)');
+
+// dist/ is what the experiment imports (as `kvm-gmem`, through package.json "exports").
+const dist = path.join(root, 'dist', 'index.js');
+if (mtime(dist) < Math.max(newest(path.join(root, 'lib'), ts), mtime(path.join(root, 'tsconfig.json')))) {
+  console.error('upgrade-experiment: compiling the package (npm run build)');
   await $`npm run build`.pipe(process.stderr);
 }
 
-const run = await $({ stdio: 'inherit', nothrow: true })`${process.execPath} ${cli} upgrade-experiment ${args}`;
+const main = path.join(root, 'build', 'experiments', 'upgrade', 'main.js');
+const experiments = path.join(root, 'experiments');
+if (mtime(main) < Math.max(newest(experiments, ts), mtime(path.join(experiments, 'tsconfig.json')), mtime(dist))) {
+  console.error('upgrade-experiment: compiling the experiment (tsc -p experiments/tsconfig.json)');
+  await $`npx tsc -p experiments/tsconfig.json`.pipe(process.stderr);
+}
+
+const run = await $({ stdio: 'inherit', nothrow: true })`${process.execPath} ${main} ${args}`;
 process.exitCode = run.exitCode ?? 1;

@@ -6,6 +6,9 @@ import { Cap, GuestMemfdFlag, VmType } from '../lib/index.js';
 import { type HostInfo } from '../lib/selftest/index.js';
 import { openKvm } from './kvm-host.js';
 
+import { ExitCode, UsageError, exitCodeOf } from '../lib/cli/exit.js';
+import { KvmError } from '../lib/index.js';
+
 const cli = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
 
@@ -64,5 +67,20 @@ describe('kvm-gmem info', () => {
     expect(r.stderr).toMatch(/unknown command 'frobnicate'/);
     expect(run('info', '--bogus').status).toBe(2);
     expect(run('--help').stdout).toMatch(/usage: kvm-gmem/);
+  });
+});
+
+describe('kvm-gmem exit status', () => {
+  it('tells a wrong command line or input file (2) from a command that could not run (3)', () => {
+    expect(run('selftest', '--bogus').status).toBe(ExitCode.USAGE);
+    const missing = run('selftest', '--expect', '/nonexistent/expectations.txt');
+    expect(missing.status, missing.stderr).toBe(ExitCode.USAGE);
+    expect(missing.stderr).toMatch(/ENOENT/);
+    expect(run().status).toBe(ExitCode.USAGE);
+    expect(exitCodeOf(new UsageError('x'))).toBe(ExitCode.USAGE);
+    // Before: every error that ended a command exited 2, a failed system call included.
+    const sys = new KvmError({ errno: -5, syscall: 'ioctl', detail: 'fd 3', description: 'Input/output error' });
+    expect(exitCodeOf(sys)).toBe(ExitCode.RUNTIME);
+    expect(exitCodeOf(new Error('anything else'))).toBe(ExitCode.RUNTIME);
   });
 });

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { GuestMemfd, GuestMemfdFlag, KvmError, KvmStateError, PAGE_SIZE } from '../lib/index.js';
-import { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from '../lib/ipc/channel.js';
+import { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from '../lib/ipc/index.js';
 import { native } from '../lib/core/native.js';
 import { fdLink, isCloexec, openFds, openKvm, thrown, hangBound } from './kvm-host.js';
 
@@ -32,10 +32,10 @@ interface ChildResult {
  * is closed here; `extra` fds follow it as 4, 5... `out(v)` in the child prints v as JSON.
  */
 function child(body: string, end?: FdChannel, extra: number[] = []): Promise<ChildResult> & { proc: ChildProcess } {
-  if (!existsSync(join(root, 'dist', 'ipc', 'channel.js'))) throw new Error('dist/ is not built: run `npm run build` first');
+  if (!existsSync(join(root, 'dist', 'ipc', 'index.js'))) throw new Error('dist/ is not built: run `npm run build` first');
   const script = `
-    import { GuestMemfd, GuestMemfdFlag, Kvm, KvmError, PAGE_SIZE } from ${JSON.stringify(root + 'dist/index.js')};
-    import { FdChannel, MAX_FDS } from ${JSON.stringify(root + 'dist/ipc/channel.js')};
+    import { Cap, GuestMemfd, GuestMemfdFlag, Kvm, KvmError, PAGE_SIZE } from ${JSON.stringify(root + 'dist/index.js')};
+    import { FdChannel, MAX_FDS } from ${JSON.stringify(root + 'dist/ipc/index.js')};
     import { native } from ${JSON.stringify(root + 'dist/core/native.js')};
     import { readFileSync, readdirSync } from 'node:fs';
     const cloexec = (fd) => (parseInt(/^flags:\\s+([0-7]+)$/m.exec(readFileSync('/proc/self/fdinfo/' + fd, 'utf8'))[1], 8) & 0o2000000) !== 0;
@@ -564,7 +564,7 @@ describe('FdChannel errors, limits and hygiene', () => {
 
   it('channels dropped without close() are closed when collected (safety net), and an idle one does not hold the process', () => {
     const script = `
-      import { FdChannel } from ${JSON.stringify(root + 'dist/ipc/channel.js')};
+      import { FdChannel } from ${JSON.stringify(root + 'dist/ipc/index.js')};
       import { readdirSync, readlinkSync } from 'node:fs';
       const sockets = () => readdirSync('/proc/self/fd').filter((n) => { try { return readlinkSync('/proc/self/fd/' + n).startsWith('socket:'); } catch { return false; } }).length;
       const base = sockets();

@@ -1,4 +1,4 @@
-// Lifetimes as the kernel has them (see ../shared/seeds/000: the guest_memfd pins its VM),
+// Lifetimes as the kernel has them (https://lore.kernel.org/r/ZNKv9ul2I7A4V7IF@google.com: the guest_memfd pins its VM),
 // fd hygiene (no leaks, nothing inherited by children) and the garbage-collection safety net.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';

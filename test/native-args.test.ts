@@ -58,7 +58,7 @@ function survives(f: () => unknown): void {
 describe('native addon argument checks', () => {
   it('covers every exported function', () => {
     const tested = new Set([
-      ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory', 'setStateErrorFactory', 'limits',
+      ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory', 'setStateErrorFactory', 'setArgErrorFactory', 'limits',
       'uapiLayout', 'VcpuRunner', 'socketPair', 'unixListen', 'unixConnect', 'sendMsg', 'FdWatch', 'setCpuid2',
     ]);
     expect(Object.keys(native).filter((k) => !tested.has(k))).toEqual([]);
@@ -339,9 +339,27 @@ describe('native addon argument checks', () => {
     }
   });
 
-  it('setErrorFactory and setStateErrorFactory require a function; state errors are KvmStateErrors', () => {
+  it('native argument errors carry a code, as the library\'s own do (before: no code)', () => {
+    const codeOf = (f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        return [(e as Error).constructor.name, (e as { code?: string }).code];
+      }
+      return ['no error', undefined];
+    };
+    expect(codeOf(() => native.close('3' as never))).toEqual(['TypeError', 'ERR_INVALID_ARG_TYPE']);
+    expect(codeOf(() => native.close(-1))).toEqual(['RangeError', 'ERR_OUT_OF_RANGE']);
+    expect(codeOf(() => (native.close as (...a: unknown[]) => void)())).toEqual(['TypeError', 'ERR_MISSING_ARGS']);
+    const detached = new Uint8Array(new ArrayBuffer(8));
+    structuredClone(detached.buffer, { transfer: [detached.buffer] });
+    expect(codeOf(() => native.getRegs(0, detached))).toEqual(['TypeError', 'ERR_INVALID_ARG_VALUE']);
+  });
+
+  it('setErrorFactory, setStateErrorFactory and setArgErrorFactory require a function; state errors are KvmStateErrors', () => {
     expect(() => native.setErrorFactory(1 as never)).toThrow(TypeError);
     expect(() => native.setStateErrorFactory(1 as never)).toThrow(TypeError);
+    expect(() => native.setArgErrorFactory(1 as never)).toThrow(TypeError);
     const [a, b] = native.socketPair();
     const w = new native.FdWatch(a);
     w.close();

@@ -11,7 +11,7 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { GuestMemfd, GuestMemfdFlag, KvmStateError, Mapping, MemslotFlag, type Vm } from '../lib/index.js';
-import { FdChannel } from '../lib/ipc/channel.js';
+import { FdChannel } from '../lib/ipc/index.js';
 import { fdLink, gmemVm, isCloexec, thrown } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;

@@ -22,7 +22,7 @@ const host = (available = true): HostFacts => ({
 });
 const mk = (name: string, run: SelftestCase['run'], extra: Partial<SelftestCase> = {}): SelftestCase =>
   ({ name, group: 'lifecycle', source: 'test', summary: 'synthetic', run, ...extra });
-const kvmError = () => new KvmError({ errno: 22, syscall: 'ioctl', request: 'KVM_X', detail: 'x', description: 'Invalid argument' });
+const kvmError = () => new KvmError({ errno: -22, syscall: 'ioctl', request: 'KVM_X', detail: 'x', description: 'Invalid argument' });
 
 describe('selftest runner', () => {
   it('verdicts: pass, fail (check, unexpected errno), error (a bug in the case), skip; cleanups run in reverse', async (ctx) => {
@@ -91,7 +91,7 @@ describe('selftest runner', () => {
     const rep = await runSelftests([
       mk('b.errno.kvm', () => { throw kvmError(); }),
       mk('b.errno.check', einval),
-      mk('b.errno.other', () => void checkErrno(() => { throw new KvmError({ errno: 17, syscall: 'ioctl', detail: 'x', description: 'File exists' }); }, 'EINVAL', 'the call')),
+      mk('b.errno.other', () => void checkErrno(() => { throw new KvmError({ errno: -17, syscall: 'ioctl', detail: 'x', description: 'File exists' }); }, 'EINVAL', 'the call')),
       mk('b.exit', () => { throw new UnexpectedExitError({ reason: 'mmio', exitReason: 6, address: 0n, isWrite: false, length: 4, data: new Uint8Array(4) } as never); }),
       mk('b.msg', () => check(false, 'nooope')),
       mk('b.ok', () => void checkErrno(() => 0, 'EINVAL', 'the call')),

@@ -1,12 +1,14 @@
-// The live-upgrade experiment (lib/upgrade/): its guest on its own, one handover end to end between
-// two real VMM processes, and the report (table, JSON, SVG chart).
+// The live-upgrade experiment (experiments/upgrade/): its guest on its own, one handover end to end
+// between two real VMM processes (the built experiment, compiled here against dist/'s typings:
+// `npm run build` first), the report (table, JSON, SVG chart), and its use of the public API only.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Cap, GuestMemfdFlag, type Vcpu } from '../lib/index.js';
-import { bootGuest, getUcall, guestImage, replyUcall } from '../lib/guest/index.js';
+import { bootGuest, GuestAssertionError, guestImage, replyUcall, runUntilUcall } from '../lib/guest/index.js';
 import {
   GuestLoop, Layout, MiB, Op, Tag, checkPattern, dataPages, guestArgs, patternValue, readState, stateFromJson,
   stateToJson, writePattern, writeState, type VcpuStateJson,
@@ -22,14 +24,13 @@ const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
 const scratch = mkdtempSync(join(tmpdir(), 'kvm-gmem-upgrade-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 
-/** Runs the guest to its next SYNC; throws on anything else. */
+/** Runs the guest to its next SYNC (or DONE) through the library's ucall loop; an ABORT is returned, not thrown. */
 async function nextSync(vcpu: Vcpu) {
-  for (;;) {
-    const exit = await vcpu.runAsync();
-    const uc = getUcall(vcpu, exit);
-    if (uc?.cmd === 'sync') return uc;
-    if (uc?.cmd === 'abort') return uc;
-    if (exit.reason !== 'intr') throw new Error(`unexpected exit ${exit.reason} ${uc?.cmd ?? ''}`);
+  try {
+    return await runUntilUcall(vcpu, { onExit: (e) => e.reason === 'intr' });
+  } catch (e) {
+    if (e instanceof GuestAssertionError) return e.ucall;
+    throw e;
   }
 }
 
@@ -128,13 +129,66 @@ describe('the upgrade guest (guest/upgrade.S)', () => {
   });
 });
 
-describe('kvm-gmem upgrade-experiment, end to end', () => {
+let built: string | undefined;
+
+/**
+ * Compiles experiments/ against the package's published typings (dist/) into build/experiments/
+ * unless that is newer than its sources and dist/ (as scripts/upgrade-experiment.mjs decides);
+ * returns main.js.
+ */
+function buildExperiment(): string {
+  if (built !== undefined) return built;
+  const typings = join(ROOT, 'dist', 'index.d.ts');
+  if (!existsSync(typings)) throw new Error('dist/ is not built: run `npm run build` first');
+  const main = join(ROOT, 'build', 'experiments', 'upgrade', 'main.js');
+  const sources = [join(ROOT, 'experiments', 'tsconfig.json'), typings];
+  for (const f of readdirSync(join(ROOT, 'experiments', 'upgrade'))) sources.push(join(ROOT, 'experiments', 'upgrade', f));
+  const mtime = (p: string) => (existsSync(p) ? statSync(p).mtimeMs : 0);
+  if (mtime(main) < Math.max(...sources.map(mtime))) {
+    const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+    const r = spawnSync(process.execPath, [tsc, '-p', join(ROOT, 'experiments', 'tsconfig.json')], { encoding: 'utf8', timeout: hangBound(120_000) });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+  }
+  return (built = main);
+}
+
+describe('the experiment as a program', () => {
+  it('imports the package only through its public entry points (kvm-gmem, /guest, /ipc, /selftest)', () => {
+    const dir = join(ROOT, 'experiments', 'upgrade');
+    const files = readdirSync(dir).filter((f) => f.endsWith('.ts'));
+    expect(files).toContain('main.ts');
+    const specifiers = new Set<string>();
+    for (const f of files) {
+      for (const m of readFileSync(join(dir, f), 'utf8').matchAll(/^\s*(?:import|export)\b[^'"]*?from\s+'([^']+)'/gm)) specifiers.add(m[1]!);
+    }
+    const outside = [...specifiers].filter((s) => !s.startsWith('node:') && !/^\.\/[\w-]+\.js$/.test(s));
+    expect(outside.sort()).toEqual(['kvm-gmem', 'kvm-gmem/guest', 'kvm-gmem/ipc', 'kvm-gmem/selftest']);
+  });
+
+  it('is not shipped: package.json "files" leaves experiments/ and build/ out', () => {
+    const files = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { files: string[] }).files;
+    expect(files.filter((f) => /^(experiments|build)\b/.test(f))).toEqual([]);
+  });
+
+  it('--help prints the usage and exits 0; a bad option is a usage error (exit 2)', () => {
+    const main = buildExperiment();
+    const help = spawnSync(process.execPath, [main, '--help'], { encoding: 'utf8', timeout: hangBound(30_000) });
+    expect(help.status, help.stderr).toBe(0);
+    expect(help.stdout).toMatch(/^usage: npm run upgrade-experiment -- \[options\]\n/);
+    expect(help.stdout).toMatch(/--sizes LIST/);
+    const bad = spawnSync(process.execPath, [main, '--sizes', '3'], { encoding: 'utf8', timeout: hangBound(30_000) });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toMatch(/^upgrade-experiment: memory sizes must be even numbers of MiB/);
+  }, hangBound(180_000));
+});
+
+describe('upgrade-experiment, end to end', () => {
   it('hands a 16 MiB guest from one VMM process to another: the guest resumes with its memory intact, the old VMM exits, the guest keeps counting', (ctx) => {
     using vm = gmemVm(ctx, SHARED);
     expect(vm.checkExtension(Cap.GUEST_MEMFD)).toBe(1);
+    const main = buildExperiment();
     const chart = join(scratch, 'chart.svg');
-    const script = `import('${join(ROOT, 'dist/upgrade/command.js')}').then(async (m) => { process.exitCode = await m.upgradeExperimentCommand(process.argv.slice(1)); })`;
-    const r = spawnSync(process.execPath, ['-e', script, '--', '--sizes', '16', '--runs', '1', '--json', '--chart', chart, '--after-ms', '300'], {
+    const r = spawnSync(process.execPath, [main, '--sizes', '16', '--runs', '1', '--json', '--chart', chart, '--after-ms', '300'], {
       encoding: 'utf8', timeout: hangBound(120_000),
     });
     expect(r.status, r.stderr).toBe(0);
@@ -181,7 +235,7 @@ describe('kvm-gmem upgrade-experiment, end to end', () => {
     expect(run.pauseMs).toBeLessThan(run.handoverMs);
     const svg = readFileSync(chart, 'utf8');
     expect(checkXml(svg)).toBe('svg');
-  }, hangBound(180_000));
+  }, hangBound(300_000));
 });
 
 // ---- the report --------------------------------------------------------------------------------

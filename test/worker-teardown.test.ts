@@ -92,7 +92,7 @@ describe('a Worker that ends without closing', () => {
     // everything, so that what Node and the library open once per process is in the baseline.
     const worker = `
       import { Kvm } from ${lib('kvm/kvm')};
-      import { FdChannel } from ${lib('ipc/channel')};
+      import { FdChannel } from ${lib('ipc/index')};
       import { GuestMemfdFlag, Madvise } from ${lib('core/constants')};
       import { parentPort, workerData } from 'node:worker_threads';
       const how = workerData;
@@ -160,7 +160,7 @@ describe('a Worker that ends without closing', () => {
 describe('a Worker that ends with a received message unread', () => {
   it('closes the fds the message still holds (4 memfds), however the worker ends', () => {
     const worker = `
-      import { FdChannel } from ${lib('ipc/channel')};
+      import { FdChannel } from ${lib('ipc/index')};
       import { native } from ${lib('core/native')};
       import { parentPort, workerData } from 'node:worker_threads';
       const [a, b] = FdChannel.pair();
@@ -244,7 +244,7 @@ describe('a Worker blocked in a synchronous call', () => {
 
   it('channel.send() with timeoutMs: Infinity to a peer that never reads: terminate() settles and process.exit() works', () => {
     const worker = `
-      import { FdChannel } from ${lib('ipc/channel')};
+      import { FdChannel } from ${lib('ipc/index')};
       import { parentPort } from 'node:worker_threads';
       const [a, b] = FdChannel.pair();
       // Fill the peer's receive queue (b never reads), then wait for room that never comes.

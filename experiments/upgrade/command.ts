@@ -1,6 +1,7 @@
 /**
- * `kvm-gmem upgrade-experiment`: hands a running guest from one VMM process to another, for
- * several memory sizes, and reports what the kernel allowed and what the takeover cost.
+ * The upgrade experiment's command line (`npm run upgrade-experiment -- [options]`, which runs
+ * main.ts): hands a running guest from one VMM process to another, for several memory sizes,
+ * and reports what the kernel allowed and what the takeover cost.
  * @module
  */
 import { writeFileSync } from 'node:fs';
@@ -11,9 +12,8 @@ import { formatReport, renderSvg, reportJson } from './report.js';
 
 /**
  * The sizes (MiB) run by default, up to the largest the experiment takes (MAX_SIZE_MIB: one
- * memslot from GPA 0, below the local APIC): with the default 3 runs each, about three minutes on
- * the 2-CPU, 24 GiB PVM host this was written on, most of it writing and checking the pattern and
- * allocating memory, not the handover.
+ * memslot from GPA 0, below the local APIC). Most of a run's time goes to writing and checking
+ * the pattern and allocating memory, not to the handover.
  */
 export const DEFAULT_SIZES_MIB = [64, 128, 256, 512, 1024, 2048, 4032];
 
@@ -23,7 +23,9 @@ export const DEFAULT_RUNS = 3;
 /** The default chart file, in the current directory. */
 export const DEFAULT_CHART = 'upgrade-experiment.svg';
 
-export const UPGRADE_USAGE = `usage: kvm-gmem upgrade-experiment [options]
+/** The --help text. */
+export const UPGRADE_USAGE = `usage: npm run upgrade-experiment -- [options]
+       node build/experiments/upgrade/main.js [options]
 
 Live VMM upgrade on guest_memfd, between two real processes: an old VMM runs a guest on guest_memfd
 memory, pauses it and sends the guest_memfd, the VM and vCPU fds and the vCPU state over a Unix
@@ -39,7 +41,7 @@ options:
   --chart FILE          where to write the SVG chart (default ${DEFAULT_CHART})
   --no-chart            write no chart
   --guest-fill-max MiB  the guest writes its own pattern up to this size, else the old VMM
-                        does (default 128; a guest fills about 27 MiB/s on this host)
+                        does (default 128: guest code is slower at it than the host)
   --guest-check MiB     after the takeover the guest checks every page up to this much data,
                         a stride sample above it (default 64)
   --after-ms MS         how long the guest keeps running after the old VMM exited (default 500)
@@ -66,7 +68,7 @@ function parseInt10(text: string | undefined, name: string): number | undefined 
 }
 
 /**
- * Runs the command with `argv` (the arguments after `upgrade-experiment`).
+ * Runs the command with `argv` (the program's arguments).
  * @returns the exit status: 0 all takeovers succeeded, 1 one failed, 2 bad usage
  */
 export async function upgradeExperimentCommand(argv: string[]): Promise<number> {
@@ -90,7 +92,7 @@ export async function upgradeExperimentCommand(argv: string[]): Promise<number> 
       allowPositionals: false,
     }));
   } catch (e) {
-    process.stderr.write(`kvm-gmem upgrade-experiment: ${(e as Error).message}\n\n${UPGRADE_USAGE}`);
+    process.stderr.write(`upgrade-experiment: ${(e as Error).message}\n\n${UPGRADE_USAGE}`);
     return 2;
   }
   if (values.help) {
@@ -120,7 +122,7 @@ export async function upgradeExperimentCommand(argv: string[]): Promise<number> 
     log(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`);
   } catch (e) {
     if (e instanceof RangeError || e instanceof TypeError) {
-      process.stderr.write(`kvm-gmem upgrade-experiment: ${e.message}\n`);
+      process.stderr.write(`upgrade-experiment: ${e.message}\n`);
       return 2;
     }
     throw e;

@@ -3,16 +3,15 @@
  * guest's memory layout and calls (guest/upgrade.S), the memory pattern, the vCPU state as
  * JSON, the handover message and the messages each VMM process sends its parent.
  * @module
- * @internal
  */
-import { GuestMemfdFlag, PAGE_SIZE } from '../../lib/core/constants.js';
-import { KvmError } from '../../lib/core/errors.js';
-import { getUcall, GuestAssertionError, UnexpectedExitError, type Ucall } from '../../lib/guest/ucall.js';
-import { CONSOLE_PORT } from '../../lib/guest/images.js';
-import type { VcpuExit } from '../../lib/kvm/exits.js';
-import type { Vcpu } from '../../lib/kvm/vcpu.js';
-import type { CpuidEntry } from '../../lib/kvm/cpuid.js';
-import type { Fpu, Regs, Sregs } from '../../lib/kvm/x86-state.js';
+import { GuestMemfdFlag, KvmError, PAGE_SIZE, type CpuidEntry, type Fpu, type Regs, type Sregs, type Vcpu, type VcpuExit } from 'kvm-gmem';
+import { CONSOLE_PORT, getUcall, GuestAssertionError, UnexpectedExitError, type Ucall } from 'kvm-gmem/guest';
+
+/** The thread where KVM's maintainer lists three ways a guest_memfd could move to another VM; the kernel does (a): never. */
+export const REBIND_THREAD = 'https://lore.kernel.org/all/ZNKv9ul2I7A4V7IF@google.com/';
+
+/** The uapi this library follows (Linux 6.18's KVM header). */
+export const UAPI_HEADER = 'https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/include/uapi/linux/kvm.h?h=v6.18';
 
 /** Bytes in a MiB. */
 export const MiB = 1024 * 1024;
@@ -34,6 +33,9 @@ export const Layout = {
   /** The data region: from here to the end of memory. */
   DATA_BASE: 0x100000,
 } as const;
+
+/** The guest's one vCPU, in both VMs: the handover carries its state and its fd. */
+export const VCPU_ID = 0;
 
 /** The smallest memory the layout fits in (the data region needs at least a page). */
 export const MIN_SIZE = 2 * MiB;
@@ -451,7 +453,7 @@ export type ControlMessage = { type: 'pause' } | { type: 'old-exited'; at: strin
  */
 export function vmmEntry(name: string, main: () => Promise<void>): void {
   if (typeof process.send !== 'function') {
-    process.stderr.write(`${name}: run by \`kvm-gmem upgrade-experiment\` (needs an IPC channel to its parent)\n`);
+    process.stderr.write(`${name}: run by \`npm run upgrade-experiment\` (needs an IPC channel to its parent)\n`);
     process.exit(2);
   }
   main().then(

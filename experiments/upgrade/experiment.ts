@@ -21,13 +21,23 @@ import { existsSync } from 'node:fs';
 import { availableParallelism, arch, release, totalmem } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { FdChannel } from '../../lib/ipc/channel.js';
-import { hostPaging } from '../../lib/host/info.js';
+import { FdChannel } from 'kvm-gmem/ipc';
+import { hostPaging } from 'kvm-gmem/selftest';
 import {
   MIN_SIZE, MiB, dataPages, msBetween, now, type ControlMessage, type FilledBy, type NewReady,
   type NewResult, type NewResumed, type NewVmmConfig, type OldAcked, type OldReady, type OldSent,
   type OldVmmConfig, type Probes, type RebindSurvey, type VmmMessage,
 } from './common.js';
+
+/**
+ * Hang bounds, not expectations: how long one step of a handover (ready, sent, resumed, result)
+ * may take before the run counts as hung, from a base and the MiB the guest and the host work
+ * through in it.
+ */
+const HANG = { baseMs: 30_000, guestMsPerMiB: 200, hostMsPerMiB: 20 } as const;
+
+/** KVM_GMEM_HANG_SCALE stretches the hang bounds (`kvm-gmem exec` sets it under CPU emulation). */
+const HANG_SCALE = Math.max(1, Number(process.env.KVM_GMEM_HANG_SCALE ?? 1) || 1);
 
 /** What to run. */
 export interface ExperimentOptions {
@@ -41,7 +51,7 @@ export interface ExperimentOptions {
   runs?: number;
   /**
    * Sizes up to this many MiB have their data region filled by the guest itself; above it the old
-   * VMM writes the same pattern before the guest starts (a guest here fills about 27 MiB/s).
+   * VMM writes the same pattern before the guest starts (guest code is slower at it than the host).
    * Default 128.
    */
   guestFillMaxMiB?: number;
@@ -51,7 +61,7 @@ export interface ExperimentOptions {
    * every byte host-side either way. Default 64.
    */
   guestCheckMiB?: number;
-  /** Guest counting steps between two ticks (a tick is a SYNC exit). Default 65536 (about 0.15 s here). */
+  /** Guest counting steps between two ticks (a tick is a SYNC exit). Default 65536. */
   period?: number;
   /** How long the new guest keeps running after the old VMM exited, in ms. Default 500. */
   afterMs?: number;
@@ -164,13 +174,16 @@ export interface ExperimentReport {
   ok: boolean;
 }
 
-/** The VMM scripts: beside this module in dist/, or in dist/upgrade/ when this runs from lib/. */
+/**
+ * The VMM scripts: beside this module in build/experiments/upgrade/, or there when this runs
+ * from its source (experiments/upgrade/, under vitest).
+ */
 export function vmmScript(name: 'old-vmm' | 'new-vmm'): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  const candidates = [join(here, `${name}.js`), resolve(here, '..', '..', 'dist', 'upgrade', `${name}.js`)];
+  const candidates = [join(here, `${name}.js`), resolve(here, '..', '..', 'build', 'experiments', 'upgrade', `${name}.js`)];
   const found = candidates.find((p) => existsSync(p));
   if (found === undefined) {
-    throw new Error(`the ${name} script is not built (looked for ${candidates.join(', ')}); run \`npm run build\``);
+    throw new Error(`the ${name} script is not built (looked for ${candidates.join(', ')}); run \`npm run upgrade-experiment\``);
   }
   return found;
 }
@@ -372,9 +385,8 @@ export async function runHandover(
   const guestFills = sizeMiB <= o.guestFillMaxMiB;
   const pages = dataPages(size);
   const stride = checkStride(pages, o.guestCheckMiB);
-  // Generous limits: a guest here fills or checks about 27 MiB/s, the host a GiB in about a second.
   const guestMiB = (guestFills ? sizeMiB : 0) + Math.min(sizeMiB, o.guestCheckMiB);
-  const stepMs = 30_000 + 200 * guestMiB + 20 * sizeMiB;
+  const stepMs = HANG_SCALE * (HANG.baseMs + HANG.guestMsPerMiB * guestMiB + HANG.hostMsPerMiB * sizeMiB);
   const oldCfg: OldVmmConfig = { size, seed, period: o.period, guestFills, readyTicks: 3, ackTimeoutMs: stepMs };
   const newCfg: NewVmmConfig = {
     size, verifyStride: stride, afterMs: o.afterMs, receiveTimeoutMs: 2 * stepMs, oldExitTimeoutMs: stepMs, capLimit: o.capLimit,

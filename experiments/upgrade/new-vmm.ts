@@ -1,5 +1,5 @@
 /**
- * The new VMM of the live-upgrade experiment: a process of its own (dist/upgrade/new-vmm.js),
+ * The new VMM of the live-upgrade experiment: a process of its own (build/experiments/upgrade/new-vmm.js),
  * started by the orchestrator (experiment.ts) with the handover socket as fd 3 and an IPC channel
  * to its parent. Its job (JSON {@link NewVmmConfig} in argv[2]):
  *
@@ -12,26 +12,20 @@
  *    (copy), binds its own at GPA 0, creates vCPU 0 and writes the state into it (restore), and
  *    runs it (resume); then acks the handover on the socket (the old VMM exits on the ack) and
  *    says `resumed` with the timestamps;
- * 4. while the guest runs: probes what the kernel allows with the received fds (each answer
- *    recorded, nothing asserted here), checks the received memory and the copy host-side, and
- *    has the guest check its memory (every `verifyStride`-th page);
+ * 4. while the guest runs: adopts the received VM and vCPU fds (`Vm.adopt()`, `vm.adoptVcpu()`)
+ *    and probes what the kernel allows with them (each answer recorded, nothing asserted here),
+ *    checks the received memory and the copy host-side, and has the guest check its memory
+ *    (every `verifyStride`-th page);
  * 5. once the orchestrator says the old VMM exited, lets the guest run `afterMs` longer, then
  *    asks it for DONE and reports the `result`.
  * @module
- * @internal
  */
-import { Cap, Madvise, MemslotFlag, PAGE_SIZE } from '../../lib/core/constants.js';
-import { FdChannel, type ReceivedFd } from '../../lib/ipc/channel.js';
-import { GuestMemfd } from '../../lib/kvm/guest-memfd.js';
-import { Kvm } from '../../lib/kvm/kvm.js';
-import type { Mapping } from '../../lib/memory/mapping.js';
-import { native } from '../../lib/core/native.js';
-import { replyUcall, type Ucall } from '../../lib/guest/ucall.js';
-import type { Vm } from '../../lib/kvm/vm.js';
-import { Layout as StateLayout } from '../../lib/kvm/x86-state.js';
+import { Cap, GuestMemfd, Kvm, Madvise, MemslotFlag, PAGE_SIZE, Vm, type Mapping } from 'kvm-gmem';
+import { replyUcall, type Ucall } from 'kvm-gmem/guest';
+import { FdChannel, type ReceivedFd } from 'kvm-gmem/ipc';
 import {
-  GMEM_FLAGS, GuestLoop, Layout, MiB, Op, Tag, attempt, checkPattern, control, dataPages, logLine,
-  msBetween, now, stateFromJson, tell, vmmEntry, writeState, type HandoverAck, type HandoverPayload,
+  GMEM_FLAGS, GuestLoop, REBIND_THREAD, UAPI_HEADER, Layout, MiB, Op, Tag, attempt, checkPattern, control, dataPages, logLine,
+  msBetween, now, stateFromJson, tell, VCPU_ID, vmmEntry, writeState, type HandoverAck, type HandoverPayload,
   type NewVmmConfig, type Probes, type RebindSurvey,
 } from './common.js';
 
@@ -39,10 +33,10 @@ const log = (text: string) => logLine('new', text);
 
 /** What the uapi this library follows says about moving a guest_memfd to another VM. */
 export const UAPI_REBIND_NOTE =
-  "Linux 6.18's include/uapi/linux/kvm.h has no ioctl to rebind, link or migrate a guest_memfd to " +
+  `Linux 6.18's KVM uapi (${UAPI_HEADER}) has no ioctl to rebind, link or migrate a guest_memfd to ` +
   'another VM: KVM_CREATE_GUEST_MEMFD (a VM ioctl) is the only guest_memfd ioctl, and ' +
   'KVM_SET_USER_MEMORY_REGION2 binds a guest_memfd only into the VM that created it (option (a) ' +
-  'of seeds/000); its capabilities end at KVM_CAP_GUEST_MEMFD_FLAGS (244), whose bits are MMAP ' +
+  `of ${REBIND_THREAD}); its capabilities end at KVM_CAP_GUEST_MEMFD_FLAGS (244), whose bits are MMAP ` +
   'and INIT_SHARED. No unknown ioctl is called here.';
 
 /** The highest KVM_CAP_* number in the uapi the library follows (Linux 6.18). */
@@ -128,13 +122,11 @@ async function main(): Promise<void> {
   if (p?.type !== 'handover') throw new Error(`expected the handover, got ${JSON.stringify(p)}`);
   if (p.size !== cfg.size) throw new Error(`the handover is for ${p.size} bytes of guest memory, this VMM prepared ${cfg.size}`);
   using received = GuestMemfd.adopt(one(msg.fds, 'guest_memfd'), { size: p.size, flags: BigInt(p.flags) });
-  const oldVm = one(msg.fds, 'vm');
-  const oldVcpu = one(msg.fds, 'vcpu');
+  const oldVmFd = one(msg.fds, 'vm');
+  const oldVcpuFd = one(msg.fds, 'vcpu');
   const receivedAt = now();
 
-  // 3. The takeover. Copy: map the received guest_memfd, fault it in (MADV_POPULATE_READ: one
-  // call instead of a page fault per 4 KiB page, which doubles the copy's speed) and copy all of
-  // it into this VM's own.
+  // 3. The takeover. Copy: one MADV_POPULATE_READ faults the received file in, not a fault per page.
   let src: Mapping | undefined;
   const mapReceived = attempt(() => (src = received.map()));
   if (src === undefined) throw new Error(`cannot map the received guest_memfd: ${mapReceived}`);
@@ -148,7 +140,7 @@ async function main(): Promise<void> {
   );
   if (bindOwnToNewVm !== 'ok') throw new Error(`binding this VM's own guest_memfd failed: ${bindOwnToNewVm}`);
   const bound = now();
-  using vcpu = vm.createVcpu(0);
+  using vcpu = vm.createVcpu(VCPU_ID);
   const vcpuCreated = now();
   writeState(vcpu, stateFromJson(p.state));
   const restored = now();
@@ -168,7 +160,9 @@ async function main(): Promise<void> {
   log(`resumed: copy ${msBetween(receivedAt, copied).toFixed(1)} ms, restore ${msBetween(copied, restored).toFixed(2)} ms, ` +
     `blackout ${msBetween(p.pauseStart, resumed).toFixed(1)} ms`);
 
-  // 4. While the guest runs: what the kernel allows with the received fds.
+  // 4. While the guest runs: what the kernel allows with the received fds, adopted as a VMM would.
+  using oldVm = Vm.adopt(oldVmFd, { kvm });
+  using oldVcpu = oldVm.adoptVcpu(oldVcpuFd, VCPU_ID);
   const checkStart = now();
   const data = (m: Mapping) => m.bytes.subarray(Layout.DATA_BASE);
   const bad = checkPattern(data(srcMap), Layout.DATA_BASE, BigInt(p.seed));
@@ -182,9 +176,9 @@ async function main(): Promise<void> {
     mapReceived,
     receivedMemory,
     copyCompare,
-    vmCheckExtension: attempt(() => native.checkExtension(oldVm.fd, Cap.GUEST_MEMFD)),
-    vmCreateGuestMemfd: attempt(() => native.close(native.createGuestMemfd(oldVm.fd, PAGE_SIZE, 0))),
-    vcpuGetRegs: attempt(() => native.getRegs(oldVcpu.fd, new Uint8Array(StateLayout.regs.size))),
+    vmCheckExtension: attempt(() => oldVm.checkExtension(Cap.GUEST_MEMFD)),
+    vmCreateGuestMemfd: attempt(() => oldVm.createGuestMemfd({ size: PAGE_SIZE }).close()),
+    vcpuGetRegs: attempt(() => oldVcpu.getRegs()),
     bindReceivedToNewVm: attempt(() =>
       probeVm.setUserMemoryRegion2({
         slot: 0, flags: MemslotFlag.GUEST_MEMFD, guestPhysAddr: 0, memorySize: cfg.size, userspaceAddr: srcMap, guestMemfd: received,

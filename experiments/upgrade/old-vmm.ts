@@ -1,5 +1,5 @@
 /**
- * The old VMM of the live-upgrade experiment: a process of its own (dist/upgrade/old-vmm.js),
+ * The old VMM of the live-upgrade experiment: a process of its own (build/experiments/upgrade/old-vmm.js),
  * started by the orchestrator (experiment.ts) with the handover socket as fd 3 and an IPC channel
  * to its parent. Its job (JSON {@link OldVmmConfig} in argv[2]):
  *
@@ -15,15 +15,13 @@
  * 4. waits for the new VMM's ack (sent once the guest runs there: until then this VMM could
  *    still resume its own), says `acked`, closes everything and exits 0.
  * @module
- * @internal
  */
-import { FdChannel } from '../../lib/ipc/channel.js';
-import { guestImage } from '../../lib/guest/images.js';
-import { Kvm } from '../../lib/kvm/kvm.js';
-import { bootGuest } from '../../lib/guest/boot.js';
+import { Kvm } from 'kvm-gmem';
+import { bootGuest, guestImage } from 'kvm-gmem/guest';
+import { FdChannel } from 'kvm-gmem/ipc';
 import {
   GMEM_FLAGS, GuestLoop, Layout, MiB, Tag, control, guestArgs, logLine, msBetween, now, readState,
-  stateToJson, tell, vmmEntry, writePattern, type HandoverAck, type HandoverPayload, type OldVmmConfig,
+  stateToJson, tell, VCPU_ID, vmmEntry, writePattern, type HandoverAck, type HandoverPayload, type OldVmmConfig,
 } from './common.js';
 
 const log = (text: string) => logLine('old', text);
@@ -37,7 +35,7 @@ async function main(): Promise<void> {
   using gmem = vm.createGuestMemfd({ size: cfg.size, flags: GMEM_FLAGS });
   using mem = gmem.map();
   vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: cfg.size, userspaceAddr: mem, guestMemfd: gmem });
-  using vcpu = vm.createVcpu(0);
+  using vcpu = vm.createVcpu(VCPU_ID);
   log(`${cfg.size / MiB} MiB of guest_memfd (fd ${gmem.fd}) at GPA 0, VM fd ${vm.fd}, vCPU fd ${vcpu.fd}`);
 
   const fillStart = now();

@@ -5,7 +5,7 @@
  * @module
  */
 import { EXPECTED_PROBES, type ExperimentReport, type SizeSummary } from './experiment.js';
-import type { Probes } from './common.js';
+import { REBIND_THREAD, type Probes } from './common.js';
 
 /** Milliseconds with a precision that suits their size. */
 export function formatMs(ms: number): string {
@@ -66,7 +66,7 @@ const PROBE_LINES: [keyof Probes, string, string][] = [
   ['vmCheckExtension', 'KVM_CHECK_EXTENSION on the received VM fd', 'the VM belongs to the old process\'s mm'],
   ['vmCreateGuestMemfd', 'KVM_CREATE_GUEST_MEMFD on the received VM fd', ''],
   ['vcpuGetRegs', 'KVM_GET_REGS on the received vCPU fd', ''],
-  ['bindReceivedToNewVm', 'binding the received guest_memfd into a new VM', 'bound to its own VM for life: option (a) of seeds/000'],
+  ['bindReceivedToNewVm', 'binding the received guest_memfd into a new VM', `bound to its own VM for life: option (a) of ${REBIND_THREAD}`],
   ['bindOwnToNewVm', 'control: the new VM binding its own guest_memfd', ''],
   ['copyCompare', 'the copy vs the received memory (every byte)', ''],
 ];
@@ -77,7 +77,7 @@ export function formatReport(rep: ExperimentReport, chartPath?: string): string 
   const out: string[] = [];
   const runs = rep.options.runs;
   out.push(
-    `kvm-gmem upgrade-experiment: kernel ${h.kernel} (${h.arch}), paging ${h.paging}, ${h.cpus} CPUs, ${h.memoryGiB} GiB; ` +
+    `upgrade-experiment: kernel ${h.kernel} (${h.arch}), paging ${h.paging}, ${h.cpus} CPUs, ${h.memoryGiB} GiB; ` +
       `${runs} run${runs > 1 ? 's' : ''} per size${runs > 1 ? ' (each row: the run with the median blackout; range: all runs)' : ''}`,
     '',
   );
@@ -126,7 +126,7 @@ export function formatReport(rep: ExperimentReport, chartPath?: string): string 
     const share = (100 * big.copyMs) / big.blackoutMs;
     out.push(
       '',
-      `A kernel that let the new VM bind the received guest_memfd (options (b)/(c) of seeds/000) would skip the copy: ` +
+      `A kernel that let the new VM bind the received guest_memfd (options (b)/(c) of ${REBIND_THREAD}) would skip the copy: ` +
         `${formatMs(big.copyMs)} of the ${formatMs(big.blackoutMs)} blackout at ${formatBytes(big.bytes)} (${share.toFixed(0)}%), ` +
         `and the second ${formatBytes(big.bytes)} of memory the copy needs while both exist.`,
     );

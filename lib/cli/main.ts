@@ -6,14 +6,15 @@
  *   kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE] [--device PATH]
  *                                            the selftest suite, KTAP out (lib/selftest/)
  *   kvm-gmem exec --kernel IMAGE [VM options] -- COMMAND [ARG...]
- *                                            any command on another kernel (lib/kernel-vm.ts)
+ *                                            any command on another kernel (lib/host/kernel-vm.ts)
  * Every command also takes the VM options (--kernel IMAGE...): it then runs on that kernel.
  * @module
  */
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { formatHostInfo, hostInfo } from '../host/info.js';
-import { KernelVmError, runInKernelVm, type KernelVmOptions, type VmAccel } from '../host/kernel-vm.js';
+import { runInKernelVm, type KernelVmOptions, type VmAccel } from '../host/kernel-vm.js';
+import { ExitCode, UsageError, exitCodeOf } from './exit.js';
 import { selftestCommand } from './selftest.js';
 
 const USAGE = `usage: kvm-gmem <command> [options]
@@ -44,6 +45,10 @@ printing its output and exiting with its status as if it had run here
 
 options:
   -h, --help                      this text
+
+exit status: 0 done, 1 a test failed or the host cannot do it, 2 a wrong command line or
+input file, 3 the command could not run (a failed system call, a VM that did not boot),
+4 every selftest case skipped
 `;
 
 /** The VM options, taken out of any command's arguments. */
@@ -104,8 +109,6 @@ function takeVmOptions(argv: string[], leading = false): { rest: string[]; vm?: 
   return { rest, vm };
 }
 
-/** A mistake in the command line (exit 2). */
-class UsageError extends Error {}
 
 /** Runs argv inside the VM and passes its stdout and exit status through. */
 async function inVm(vm: KernelVmOptions, argv: string[]): Promise<number> {
@@ -121,14 +124,14 @@ function info(argv: string[]): number {
   });
   const report = hostInfo(values.device);
   process.stdout.write(values.json ? JSON.stringify(report, null, 2) + '\n' : formatHostInfo(report));
-  return report.canOpen ? 0 : 1;
+  return report.canOpen ? ExitCode.OK : ExitCode.FAIL;
 }
 
 async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
   if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
     process.stdout.write(USAGE);
-    return command === undefined ? 2 : 0;
+    return command === undefined ? ExitCode.USAGE : ExitCode.OK;
   }
   const { rest, vm } = takeVmOptions(args, command === 'exec');
   if (command === 'exec') {
@@ -141,7 +144,7 @@ async function main(argv: string[]): Promise<number> {
   if (command === 'info') return info(rest);
   if (command === 'selftest') return selftestCommand(rest);
   process.stderr.write(`kvm-gmem: unknown command '${command}'\n\n${USAGE}`);
-  return 2;
+  return ExitCode.USAGE;
 }
 
 main(process.argv.slice(2)).then(
@@ -150,7 +153,6 @@ main(process.argv.slice(2)).then(
   },
   (e: unknown) => {
     process.stderr.write(`kvm-gmem: ${(e as Error).message}\n`);
-    // Usage mistakes exit 2; a VM that could not run the command, 3 (neither is a test verdict).
-    process.exitCode = e instanceof KernelVmError ? 3 : 2;
+    process.exitCode = exitCodeOf(e);
   },
 );

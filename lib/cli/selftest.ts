@@ -8,6 +8,7 @@ import { loadExpectations, type ExpectationFile } from '../selftest/expect.js';
 import { probeHost } from '../selftest/host.js';
 import { filterCases, planSelftests } from '../selftest/plan.js';
 import { reportJson, runSelftests } from '../selftest/runner.js';
+import { ExitCode, UsageError } from './exit.js';
 
 /** The expectation file shipped with the package: what `selftest` applies unless told otherwise. */
 export const DEFAULT_EXPECTATIONS = fileURLToPath(new URL('../../lib/selftest/expected-failures.txt', import.meta.url));
@@ -29,7 +30,7 @@ export async function selftestCommand(argv: string[]): Promise<number> {
   const cases = filterCases(planSelftests(host), values.filter);
   if (cases.length === 0) {
     process.stderr.write(`kvm-gmem selftest: no case matches --filter ${JSON.stringify(values.filter)} (see --list)\n`);
-    return 2;
+    return ExitCode.USAGE;
   }
   if (values.list) {
     if (values.json) {
@@ -41,10 +42,16 @@ export async function selftestCommand(argv: string[]): Promise<number> {
     } else {
       for (const c of cases) process.stdout.write(`${c.name}\n`);
     }
-    return 0;
+    return ExitCode.OK;
   }
   let expectations: ExpectationFile | undefined;
-  if (values.expect !== 'none') expectations = loadExpectations(values.expect ?? DEFAULT_EXPECTATIONS, host);
+  if (values.expect !== 'none') {
+    try {
+      expectations = loadExpectations(values.expect ?? DEFAULT_EXPECTATIONS, host);
+    } catch (e) {
+      throw new UsageError((e as Error).message, { cause: e });
+    }
+  }
 
   const ktapToStdout = !values.json;
   const progressToStderr = !process.stdout.isTTY;

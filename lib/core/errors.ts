@@ -1,18 +1,21 @@
 /**
- * The library's error types.
+ * Every error the library throws is built here, in TypeScript or by the addon through the
+ * factories lib/core/native.ts installs.
  *
  * - {@link KvmError}: a system call failed; shaped like Node's own SystemError.
  * - {@link KvmStateError}: the object is in the wrong state for the call (used after close).
  * - {@link GuestMemoryFaultError}: a guarded access to mapped memory raised SIGBUS.
- * - Bad arguments throw the built-in `TypeError` / `RangeError`, naming the argument, before any
- *   system call is made.
+ * - Bad arguments throw the built-in `TypeError` / `RangeError` with a {@link KvmArgCode} as
+ *   `code` (Node's own codes where one fits), naming the argument, before any system call.
+ *
+ * Every `code` is one of {@link KvmErrorCode}.
  * @module
  */
 import { getSystemErrorMap, getSystemErrorName } from 'node:util';
 
 /** Everything a failed system call reports. */
 export interface KvmErrorInfo {
-  /** The positive errno the kernel returned. */
+  /** The negated errno, as Node's SystemError has it (-22 for EINVAL). */
   readonly errno: number;
   /** The libc call that failed: 'ioctl', 'fallocate', 'mmap', 'open', 'fstat', 'close'... */
   readonly syscall: string;
@@ -41,10 +44,10 @@ export class KvmError extends Error {
   readonly request?: string;
   /** The call's arguments, in words. */
   readonly detail: string;
-  /** Everything the error was built from (errno positive). */
+  /** Everything the error was built from. */
   readonly info: KvmErrorInfo;
 
-  /** Builds the error from what native code reports; `info.errno` is positive. */
+  /** Builds the error from what a failed call reported; see also {@link errnoError}. */
   constructor(info: KvmErrorInfo) {
     const code = errnoName(info.errno);
     const op = info.request ?? info.syscall;
@@ -52,7 +55,7 @@ export class KvmError extends Error {
     super(`${op} failed: ${code} (${info.description}); ${info.syscall}(${info.detail})${hint}`);
     this.name = 'KvmError';
     this.code = code;
-    this.errno = -info.errno;
+    this.errno = info.errno;
     this.syscall = info.syscall;
     if (info.request !== undefined) this.request = info.request;
     this.detail = info.detail;
@@ -65,23 +68,16 @@ export class KvmError extends Error {
   }
 }
 
+/** @internal Every code a {@link KvmStateError} carries. */
+export const STATE_CODES = [
+  'ERR_KVM_CLOSED', 'ERR_KVM_PRIVATE_MEMORY', 'ERR_KVM_PAST_EOF', 'ERR_KVM_VCPU_RUNNING', 'ERR_KVM_PEER_CLOSED',
+  'ERR_KVM_TIMEOUT', 'ERR_KVM_CONTROL_TRUNCATED', 'ERR_KVM_PAYLOAD_TRUNCATED', 'ERR_KVM_BAD_MESSAGE',
+  'ERR_KVM_FD_OWNED', 'ERR_KVM_MAPPING_LIMIT', 'ERR_KVM_VCPU_HAS_RUNNER', 'ERR_KVM_BUSY', 'ERR_KVM_THREAD_LIMIT',
+  'ERR_KVM_ADDON_INIT',
+] as const;
+
 /** Codes carried by {@link KvmStateError}. */
-export type KvmStateCode =
-  | 'ERR_KVM_CLOSED'
-  | 'ERR_KVM_PRIVATE_MEMORY'
-  | 'ERR_KVM_PAST_EOF'
-  | 'ERR_KVM_VCPU_RUNNING'
-  | 'ERR_KVM_PEER_CLOSED'
-  | 'ERR_KVM_TIMEOUT'
-  | 'ERR_KVM_CONTROL_TRUNCATED'
-  | 'ERR_KVM_PAYLOAD_TRUNCATED'
-  | 'ERR_KVM_BAD_MESSAGE'
-  | 'ERR_KVM_FD_OWNED'
-  | 'ERR_KVM_MAPPING_LIMIT'
-  | 'ERR_KVM_VCPU_HAS_RUNNER'
-  | 'ERR_KVM_BUSY'
-  | 'ERR_KVM_THREAD_LIMIT'
-  | 'ERR_KVM_ADDON_INIT';
+export type KvmStateCode = (typeof STATE_CODES)[number];
 
 /** A call on an object in the wrong state, e.g. a GuestMemfd used after close(). */
 export class KvmStateError extends Error {
@@ -223,18 +219,83 @@ export class GuestMemoryFaultError extends Error {
 }
 
 /**
- * A KvmError for an errno that native code returned instead of throwing (KVM_RUN).
+ * The one builder of a KvmError from a positive errno (what native code and the kernel return).
  * @internal
  */
-export function kvmErrorFromErrno(errno: number, syscall: string, request: string, detail: string): KvmError {
-  const description = getSystemErrorMap().get(-errno)?.[1] ?? `errno ${errno}`;
-  return new KvmError({ errno, syscall, request, detail, description });
+export function errnoError(
+  errno: number, syscall: string, detail: string, request?: string, hint?: string, description = errnoText(errno),
+): KvmError {
+  return new KvmError({
+    errno: -errno, syscall, detail, description, ...(request ? { request } : {}), ...(hint ? { hint } : {}),
+  });
+}
+
+/** @internal Every code an argument error (TypeError, RangeError) carries. */
+export const ARG_CODES = [
+  'ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_OUT_OF_RANGE', 'ERR_MISSING_ARGS', 'ERR_KVM_NOT_GUEST_MEMFD',
+  'ERR_KVM_NOT_VM', 'ERR_KVM_NOT_VCPU', 'ERR_KVM_VCPU_ID_MISMATCH', 'ERR_KVM_SIZE_MISMATCH', 'ERR_KVM_FLAGS_MISMATCH', 'ERR_KVM_NOT_SEQPACKET',
+] as const;
+
+/**
+ * Codes of argument errors (TypeError, RangeError): Node's own where one fits, else the
+ * library's for an fd or a value of the wrong kind.
+ */
+export type KvmArgCode = (typeof ARG_CODES)[number];
+
+/** An errno name, the `code` of a {@link KvmError} ('EINVAL', 'EEXIST'...). */
+export type ErrnoCode = `E${string}`;
+
+/** Every `code` an error thrown by this library can carry. */
+export type KvmErrorCode = ErrnoCode | KvmStateCode | KvmArgCode | 'ERR_KVM_SIGBUS';
+
+/** A TypeError or RangeError about an argument, with its code. */
+export type KvmArgError = (TypeError | RangeError) & { readonly code: KvmArgCode };
+
+/**
+ * A TypeError with a code: the argument is of the wrong type or kind.
+ * @internal
+ */
+export function argTypeError(message: string, code: KvmArgCode = 'ERR_INVALID_ARG_TYPE', options?: ErrorOptions): TypeError & { readonly code: KvmArgCode } {
+  return Object.assign(new TypeError(message, options), { code });
+}
+
+/**
+ * A RangeError with a code: the argument's value is out of range or does not match.
+ * @internal
+ */
+export function argRangeError(message: string, code: KvmArgCode = 'ERR_OUT_OF_RANGE'): RangeError & { readonly code: KvmArgCode } {
+  return Object.assign(new RangeError(message), { code });
+}
+
+/** Which argument error the addon asks for (native/util/errors.h ArgError). */
+const NATIVE_ARG: Record<number, [KvmArgCode, boolean]> = {
+  0: ['ERR_INVALID_ARG_TYPE', false],
+  1: ['ERR_OUT_OF_RANGE', true],
+  2: ['ERR_INVALID_ARG_VALUE', false],
+  3: ['ERR_MISSING_ARGS', false],
+};
+
+/**
+ * The argument error the addon asks for by kind (0 type, 1 range, 2 value, 3 missing).
+ * @internal
+ */
+export function nativeArgError(kind: number, message: string): Error {
+  const [code, range] = NATIVE_ARG[kind] ?? ['ERR_INVALID_ARG_VALUE', false];
+  return range ? argRangeError(message, code) : argTypeError(message, code);
+}
+
+// Node builds a new map per getSystemErrorMap() call: read it once, an error path may be short of memory.
+let systemErrors: Map<number, [string, string]> | undefined;
+
+function errnoText(errno: number): string {
+  systemErrors ??= getSystemErrorMap();
+  return systemErrors.get(-errno)?.[1] ?? `errno ${errno}`;
 }
 
 function errnoName(errno: number): string {
   try {
-    return getSystemErrorName(-errno);
+    return getSystemErrorName(errno);
   } catch {
-    return `E${errno}`;
+    return `E${-errno}`;
   }
 }

@@ -9,7 +9,7 @@
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
-import { KvmError, KvmStateError, type KvmStateCode } from './errors.js';
+import { KvmStateError, errnoError, nativeArgError, type KvmStateCode } from './errors.js';
 
 /** u64 as the addon accepts it: a non-negative safe integer or a bigint. */
 export type U64In = number | bigint;
@@ -44,14 +44,21 @@ export interface NativeMemPolicy {
   nodemask: bigint;
 }
 
-/** fstat() as the addon returns it. */
+/** fstat(2) as the addon returns it. */
 export interface NativeStat {
+  /** st_size: the file's size in bytes. */
   size: bigint;
+  /** st_blksize: the preferred I/O block size (the page size). */
   blksize: number;
+  /** st_blocks: 512-byte blocks allocated. */
   blocks: bigint;
+  /** st_ino: the inode number (distinct per guest_memfd). */
   ino: bigint;
+  /** st_dev. */
   dev: bigint;
+  /** st_mode (file type and permission bits). */
   mode: number;
+  /** st_nlink. */
   nlink: number;
 }
 
@@ -133,11 +140,14 @@ export interface NativeLimits {
 
 /** The addon's exports (native/, one Init per file). Each is one system call, no policy. */
 export interface NativeAddon {
+  /** Installs the builder of the addon's system-call errors (errno positive). */
   setErrorFactory(
     f: (errno: number, syscall: string, request: string | undefined, detail: string, description: string) => Error,
   ): void;
   /** Installs the builder of the addon's state errors (code: a KvmStateCode). */
   setStateErrorFactory(f: (code: KvmStateCode, message: string) => Error): void;
+  /** Installs the builder of the addon's argument errors (kind: 0 type, 1 range, 2 value, 3 missing). */
+  setArgErrorFactory(f: (kind: number, message: string) => Error): void;
   /** The limits the addon enforces. */
   readonly limits: NativeLimits;
   open(path: string): number;
@@ -244,11 +254,11 @@ function load(): NativeAddon {
     (err as Error & { cause: unknown }).cause = e;
     throw err;
   }
-  addon.setErrorFactory(
-    (errno, syscall, request, detail, description) =>
-      new KvmError({ errno, syscall, detail, description, ...(request ? { request } : {}) }),
+  addon.setErrorFactory((errno, syscall, request, detail, description) =>
+    errnoError(errno, syscall, detail, request || undefined, undefined, description),
   );
   addon.setStateErrorFactory((code, message) => new KvmStateError(code, message));
+  addon.setArgErrorFactory(nativeArgError);
   return addon;
 }
 

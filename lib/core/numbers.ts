@@ -5,6 +5,7 @@
  * argument, before any system call.
  * @module
  */
+import { argTypeError, argRangeError } from './errors.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 const I64_MAX = (1n << 63n) - 1n;
@@ -19,7 +20,7 @@ export type U64 = number | bigint;
 export function checkU64(value: unknown, name: string): number | bigint {
   if (typeof value === 'number') {
     if (!Number.isSafeInteger(value) || value < 0) {
-      throw new RangeError(
+      throw argRangeError(
         `The "${name}" argument must be a non-negative safe integer (or a bigint); received ${value}`,
       );
     }
@@ -27,11 +28,11 @@ export function checkU64(value: unknown, name: string): number | bigint {
   }
   if (typeof value === 'bigint') {
     if (value < 0n || value > U64_MAX) {
-      throw new RangeError(`The "${name}" argument must be in [0, 2^64); received ${value}n`);
+      throw argRangeError(`The "${name}" argument must be in [0, 2^64); received ${value}n`);
     }
     return value;
   }
-  throw new TypeError(`The "${name}" argument must be a number or a bigint; received ${describe(value)}`);
+  throw argTypeError(`The "${name}" argument must be a number or a bigint; received ${describe(value)}`);
 }
 
 /** Checks a u64 argument and returns it as a bigint. */
@@ -42,17 +43,17 @@ export function u64(value: unknown, name: string): bigint {
 /** Checks a file offset or length: a u64 that also fits a signed 64-bit off_t. */
 export function off(value: unknown, name: string): bigint {
   const v = u64(value, name);
-  if (v > I64_MAX) throw new RangeError(`The "${name}" argument must be at most 2^63 - 1; received ${v}n`);
+  if (v > I64_MAX) throw argRangeError(`The "${name}" argument must be at most 2^63 - 1; received ${v}n`);
   return v;
 }
 
 /** Checks a u32 argument (slots, memslot flags, capability numbers, VM types). */
 export function u32(value: unknown, name: string): number {
   if (typeof value !== 'number') {
-    throw new TypeError(`The "${name}" argument must be an integer; received ${describe(value)}`);
+    throw argTypeError(`The "${name}" argument must be an integer; received ${describe(value)}`);
   }
   if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
-    throw new RangeError(`The "${name}" argument must be an integer in [0, 2^32); received ${value}`);
+    throw argRangeError(`The "${name}" argument must be an integer in [0, 2^32); received ${value}`);
   }
   return value;
 }
@@ -60,10 +61,10 @@ export function u32(value: unknown, name: string): number {
 /** Checks a raw file descriptor number. */
 export function fdNumber(value: unknown, name: string): number {
   if (typeof value !== 'number') {
-    throw new TypeError(`The "${name}" argument must be a file descriptor; received ${describe(value)}`);
+    throw argTypeError(`The "${name}" argument must be a file descriptor; received ${describe(value)}`);
   }
   if (!Number.isInteger(value) || value < 0 || value > 0x7fffffff) {
-    throw new RangeError(`The "${name}" argument must be a file descriptor (integer >= 0); received ${value}`);
+    throw argRangeError(`The "${name}" argument must be a file descriptor (integer >= 0); received ${value}`);
   }
   return value;
 }
@@ -71,7 +72,7 @@ export function fdNumber(value: unknown, name: string): number {
 /** Checks that an options argument is a plain object. */
 export function options(value: unknown, name: string): Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new TypeError(`The "${name}" argument must be an object; received ${describe(value)}`);
+    throw argTypeError(`The "${name}" argument must be an object; received ${describe(value)}`);
   }
   return value as Record<string, unknown>;
 }

@@ -15,6 +15,8 @@ import { checkU64, options, u64 } from '../core/numbers.js';
 import type { Vcpu } from '../kvm/vcpu.js';
 import type { Vm } from '../kvm/vm.js';
 import type { Segment } from '../kvm/x86-state.js';
+import { argTypeError, argRangeError } from '../core/errors.js';
+import { guestMemory } from './memory.js';
 
 /** Control-register and EFER bits (Intel SDM vol. 3, 2.5). */
 export const X86 = {
@@ -36,7 +38,7 @@ export interface LongModeOptions {
   /**
    * Guest-physical address (page-aligned) where the page tables are written: a PML4, a PDPT and
    * one page directory per GiB mapped; {@link pageTablesSize} says how much room that takes. It
-   * must lie in a memslot set with a Mapping (see `vm.guestMemory()`).
+   * must lie in a memslot set with a Mapping (see `guestMemory()`).
    */
   pageTables: number | bigint;
   /** How much to identity-map from address 0, a multiple of 2 MiB up to 512 GiB. Default 1 GiB. */
@@ -58,7 +60,7 @@ export function pageTablesSize(identityMapSize: number | bigint = GIB): bigint {
 function checkMapSize(value: number | bigint): bigint {
   const size = u64(value, 'identityMapSize');
   if (size === 0n || size % LARGE_PAGE !== 0n || size > 512n * GIB) {
-    throw new RangeError(`The "identityMapSize" argument must be a non-zero multiple of 2 MiB up to 512 GiB; received ${size}`);
+    throw argRangeError(`The "identityMapSize" argument must be a non-zero multiple of 2 MiB up to 512 GiB; received ${size}`);
   }
   return size;
 }
@@ -76,12 +78,12 @@ function checkMapSize(value: number | bigint): bigint {
 export function setupLongMode(vcpu: Vcpu, opts: LongModeOptions): { start: bigint; end: bigint } {
   const o = options(opts, 'options');
   const base = u64(o.pageTables, 'pageTables');
-  if (base % BigInt(PAGE_SIZE) !== 0n) throw new RangeError(`The "pageTables" address must be page-aligned; received 0x${base.toString(16)}`);
+  if (base % BigInt(PAGE_SIZE) !== 0n) throw argRangeError(`The "pageTables" address must be page-aligned; received 0x${base.toString(16)}`);
   const mapSize = checkMapSize((o.identityMapSize as number | bigint | undefined) ?? GIB);
   const size = pageTablesSize(mapSize);
   const cpuid = o.cpuid as readonly CpuidEntry[] | undefined;
   if (vcpu.getCpuid2().length === 0) vcpu.setCpuid2(cpuid ?? vcpu.vm.supportedCpuid());
-  const bytes = vcpu.vm.guestMemory(base, Number(size));
+  const bytes = guestMemory(vcpu.vm, base, Number(size));
   bytes.fill(0);
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const page = BigInt(PAGE_SIZE);
@@ -119,12 +121,12 @@ export function setupLongMode(vcpu: Vcpu, opts: LongModeOptions): { start: bigin
 }
 
 /**
- * Copies a flat guest image into guest memory at `gpa` (through `vm.guestMemory()`).
+ * Copies a flat guest image into guest memory at `gpa` (through `guestMemory()`).
  * @throws RangeError if no memslot with a Mapping covers [gpa, gpa + image.length)
  */
 export function loadImage(vm: Vm, image: Uint8Array, gpa: number | bigint): void {
-  if (!(image instanceof Uint8Array)) throw new TypeError('The "image" argument must be a Uint8Array');
-  vm.guestMemory(gpa, image.length).set(image);
+  if (!(image instanceof Uint8Array)) throw argTypeError('The "image" argument must be a Uint8Array');
+  guestMemory(vm, gpa, image.length).set(image);
 }
 
 /** Where a guest starts (see {@link setEntry}). */
@@ -147,7 +149,7 @@ export function setEntry(vcpu: Vcpu, opts: EntryOptions): void {
   const o = options(opts, 'options');
   const args = (o.args ?? []) as readonly unknown[];
   if (!Array.isArray(args) || args.length > ARG_REGS.length) {
-    throw new TypeError(`The "args" option must be an array of at most ${ARG_REGS.length} numbers`);
+    throw argTypeError(`The "args" option must be an array of at most ${ARG_REGS.length} numbers`);
   }
   const regs = vcpu.getRegs();
   for (const k of Object.keys(regs) as (keyof typeof regs)[]) regs[k] = 0n;

@@ -25,6 +25,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { addonDir } from '../core/native.js';
+import { argTypeError, errnoError } from '../core/errors.js';
 
 /**
  * The guest programs built with the addon, one per guest/<name>.S. All arguments are
@@ -62,7 +63,7 @@ import { addonDir } from '../core/native.js';
  * - `'fault'`: no arguments. `ud2`: with no IDT the #UD escalates to a triple fault, which the
  *   host sees as KVM_EXIT_SHUTDOWN.
  * - `'halt'`: no arguments. `hlt`, and `hlt` again if resumed.
- * - `'upgrade'`: the live-upgrade experiment's guest (lib/upgrade/). RDI = data base (4 KiB
+ * - `'upgrade'`: the live-upgrade experiment's guest (experiments/upgrade/). RDI = data base (4 KiB
  *   aligned), RSI = data length (a multiple of 4096), RDX = seed, RCX = address of a u64
  *   counter, R8 = period, R9 = fill. The pattern: every u64 of the page at guest address P holds
  *   P XOR seed. If R9 != 0 it fills the region with it, then {@link UcallCmd.SYNC} (2, pages,
@@ -124,7 +125,7 @@ export function guestImagePath(name: GuestImageName): string {
  */
 export function guestImage(name: GuestImageName): Uint8Array {
   if (typeof name !== 'string' || !(guestImageNames as readonly string[]).includes(name)) {
-    throw new TypeError(
+    throw argTypeError(
       `kvm-gmem: unknown guest image ${JSON.stringify(name)}; expected one of ${guestImageNames.join(', ')}`,
     );
   }
@@ -140,9 +141,9 @@ export function guestImage(name: GuestImageName): Uint8Array {
       const hint = code === 'ENOENT'
         ? 'The guest images are built with the addon: rebuild with `npm install` (node-gyp) or `npm run build:cmake` (cmake-js).'
         : 'The file is there; the read failed in this process.';
-      const err = new Error(`kvm-gmem: cannot read the guest image ${path}: ${(e as Error).message}. ${hint}`);
-      Object.assign(err, { cause: e, ...(code !== undefined ? { code } : {}) });
-      throw err;
+      const errno = (e as NodeJS.ErrnoException).errno;
+      if (errno === undefined) throw e;
+      throw errnoError(-errno, 'open', `${path}, O_RDONLY (the guest image)`, undefined, hint);
     }
     image = new Uint8Array(bytes); // a copy: the cache owns its own ArrayBuffer
     cache.set(name, image);

@@ -15,6 +15,7 @@ export {
   UCALL_STRUCT_SIZE, UcallOffset, UCALL_MAX_ARGS, UCALL_MSG_LEN,
 } from './images.js';
 export type { GuestImageName } from './images.js';
+export { guestMemory } from './memory.js';
 export {
   getUcall, replyUcall, runUntilUcall, runUntilUcallSync, GuestAssertionError, UnexpectedExitError,
 } from './ucall.js';

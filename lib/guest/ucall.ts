@@ -13,6 +13,8 @@ import {
 } from './images.js';
 import { checkU64 } from '../core/numbers.js';
 import type { RunAsyncOptions, Vcpu } from '../kvm/vcpu.js';
+import { argRangeError, argTypeError } from '../core/errors.js';
+import { guestMemory } from './memory.js';
 
 /** A decoded guest call. */
 export interface Ucall {
@@ -36,14 +38,14 @@ const CMD_NAMES = new Map<bigint, Ucall['cmd']>([
 /**
  * The guest call an exit carries, or undefined if the exit is not one (anything but a 4-byte
  * OUT to UCALL_PORT).
- * @throws RangeError if the struct is not in memory the host can reach (see `vm.guestMemory()`)
+ * @throws RangeError if the struct is not in memory the host can reach (see `guestMemory()`)
  */
 export function getUcall(vcpu: Vcpu, exit: VcpuExit): Ucall | undefined {
   if (exit.reason !== 'io' || exit.direction !== 'out' || exit.port !== UCALL_PORT || exit.size !== 4 || exit.count !== 1) {
     return undefined;
   }
   const address = BigInt(new DataView(exit.data.buffer, exit.data.byteOffset, 4).getUint32(0, true));
-  const b = vcpu.vm.guestMemory(address, UCALL_STRUCT_SIZE);
+  const b = guestMemory(vcpu.vm, address, UCALL_STRUCT_SIZE);
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   const command = v.getBigUint64(UcallOffset.CMD, true);
   const nargs = Number(BigInt.asUintN(8, v.getBigUint64(UcallOffset.NARGS, true)));
@@ -61,9 +63,9 @@ export function getUcall(vcpu: Vcpu, exit: VcpuExit): Ucall | undefined {
  */
 export function replyUcall(vcpu: Vcpu, ucall: Ucall, args: readonly (number | bigint)[]): void {
   if (!Array.isArray(args) || args.length > UCALL_MAX_ARGS) {
-    throw new TypeError(`The "args" argument must be an array of at most ${UCALL_MAX_ARGS} numbers`);
+    throw argTypeError(`The "args" argument must be an array of at most ${UCALL_MAX_ARGS} numbers`);
   }
-  const b = vcpu.vm.guestMemory(ucall.address, UCALL_STRUCT_SIZE);
+  const b = guestMemory(vcpu.vm, ucall.address, UCALL_STRUCT_SIZE);
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   args.forEach((a, i) => v.setBigUint64(UcallOffset.ARGS + i * 8, BigInt(checkU64(a, `args[${i}]`)), true));
 }
@@ -80,16 +82,21 @@ export class GuestAssertionError extends Error {
   }
 }
 
-/** The guest stopped in a way the ucall loop does not handle (see `exit`). */
+/**
+ * The guest stopped in a way the ucall loop does not handle (see `exit`), or made no call in
+ * `maxExits` exits.
+ */
 export class UnexpectedExitError extends Error {
-  /** The exit. */
+  /** The exit (the last one, when the guest made no call in `maxExits` exits). */
   readonly exit: VcpuExit;
-  /** Builds the error from the exit. */
-  constructor(exit: VcpuExit) {
+  /** Builds the error from the exit; `exits` when the loop gave up after that many. */
+  constructor(exit: VcpuExit, exits?: number) {
     const what = exit.reason === 'io' ? `io ${exit.direction} port 0x${exit.port.toString(16)}`
       : exit.reason === 'mmio' ? `mmio ${exit.isWrite ? 'write' : 'read'} at 0x${exit.address.toString(16)}`
       : exit.reason;
-    super(`unexpected vCPU exit: ${what} (exit_reason ${exit.exitReason})`);
+    super(exits === undefined
+      ? `unexpected vCPU exit: ${what} (exit_reason ${exit.exitReason})`
+      : `the guest made no ucall in ${exits} exits (the last: ${what}, exit_reason ${exit.exitReason})`);
     this.name = 'UnexpectedExitError';
     this.exit = exit;
   }
@@ -101,6 +108,14 @@ export interface UcallLoopOptions extends RunAsyncOptions {
   console?: (text: string) => void;
   /** Use the synchronous `run()` instead of `runAsync()`. */
   sync?: boolean;
+  /**
+   * Called with every exit that is neither a ucall nor console output (mmio, intr, hlt...):
+   * return true when it was handled and the vCPU should run on; false makes it an
+   * UnexpectedExitError. It may also throw to end the loop.
+   */
+  onExit?: (exit: VcpuExit) => boolean;
+  /** Give up with UnexpectedExitError after this many exits without a SYNC or DONE call. Default: no limit. */
+  maxExits?: number;
 }
 
 function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefined {
@@ -109,7 +124,10 @@ function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefi
     return undefined;
   }
   const uc = getUcall(vcpu, exit);
-  if (uc === undefined) throw new UnexpectedExitError(exit);
+  if (uc === undefined) {
+    if (o.onExit?.(exit)) return undefined;
+    throw new UnexpectedExitError(exit);
+  }
   if (uc.cmd === 'printf') {
     o.console?.(uc.message);
     return undefined;
@@ -119,24 +137,41 @@ function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefi
 }
 
 /**
- * Runs the vCPU until the guest makes a SYNC or DONE call, and returns it. On the way, console
- * output and PRINTF calls go to `options.console`.
- * @throws (rejects) GuestAssertionError for an ABORT call; UnexpectedExitError for any other
- * exit (mmio, hlt, shutdown...); what runAsync() throws
+ * Runs the vCPU until the guest makes a SYNC or DONE call, and returns it: the one ucall loop
+ * of the library. On the way, console output and PRINTF calls go to `options.console`, other
+ * exits to `options.onExit`.
+ * @throws (rejects) GuestAssertionError for an ABORT call; UnexpectedExitError for an exit
+ * nobody handled (mmio, hlt, shutdown...) or after `maxExits`; what runAsync() throws
  */
 export async function runUntilUcall(vcpu: Vcpu, opts: UcallLoopOptions = {}): Promise<Ucall> {
+  if (opts.sync) return runUntilUcallSync(vcpu, opts);
   const runOpts: RunAsyncOptions = opts.signal ? { signal: opts.signal } : {};
-  for (;;) {
-    const exit = opts.sync ? vcpu.run() : await vcpu.runAsync(runOpts);
+  const max = maxExits(opts);
+  let exit: VcpuExit | undefined;
+  for (let n = 0; n < max; n++) {
+    exit = await vcpu.runAsync(runOpts);
     const uc = handle(vcpu, exit, opts);
     if (uc) return uc;
   }
+  throw new UnexpectedExitError(exit!, max);
 }
 
 /** {@link runUntilUcall} with the synchronous `run()`, returning at once. */
 export function runUntilUcallSync(vcpu: Vcpu, opts: Omit<UcallLoopOptions, 'sync' | 'signal'> = {}): Ucall {
-  for (;;) {
-    const uc = handle(vcpu, vcpu.run(), opts);
+  const max = maxExits(opts);
+  let exit: VcpuExit | undefined;
+  for (let n = 0; n < max; n++) {
+    exit = vcpu.run();
+    const uc = handle(vcpu, exit, opts);
     if (uc) return uc;
   }
+  throw new UnexpectedExitError(exit!, max);
+}
+
+function maxExits(opts: Pick<UcallLoopOptions, 'maxExits'>): number {
+  if (opts.maxExits === undefined) return Infinity;
+  if (!Number.isSafeInteger(opts.maxExits) || opts.maxExits < 1) {
+    throw argRangeError(`The "options.maxExits" argument must be a whole number >= 1; received ${String(opts.maxExits)}`);
+  }
+  return opts.maxExits;
 }

@@ -14,38 +14,21 @@
  * @module
  */
 import { lstatSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
-import { getSystemErrorMap } from 'node:util';
-import { KvmError, KvmStateError } from '../core/errors.js';
-import { ANON_INODE_FS_MAGIC, fdFacts, type FdFacts, type FdKind } from '../core/fd-identity.js';
-import type { GuestMemfd } from '../kvm/guest-memfd.js';
-import type { Kvm } from '../kvm/kvm.js';
-import { native, type NativeFdWatch, type NativeMessage } from '../core/native.js';
+import { KvmError, KvmStateError, argRangeError, argTypeError, errnoError } from '../core/errors.js';
+import { fdFacts } from '../core/fd-identity.js';
+import { type NativeFdWatch, type NativeMessage, native } from '../core/native.js';
 import { describe, fdNumber, options } from '../core/numbers.js';
-import { FdResource, claimFd, identityOf, ownFd, refuseOwned, releaseFd } from '../core/resource.js';
-import type { Vcpu } from '../kvm/vcpu.js';
-import type { Vm } from '../kvm/vm.js';
+import { FdResource, identityOf, ownFd, refuseOwned } from '../core/resource.js';
+import { FdListener, type ListenOptions } from './listener.js';
+import { type ReceivedMessage, toMessage } from './message.js';
+import { Turns, WAIT_CLOSED, boolOption, checkPath, deadlineOf, staleSocket, timeoutArg, waitOn } from './socket.js';
+import { AF_UNIX, DEFAULT_SEND_TIMEOUT_MS, MAX_FDS, MAX_PAYLOAD, SCM_MAX_FD, SOCK_SEQPACKET, encodePayload } from './wire.js';
 
-/** The most fds one message may carry, on send and (by default) on receive. */
-export const MAX_FDS = 64;
-
-/** The largest payload, in bytes of UTF-8 JSON text (64 KiB; the addon enforces it too). */
-export const MAX_PAYLOAD: number = native.limits.maxPayload;
-
-/** How long `send()` waits, by default, for room in the peer's receive queue (milliseconds). */
-export const DEFAULT_SEND_TIMEOUT_MS = 10_000;
-
-/** The kernel's own limit on fds in one SCM_RIGHTS message (SCM_MAX_FD); `maxFds` may go up to it. */
-const SCM_MAX_FD = native.limits.maxFdsPerMessage;
-const AF_UNIX = 1;
-const SOCK_SEQPACKET = 5;
-const MSG_CTRUNC = 0x8;
-const MSG_TRUNC = 0x20;
-/** The longest socket path (sun_path is 108 bytes with its NUL). */
-const MAX_PATH_BYTES = native.limits.maxSocketPathBytes;
-
-
-/** Something `send()` can pass: a library object (its fd is sent, the object keeps it) or a raw fd. */
-export type SendItem = GuestMemfd | Vm | Vcpu | Kvm | FdChannel | number;
+/**
+ * Something `send()` can pass: an object of this library that holds an fd (Kvm, Vm, Vcpu,
+ * GuestMemfd, FdChannel; its fd is sent, the object keeps it) or a raw fd.
+ */
+export type SendItem = FdResource | number;
 
 /** Options of `FdChannel.send()`. */
 export interface SendOptions {
@@ -92,65 +75,6 @@ export interface FromFdOptions {
   dup?: boolean;
 }
 
-/** Options of `FdChannel.listen()`. */
-export interface ListenOptions {
-  /** listen(2)'s backlog: connections queued before accept(). Default 16. */
-  backlog?: number;
-}
-
-/** Options of `FdListener.accept()`. */
-export interface AcceptOptions {
-  /** Give up after this many milliseconds (KvmStateError ERR_KVM_TIMEOUT). Default: no limit. */
-  timeoutMs?: number;
-}
-
-/**
- * One fd of a received message. It arrives close-on-exec (MSG_CMSG_CLOEXEC). The message owns
- * it until `take()`: disposing the message closes every fd not taken.
- */
-export interface ReceivedFd {
-  /** The fd number in this process (FD_CLOEXEC set). */
-  readonly fd: number;
-  /**
-   * What it is ('guest_memfd', 'vm', 'vcpu', 'kvm', else 'other'), decided by `fdKind()`: the
-   * filesystem's magic number and, on the anon-inode filesystem, the kernel's name for the file.
-   */
-  readonly kind: FdKind;
-  /** What /proc/self/fd/N linked to when the message arrived. */
-  readonly link: string;
-  /** Whether the fd has left the message: taken or closed. */
-  readonly closed: boolean;
-  /**
-   * Hands the fd to the caller, who must close it (or give it to an object that will, e.g.
-   * `GuestMemfd.adopt()`, which also takes a ReceivedFd directly).
-   * @throws KvmStateError ERR_KVM_CLOSED if it was already taken or closed
-   */
-  take(): number;
-  /**
-   * Closes the fd (close(2)) unless it was taken. Idempotent.
-   * @throws KvmError if close(2) fails (EBADF if it was closed behind the library's back)
-   */
-  close(): void;
-}
-
-/**
- * A received message: the payload and the fds, in the order they were sent. Dispose it (or
- * close the fds) when done: the fds not taken are closed then. An undisposed message keeps its
- * fds open until its environment ends (the process exits, or the Worker that received it ends).
- */
-export interface ReceivedMessage extends Disposable {
-  /** JSON.parse of the payload. */
-  readonly payload: unknown;
-  /** The fds, in the order sent. */
-  readonly fds: readonly ReceivedFd[];
-  /** Closes every fd that was not taken; never throws. */
-  [Symbol.dispose](): void;
-}
-
-
-/** Makes the FdChannel of a connection accept4() just made (set by FdChannel's static block). */
-let channelOfAccepted: (fd: number) => FdChannel;
-
 /**
  * One end of a connected AF_UNIX SOCK_SEQPACKET socket that carries messages (a JSON payload
  * and up to {@link MAX_FDS} fds each) to the process at the other end.
@@ -167,15 +91,15 @@ let channelOfAccepted: (fd: number) => FdChannel;
  */
 export class FdChannel extends FdResource {
   #watch: NativeFdWatch | undefined;
-  #tail: Promise<void> = Promise.resolve();
+  readonly #turns = new Turns();
 
   private constructor(fd: number) {
     super(fd, 'FdChannel', identityOf(fd));
   }
 
-  static {
-    // accept4() just made this fd: nothing else can own it, so no ownership check applies.
-    channelOfAccepted = (fd) => new FdChannel(fd);
+  /** @internal The FdChannel of a connection accept4() just made: nothing else can own that fd. */
+  static fromAccepted(fd: number): FdChannel {
+    return new FdChannel(fd);
   }
 
   /**
@@ -211,9 +135,9 @@ export class FdChannel extends FdResource {
     checkPath(path);
     const o = options(opts, 'options');
     const backlog = o.backlog ?? 16;
-    if (typeof backlog !== 'number') throw new TypeError(`The "options.backlog" option must be an integer; received ${describe(backlog)}`);
+    if (typeof backlog !== 'number') throw argTypeError(`The "options.backlog" option must be an integer; received ${describe(backlog)}`);
     if (!Number.isInteger(backlog) || backlog < 1 || backlog > 0x7fffffff) {
-      throw new RangeError(`The "options.backlog" option must be an integer >= 1; received ${backlog}`);
+      throw argRangeError(`The "options.backlog" option must be an integer >= 1; received ${backlog}`);
     }
     let fd: number;
     try {
@@ -230,7 +154,7 @@ export class FdChannel extends FdResource {
       fd = native.unixListen(path, backlog);
     }
     try {
-      return new FdListener(LISTENER_TOKEN, fd, path, statSync(path, { bigint: true }).ino);
+      return FdListener.fromBound(fd, path, statSync(path, { bigint: true }).ino);
     } catch (e) {
       native.close(fd);
       throw e;
@@ -251,7 +175,7 @@ export class FdChannel extends FdResource {
     const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
     const wait = o.waitForListener ?? false;
     if (typeof wait !== 'boolean') {
-      throw new TypeError(`The "options.waitForListener" option must be a boolean; received ${describe(wait)}`);
+      throw argTypeError(`The "options.waitForListener" option must be a boolean; received ${describe(wait)}`);
     }
     for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
       try {
@@ -290,13 +214,13 @@ export class FdChannel extends FdResource {
       t = native.socketType(n);
     } catch (e) {
       if (e instanceof KvmError && e.code === 'ENOTSOCK') {
-        throw coded(new TypeError(`fd ${n} is not a socket (${fdFacts(n).link}); FdChannel.fromFd needs an AF_UNIX SOCK_SEQPACKET socket`), 'ERR_KVM_NOT_SEQPACKET');
+        throw argTypeError(`fd ${n} is not a socket (${fdFacts(n).link}); FdChannel.fromFd needs an AF_UNIX SOCK_SEQPACKET socket`, 'ERR_KVM_NOT_SEQPACKET');
       }
       throw e;
     }
     if (t.domain !== AF_UNIX || t.type !== SOCK_SEQPACKET || t.listening) {
       const what = t.listening ? 'a listening socket' : `a socket of domain ${t.domain}, type ${t.type}`;
-      throw coded(new TypeError(`fd ${n} is ${what}; FdChannel.fromFd needs a connected AF_UNIX SOCK_SEQPACKET socket (domain 1, type 5)`), 'ERR_KVM_NOT_SEQPACKET');
+      throw argTypeError(`fd ${n} is ${what}; FdChannel.fromFd needs a connected AF_UNIX SOCK_SEQPACKET socket (domain 1, type 5)`, 'ERR_KVM_NOT_SEQPACKET');
     }
     if (dup) {
       const copy = native.dupCloexec(n);
@@ -331,10 +255,10 @@ export class FdChannel extends FdResource {
   send(payload: unknown, items: readonly SendItem[] = [], opts: SendOptions = {}): void {
     // Take every argument first (the items, the options, the payload's toJSON), then read the
     // fds: user code run in between could close an item and reuse its number for another file.
-    if (!Array.isArray(items)) throw new TypeError(`The "items" argument must be an array; received ${describe(items)}`);
+    if (!Array.isArray(items)) throw argTypeError(`The "items" argument must be an array; received ${describe(items)}`);
     const count = items.length;
     if (count > MAX_FDS) {
-      throw new RangeError(`The "items" argument must hold at most ${MAX_FDS} fds (MAX_FDS); received ${count}`);
+      throw argRangeError(`The "items" argument must hold at most ${MAX_FDS} fds (MAX_FDS); received ${count}`);
     }
     const list: unknown[] = [];
     for (let i = 0; i < count; i++) list.push(items[i]);
@@ -345,7 +269,7 @@ export class FdChannel extends FdResource {
       const own = ownFd(item, `items[${i}]`); // ERR_KVM_CLOSED for a closed object
       if (own !== undefined) return own;
       if (typeof item === 'number') return fdNumber(item, `items[${i}]`);
-      throw new TypeError(`The "items[${i}]" element must be a GuestMemfd, Vm, Vcpu, Kvm, FdChannel or an fd number; received ${describe(item)}`);
+      throw argTypeError(`The "items[${i}]" element must be a GuestMemfd, Vm, Vcpu, Kvm, FdChannel or an fd number; received ${describe(item)}`);
     });
     const fd = this.open();
     const sent = native.sendMsg(fd, bytes, fds, timeout);
@@ -375,20 +299,12 @@ export class FdChannel extends FdResource {
     const o = options(opts, 'options');
     const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
     const maxFds = o.maxFds ?? MAX_FDS;
-    if (typeof maxFds !== 'number') throw new TypeError(`The "options.maxFds" option must be an integer; received ${describe(maxFds)}`);
+    if (typeof maxFds !== 'number') throw argTypeError(`The "options.maxFds" option must be an integer; received ${describe(maxFds)}`);
     if (!Number.isInteger(maxFds) || maxFds < 0 || maxFds > SCM_MAX_FD) {
-      throw new RangeError(`The "options.maxFds" option must be an integer in [0, ${SCM_MAX_FD}]; received ${maxFds}`);
+      throw argRangeError(`The "options.maxFds" option must be an integer in [0, ${SCM_MAX_FD}]; received ${maxFds}`);
     }
     this.open();
-    const before = this.#tail;
-    let done!: () => void;
-    this.#tail = new Promise<void>((r) => (done = r));
-    try {
-      await before;
-      return await this.#receiveOne(deadline, maxFds);
-    } finally {
-      done();
-    }
+    return this.#turns.run(() => this.#receiveOne(deadline, maxFds));
   }
 
   async #receiveOne(deadline: number, maxFds: number): Promise<ReceivedMessage> {
@@ -415,7 +331,7 @@ export class FdChannel extends FdResource {
       if (code === WAIT_CLOSED || this.closed) {
         throw new KvmStateError('ERR_KVM_CLOSED', 'FdChannel was closed while receive() was waiting');
       }
-      if (code < 0) throw sysError(-code, 'poll', `fd ${fd}, POLLIN`);
+      if (code < 0) throw errnoError(-code, 'poll', `fd ${fd}, POLLIN`);
     }
   }
 
@@ -440,362 +356,4 @@ export class FdChannel extends FdResource {
       super.close();
     }
   }
-}
-
-/** @internal */
-const LISTENER_TOKEN: unique symbol = Symbol('kvm-gmem FdListener');
-
-/**
- * A listening AF_UNIX SOCK_SEQPACKET socket bound to a path (`FdChannel.listen()`); each
- * `accept()` gives the FdChannel of one connection. close() also removes the socket file.
- */
-export class FdListener extends FdResource {
-  /** The socket path. */
-  readonly path: string;
-  readonly #ino: bigint;
-  #watch: NativeFdWatch | undefined;
-  #tail: Promise<void> = Promise.resolve();
-
-  /** @internal Use FdChannel.listen(). */
-  constructor(token: symbol, fd: number, path: string, ino: bigint) {
-    if (token !== LISTENER_TOKEN) throw new TypeError('An FdListener is created by FdChannel.listen(path)');
-    super(fd, 'FdListener', identityOf(fd));
-    this.path = path;
-    this.#ino = ino;
-  }
-
-  /**
-   * Accepts the next connection: waits (on a native thread, not the event loop) until one is
-   * queued, then accept4(2) with SOCK_CLOEXEC. Accepts are served one at a time, in call order.
-   * @throws (rejects with) KvmStateError ERR_KVM_TIMEOUT after `timeoutMs`, ERR_KVM_CLOSED when
-   * the listener is closed (also while waiting); KvmError (syscall 'accept4'): EMFILE, ENFILE
-   */
-  async accept(opts: AcceptOptions = {}): Promise<FdChannel> {
-    const o = options(opts, 'options');
-    const deadline = deadlineOf(o.timeoutMs, 'options.timeoutMs');
-    this.open();
-    const before = this.#tail;
-    let done!: () => void;
-    this.#tail = new Promise<void>((r) => (done = r));
-    try {
-      await before;
-      for (;;) {
-        const fd = this.open();
-        const c = native.unixAccept(fd);
-        if (c >= 0) {
-          try {
-            return channelOfAccepted(c);
-          } catch (e) {
-            native.close(c);
-            throw e;
-          }
-        }
-        this.#watch ??= new native.FdWatch(fd);
-        const code = await waitOn(this.#watch, deadline, `FdListener.accept on '${this.path}'`);
-        if (code === WAIT_CLOSED || this.closed) {
-          throw new KvmStateError('ERR_KVM_CLOSED', 'FdListener was closed while accept() was waiting');
-        }
-        if (code < 0) throw sysError(-code, 'poll', `fd ${fd}, POLLIN`);
-      }
-    } finally {
-      done();
-    }
-  }
-
-  /**
-   * Stops listening: removes the socket file (unlink(2), only if the path still names the file
-   * this listener bound) and closes the socket (close(2)). An accept() waiting rejects with
-   * ERR_KVM_CLOSED. Idempotent.
-   * @throws KvmError only if close(2) fails
-   */
-  override close(): void {
-    if (this.closed) return;
-    const w = this.#watch;
-    this.#watch = undefined;
-    try {
-      w?.close();
-      try {
-        if (statSync(this.path, { bigint: true }).ino === this.#ino) unlinkSync(this.path);
-      } catch {
-        // Already gone.
-      }
-    } finally {
-      super.close();
-    }
-  }
-}
-
-const WAIT_CLOSED = 2;
-const WAIT_TIMEOUT = 0;
-
-async function waitOn(watch: NativeFdWatch, deadline: number, what: string): Promise<number> {
-  const left = deadline - performance.now();
-  if (left <= 0) throw new KvmStateError('ERR_KVM_TIMEOUT', `${what} timed out`);
-  const code = await watch.wait(left === Infinity ? -1 : Math.min(Math.ceil(left), 0x7fffffff));
-  if (code === WAIT_TIMEOUT && performance.now() >= deadline) throw new KvmStateError('ERR_KVM_TIMEOUT', `${what} timed out`);
-  return code;
-}
-
-/** A {@link ReceivedFd} of this library, seen through its private fields. */
-export interface HeldReceivedFd {
-  /** The fd number. */
-  readonly fd: number;
-  /** Whether it has left its message (taken or closed). */
-  readonly closed: boolean;
-  /** Hands the fd over (see {@link ReceivedFd.take}). */
-  take(): number;
-  /** The ReceivedFd itself: the fd's owner until take(). */
-  readonly owner: object;
-}
-
-/**
- * `value` if it is a ReceivedFd this library made (recognised by its private fields, so no
- * getter of a look-alike object runs), else undefined.
- * @internal
- */
-export function receivedFdOf(value: unknown): HeldReceivedFd | undefined {
-  return heldOf(value);
-}
-
-let heldOf: (value: unknown) => HeldReceivedFd | undefined;
-
-class Received implements ReceivedFd {
-  readonly #fd: number;
-  readonly kind: FdKind;
-  readonly link: string;
-  #held = true;
-  // The message owns the fd until take(): a raw number of it cannot be adopted meanwhile.
-  readonly #ref: WeakRef<object>;
-  // This environment's record of the fd: a Worker that ends with the message unread closes it.
-  #owned = 0;
-
-  static {
-    heldOf = (value) => {
-      if (typeof value !== 'object' || value === null || !(#held in value)) return undefined;
-      const r = value;
-      return {
-        fd: r.#fd,
-        get closed() {
-          return !r.#held;
-        },
-        take: () => r.take(),
-        owner: r,
-      };
-    };
-  }
-
-  constructor(fd: number) {
-    this.#fd = fd;
-    this.#ref = claimFd(fd, this);
-    let facts: FdFacts;
-    try {
-      facts = fdFacts(fd);
-    } catch {
-      facts = { kind: 'other', link: '', fsMagic: 0 };
-    }
-    this.link = facts.link;
-    this.kind = facts.kind;
-    // A file with an inode of its own is recognised by it; a shared anonymous inode (VM, vCPU)
-    // needs a duplicate to be told apart at teardown.
-    this.#owned = native.ownFd(fd, facts.fsMagic !== 0 && facts.fsMagic !== ANON_INODE_FS_MAGIC);
-  }
-
-  get fd(): number {
-    return this.#fd;
-  }
-
-  get closed(): boolean {
-    return !this.#held;
-  }
-
-  take(): number {
-    if (!this.#held) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${this.#fd} was already taken or closed`);
-    this.#held = false;
-    releaseFd(this.#fd, this.#ref);
-    native.disownFd(this.#owned);
-    return this.#fd;
-  }
-
-  close(): void {
-    if (!this.#held) return;
-    this.#held = false;
-    releaseFd(this.#fd, this.#ref);
-    native.disownFd(this.#owned);
-    native.close(this.#fd);
-  }
-}
-
-class Message implements ReceivedMessage {
-  readonly payload: unknown;
-  readonly fds: readonly ReceivedFd[];
-
-  constructor(payload: unknown, fds: ReceivedFd[]) {
-    this.payload = payload;
-    this.fds = fds;
-  }
-
-  [Symbol.dispose](): void {
-    for (const f of this.fds) {
-      try {
-        f.close();
-      } catch {
-        // dispose never throws; the fd is forgotten either way.
-      }
-    }
-  }
-}
-
-const decoder = new TextDecoder('utf-8', { fatal: true });
-
-/** Turns what recvMsg returned into a message, or throws (after closing its fds). */
-function toMessage(m: NativeMessage, maxFds: number): ReceivedMessage {
-  const closeAll = () => {
-    for (const fd of m.fds) {
-      try {
-        native.close(fd);
-      } catch {
-        // gone already
-      }
-    }
-  };
-  if ((m.flags & MSG_CTRUNC) !== 0 && m.closed < m.room) {
-    // Room was left, so the kernel stopped installing fds for another reason than maxFds (the fd
-    // table had a free number again by the time the addon asked, or a security module refused).
-    throw new KvmStateError(
-      'ERR_KVM_CONTROL_TRUNCATED',
-      `FdChannel.receive: the kernel installed only ${m.closed} of the message's fds with room for ${m.room} (MSG_CTRUNC); ` +
-        `the fd table was full for a moment or a security module refused one; the ${m.closed} fds received were closed`,
-    );
-  }
-  if ((m.flags & MSG_CTRUNC) !== 0 || (m.closed > 0 && (m.flags & MSG_TRUNC) === 0)) {
-    const how = (m.flags & MSG_CTRUNC) !== 0 ? 'the control data was truncated (MSG_CTRUNC)' : `${m.closed} arrived`;
-    throw new KvmStateError(
-      'ERR_KVM_CONTROL_TRUNCATED',
-      `FdChannel.receive: the message carried more fds than maxFds (${maxFds}): ${how}; ` +
-        `the ${m.closed} fds received were closed`,
-    );
-  }
-  if ((m.flags & MSG_TRUNC) !== 0) {
-    throw new KvmStateError(
-      'ERR_KVM_PAYLOAD_TRUNCATED',
-      `FdChannel.receive: the payload was longer than MAX_PAYLOAD (${MAX_PAYLOAD} bytes) and was truncated (MSG_TRUNC); ` +
-        `the ${m.closed} fds it carried were closed`,
-    );
-  }
-  if (m.bytes.length === 0) {
-    if (m.eof) throw new KvmStateError('ERR_KVM_PEER_CLOSED', 'FdChannel.receive: the peer closed the connection');
-    if (m.fds.length === 0) throw new KvmStateError('ERR_KVM_BAD_MESSAGE', 'FdChannel.receive: an empty message (no payload, no fds) from a peer still connected');
-    closeAll();
-    throw new KvmStateError('ERR_KVM_BAD_MESSAGE', `FdChannel.receive: an empty message with ${m.fds.length} fds (they were closed)`);
-  }
-  let payload: unknown;
-  try {
-    payload = JSON.parse(decoder.decode(m.bytes));
-    checkDepth(payload);
-  } catch (e) {
-    if (e instanceof KvmStateError) {
-      closeAll();
-      throw e;
-    }
-    closeAll();
-    throw new KvmStateError(
-      'ERR_KVM_BAD_MESSAGE',
-      `FdChannel.receive: the payload (${m.bytes.length} bytes) is not UTF-8 JSON; the ${m.fds.length} fds it carried were closed`,
-      { cause: e },
-    );
-  }
-  return new Message(payload, m.fds.map((fd) => new Received(fd)));
-}
-
-/** How deep a received payload may nest: deeper ones would overflow the stack of code that walks them. */
-export const MAX_PAYLOAD_DEPTH = 1000;
-
-// Walks the parsed payload without recursion, so a hostile nesting cannot overflow this stack.
-function checkDepth(payload: unknown): void {
-  const stack: [unknown, number][] = [[payload, 0]];
-  while (stack.length > 0) {
-    const [v, d] = stack.pop()!;
-    if (typeof v !== 'object' || v === null) continue;
-    if (d >= MAX_PAYLOAD_DEPTH) {
-      throw new KvmStateError('ERR_KVM_BAD_MESSAGE', `FdChannel.receive: the payload nests deeper than MAX_PAYLOAD_DEPTH (${MAX_PAYLOAD_DEPTH}); the fds it carried were closed`);
-    }
-    for (const x of Object.values(v)) stack.push([x, d + 1]);
-  }
-}
-
-const encoder = new TextEncoder();
-
-function encodePayload(payload: unknown): Uint8Array {
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(payload === undefined ? null : payload);
-  } catch (e) {
-    throw new TypeError(`The "payload" argument cannot be encoded as JSON: ${(e as Error).message}`, { cause: e });
-  }
-  if (text === undefined) throw new TypeError(`The "payload" argument cannot be encoded as JSON; received ${describe(payload)}`);
-  const bytes = encoder.encode(text);
-  if (bytes.length > MAX_PAYLOAD) {
-    throw new RangeError(`The "payload" argument must encode to at most ${MAX_PAYLOAD} bytes of JSON (MAX_PAYLOAD); it takes ${bytes.length}`);
-  }
-  return bytes;
-}
-
-function checkPath(path: unknown): asserts path is string {
-  if (typeof path !== 'string') throw new TypeError(`The "path" argument must be a string; received ${describe(path)}`);
-  if (path.length === 0 || path.includes('\0')) throw new TypeError('The "path" argument must be a non-empty string without NUL bytes');
-  const n = Buffer.byteLength(path);
-  if (n > MAX_PATH_BYTES) {
-    throw new RangeError(`The "path" argument must be at most ${MAX_PATH_BYTES} bytes (a Unix socket path); received ${n}`);
-  }
-}
-
-/** A timeout option as an absolute deadline on performance.now(); undefined means none. */
-function deadlineOf(value: unknown, name: string): number {
-  if (value === undefined) return Infinity;
-  const t = timeoutArg(value, name);
-  return t < 0 ? Infinity : performance.now() + t;
-}
-
-/** A timeout in milliseconds for native code: -1 for Infinity, else an integer in [0, 2^31). */
-function timeoutArg(value: unknown, name: string): number {
-  if (typeof value !== 'number') throw new TypeError(`The "${name}" option must be a number of milliseconds; received ${describe(value)}`);
-  if (value === Infinity) return -1;
-  if (!(value >= 0) || !Number.isFinite(value)) {
-    throw new RangeError(`The "${name}" option must be >= 0 (or Infinity); received ${value}`);
-  }
-  return Math.min(Math.ceil(value), 0x7fffffff);
-}
-
-/** Why an EADDRINUSE path must be left alone, or undefined if it is a stale socket file. */
-function staleSocket(path: string): string | undefined {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    return undefined; // gone meanwhile: bind again
-  }
-  if (!st.isSocket()) return `'${path}' exists and is not a socket; it was left alone`;
-  try {
-    native.close(native.unixConnect(path));
-    return `a process is listening on '${path}'`;
-  } catch (e) {
-    if (e instanceof KvmError && e.code === 'ECONNREFUSED') return undefined;
-    return `'${path}' is a socket in use (connect: ${e instanceof KvmError ? e.code : String(e)})`;
-  }
-}
-
-/** A boolean option (default false). */
-function boolOption(value: unknown, name: string): boolean {
-  if (value === undefined) return false;
-  if (typeof value !== 'boolean') throw new TypeError(`The "${name}" option must be a boolean; received ${describe(value)}`);
-  return value;
-}
-
-function coded<E extends Error>(e: E, code: string): E & { code: string } {
-  return Object.assign(e, { code });
-}
-
-function sysError(errno: number, syscall: string, detail: string): KvmError {
-  const description = getSystemErrorMap().get(-errno)?.[1] ?? `errno ${errno}`;
-  return new KvmError({ errno, syscall, detail, description });
 }

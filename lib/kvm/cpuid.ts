@@ -6,6 +6,7 @@
  */
 import { native } from '../core/native.js';
 import { u32 } from '../core/numbers.js';
+import { argTypeError, argRangeError } from '../core/errors.js';
 
 /** One CPUID leaf (and subleaf) as KVM describes it: struct kvm_cpuid_entry2, padding left out. */
 export interface CpuidEntry {
@@ -56,13 +57,13 @@ export function decodeCpuid(bytes: Uint8Array): CpuidEntry[] {
  * {@link MAX_CPUID_ENTRIES} entries or a field outside [0, 2^32)
  */
 export function encodeCpuid(entries: readonly CpuidEntry[]): Uint8Array {
-  if (!Array.isArray(entries)) throw new TypeError('The "entries" argument must be an array of CPUID entries');
+  if (!Array.isArray(entries)) throw argTypeError('The "entries" argument must be an array of CPUID entries');
   if (entries.length > MAX_CPUID_ENTRIES) {
-    throw new RangeError(`The "entries" argument must have at most ${MAX_CPUID_ENTRIES} entries; received ${entries.length}`);
+    throw argRangeError(`The "entries" argument must have at most ${MAX_CPUID_ENTRIES} entries; received ${entries.length}`);
   }
   // Read every field first (getters included), then write: the bytes are built from one snapshot.
   const rows = entries.map((e: unknown, i) => {
-    if (typeof e !== 'object' || e === null) throw new TypeError(`The "entries[${i}]" argument must be an object`);
+    if (typeof e !== 'object' || e === null) throw argTypeError(`The "entries[${i}]" argument must be an object`);
     const r = e as Record<string, unknown>;
     return FIELDS.map((f) => u32(r[f] ?? 0, `entries[${i}].${f}`));
   });

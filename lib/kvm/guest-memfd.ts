@@ -4,31 +4,17 @@
  * @module
  */
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from '../core/constants.js';
-import { KvmStateError } from '../core/errors.js';
-import { receivedFdOf, type ReceivedFd } from '../ipc/channel.js';
-import { fdFacts } from '../core/fd-identity.js';
+import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
+import type { ReceivedFd } from '../ipc/message.js';
+import type { FdFacts } from '../core/fd-identity.js';
+import { dupOption, fdArgument, takeOver } from './adopt.js';
 import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
-import { MapSharedFlag, native } from '../core/native.js';
+import { MapSharedFlag, native, type NativeStat } from '../core/native.js';
 import { checkU64, describe, fdNumber, off, options, u64 } from '../core/numbers.js';
 import { FdResource, identityOf, refuseOwned } from '../core/resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
-export interface GuestMemfdStat {
-  /** st_size: the file's size in bytes. */
-  size: bigint;
-  /** st_blksize: the preferred I/O block size (the page size). */
-  blksize: number;
-  /** st_blocks: 512-byte blocks allocated. */
-  blocks: bigint;
-  /** st_ino: the inode number (distinct per guest_memfd). */
-  ino: bigint;
-  /** st_dev. */
-  dev: bigint;
-  /** st_mode (file type and permission bits). */
-  mode: number;
-  /** st_nlink. */
-  nlink: number;
-}
+export type GuestMemfdStat = NativeStat;
 
 /** Options of `GuestMemfd.map()`. */
 export interface MapOptions {
@@ -88,11 +74,15 @@ export class GuestMemfd extends FdResource {
   /** The GuestMemfdFlag bits given at creation. */
   readonly flags: bigint;
 
-  /** @internal Use vm.createGuestMemfd(). */
-  constructor(fd: number, size: bigint, flags: bigint) {
+  private constructor(fd: number, size: bigint, flags: bigint) {
     super(fd, 'GuestMemfd', identityOf(fd));
     this.size = size;
     this.flags = flags;
+  }
+
+  /** @internal The GuestMemfd of a fd KVM_CREATE_GUEST_MEMFD just made (`vm.createGuestMemfd()`). */
+  static fromCreated(fd: number, size: bigint, flags: bigint): GuestMemfd {
+    return new GuestMemfd(fd, size, flags);
   }
 
   /**
@@ -125,80 +115,45 @@ export class GuestMemfd extends FdResource {
    */
   static adopt(fd: number | ReceivedFd, opts: AdoptOptions): GuestMemfd {
     // Take every argument before looking at the fd: a getter could close or reuse it.
-    const received = receivedFdOf(fd);
-    if (received === undefined && typeof fd === 'object' && fd !== null) {
-      throw new TypeError(`The "fd" argument must be a file descriptor or a ReceivedFd of this library; received ${describe(fd)}`);
-    }
-    const n = received ? received.fd : fdNumber(fd, 'fd');
+    const arg = fdArgument(fd);
     const o = options(opts, 'options');
     const size = u64(o.size, 'options.size');
     const flags = u64(o.flags, 'options.flags');
-    const dup = o.dup ?? false;
-    if (typeof dup !== 'boolean') throw new TypeError(`The "options.dup" option must be a boolean; received ${describe(dup)}`);
+    const dup = dupOption(o.dup);
     // No user code runs from here on.
-    if (received?.closed) throw new KvmStateError('ERR_KVM_CLOSED', `received fd ${n} was already taken or closed`);
-    const st = native.fstat(n); // EBADF for a closed fd
-    const facts = fdFacts(n);
-    if (facts.kind !== 'guest_memfd') {
-      throw Object.assign(
-        new TypeError(
-          `fd ${n} is not a guest_memfd: /proc/self/fd/${n} is '${facts.link}' on a filesystem with magic ` +
-            `0x${facts.fsMagic.toString(16)}`,
-        ),
-        { code: 'ERR_KVM_NOT_GUEST_MEMFD' },
-      );
-    }
-    if (st.size !== size) {
-      throw Object.assign(
-        new RangeError(`guest_memfd fd ${n} has ${st.size} bytes (fstat), not the ${size} claimed`),
-        { code: 'ERR_KVM_SIZE_MISMATCH' },
-      );
-    }
     let mappable: boolean | undefined;
-    if (size > 0n) {
+    const before = (n: number, _facts: FdFacts, st: NativeStat): void => {
+      if (st.size !== size) {
+        throw argRangeError(`guest_memfd fd ${n} has ${st.size} bytes (fstat), not the ${size} claimed`, 'ERR_KVM_SIZE_MISMATCH');
+      }
+      if (size === 0n) return;
       const probe = native.mmapProbe(n, 0, PAGE_SIZE, PROT_READ_WRITE, MAP_SHARED);
       mappable = probe === 0 ? true : probe === ENODEV ? false : undefined;
       const claimed = (flags & GuestMemfdFlag.MMAP) !== 0n;
       if (mappable !== undefined && mappable !== claimed) {
-        throw Object.assign(
-          new RangeError(
-            `guest_memfd fd ${n} ${mappable ? 'can' : 'cannot'} be mapped, but the flags claimed (0x${flags.toString(16)}) say ` +
-              `it was created ${claimed ? 'with' : 'without'} GuestMemfdFlag.MMAP`,
-          ),
-          { code: 'ERR_KVM_FLAGS_MISMATCH' },
+        throw argRangeError(
+          `guest_memfd fd ${n} ${mappable ? 'can' : 'cannot'} be mapped, but the flags claimed (0x${flags.toString(16)}) say ` +
+            `it was created ${claimed ? 'with' : 'without'} GuestMemfdFlag.MMAP`,
+          'ERR_KVM_FLAGS_MISMATCH',
         );
       }
-    }
-    if (!dup) refuseOwned(n, 'fd', received?.owner);
+    };
     // INIT_SHARED decides whether `bytes` is handed out: a false claim would let the first host
     // access kill the process with SIGBUS, so ask the kernel with a guarded read.
-    if (mappable === true) {
+    const after = (n: number): void => {
+      if (mappable !== true) return;
       const claimed = (flags & GuestMemfdFlag.INIT_SHARED) !== 0n;
       const shared = hostCanRead(n);
       if (shared !== claimed) {
-        throw Object.assign(
-          new RangeError(
-            `guest_memfd fd ${n} holds ${shared ? 'shared' : 'private'} memory (a guarded read of its first page ` +
-              `${shared ? 'worked' : 'faulted'}), but the flags claimed (0x${flags.toString(16)}) say it was created ` +
-              `${claimed ? 'with' : 'without'} GuestMemfdFlag.INIT_SHARED`,
-          ),
-          { code: 'ERR_KVM_FLAGS_MISMATCH' },
+        throw argRangeError(
+          `guest_memfd fd ${n} holds ${shared ? 'shared' : 'private'} memory (a guarded read of its first page ` +
+            `${shared ? 'worked' : 'faulted'}), but the flags claimed (0x${flags.toString(16)}) say it was created ` +
+            `${claimed ? 'with' : 'without'} GuestMemfdFlag.INIT_SHARED`,
+          'ERR_KVM_FLAGS_MISMATCH',
         );
       }
-    }
-    if (dup) {
-      const copy = native.dupCloexec(n);
-      try {
-        return new GuestMemfd(copy, size, flags);
-      } catch (e) {
-        native.close(copy);
-        throw e;
-      }
-    }
-    native.setCloexec(n);
-    const g = new GuestMemfd(n, size, flags);
-    received?.take();
-    return g;
+    };
+    return takeOver(arg, dup, 'guest_memfd', { before, after }, (n) => new GuestMemfd(n, size, flags));
   }
 
   /**
@@ -255,7 +210,7 @@ export class GuestMemfd extends FdResource {
     const l = checkLength(length ?? (this.size > o ? this.size - o : 0n));
     const { beyondEnd, align } = checkMapOptions(opts);
     if (o + l > this.size && !beyondEnd) {
-      throw new RangeError(
+      throw argRangeError(
         `The range [${o}, ${o + l}) extends past the end of the guest_memfd (size ${this.size}); ` +
           'a host access there would raise SIGBUS (pass { beyondEnd: true } to map it anyway)',
       );
@@ -272,7 +227,7 @@ export class GuestMemfd extends FdResource {
         : undefined;
     const flags = beyondEnd ? MapSharedFlag.BEYOND_END : 0;
     checkMappingRoom();
-    return new Mapping(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
+    return Mapping.fromNative(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
   }
 }
 
@@ -295,12 +250,12 @@ function checkMapOptions(value: unknown): { beyondEnd: boolean; align: bigint } 
   const opts = options(value, 'options');
   const beyondEnd = opts.beyondEnd ?? false;
   if (typeof beyondEnd !== 'boolean') {
-    throw new TypeError(`The "options.beyondEnd" option must be a boolean; received ${describe(beyondEnd)}`);
+    throw argTypeError(`The "options.beyondEnd" option must be a boolean; received ${describe(beyondEnd)}`);
   }
   if (opts.align === undefined) return { beyondEnd, align: 0n };
   const align = BigInt(checkU64(opts.align, 'options.align'));
   if (align < BigInt(PAGE_SIZE) || align > MAX_ALIGN || (align & (align - 1n)) !== 0n) {
-    throw new RangeError(
+    throw argRangeError(
       `The "options.align" option must be a power of two in [${PAGE_SIZE}, 2^30]; received ${align}`,
     );
   }

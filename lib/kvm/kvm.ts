@@ -3,12 +3,12 @@
  * @module
  */
 import { decodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmError } from '../core/errors.js';
+import { KvmError, argTypeError } from '../core/errors.js';
 import { VmType } from '../core/constants.js';
 import { native } from '../core/native.js';
 import { u32 } from '../core/numbers.js';
 import { FdResource } from '../core/resource.js';
-import { Vm } from './vm.js';
+import { supportedCpuidOf, Vm } from './vm.js';
 
 /** The default path of the KVM device. */
 export const KVM_DEVICE = '/dev/kvm';
@@ -56,7 +56,7 @@ export class Kvm extends FdResource {
    * KVM_GET_API_VERSION) if the path is not a KVM device
    */
   static open(path: string = KVM_DEVICE): Kvm {
-    if (typeof path !== 'string') throw new TypeError('The "path" argument must be a string');
+    if (typeof path !== 'string') throw argTypeError('The "path" argument must be a string');
     let fd: number;
     try {
       fd = native.open(path);
@@ -89,13 +89,7 @@ export class Kvm extends FdResource {
     const t = u32(type, 'type');
     const fd = this.open();
     const runSize = native.getVcpuMmapSize(fd);
-    // The VM may outlive this Kvm: then the device is opened again to ask.
-    const cpuid = (): CpuidEntry[] => {
-      if (!this.closed) return this.getSupportedCpuid();
-      using again = Kvm.open(this.path);
-      return again.getSupportedCpuid();
-    };
-    return new Vm(native.createVm(fd, t), t, runSize, cpuid);
+    return Vm.fromCreated(native.createVm(fd, t), t, runSize, supportedCpuidOf(this));
   }
 
   /**

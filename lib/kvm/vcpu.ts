@@ -4,7 +4,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { decodeCpuid, encodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmStateError, kvmErrorFromErrno } from '../core/errors.js';
+import { KvmStateError, errnoError, argTypeError } from '../core/errors.js';
 import { decodeExit, type ExitViews, type VcpuExit } from './exits.js';
 import { native, type NativeVcpuRunner } from '../core/native.js';
 import { options } from '../core/numbers.js';
@@ -14,9 +14,6 @@ import {
   decodeFpu, decodeRegs, decodeSregs, encodeFpu, encodeRegs, encodeSregs, Layout,
   type Fpu, type Regs, type RegsInput, type Sregs,
 } from './x86-state.js';
-
-/** @internal What vm.createVcpu() passes to the Vcpu constructor. */
-export const VCPU_TOKEN: unique symbol = Symbol('kvm-gmem Vcpu');
 
 /** How long the event loop polls for a run's result before sleeping, in milliseconds. */
 const POLL_MS = 0.05;
@@ -53,10 +50,7 @@ export class Vcpu extends FdResource {
   #inFlight = false;
   readonly #views: ExitViews = {};
 
-  /** @internal Use vm.createVcpu(). */
-  constructor(token: symbol, fd: number, id: number, vm: Vm, runSize: number) {
-    // Only vm.createVcpu() makes these: a second Vcpu over the same fd would be a second runner.
-    if (token !== VCPU_TOKEN) throw new TypeError('A Vcpu is created by vm.createVcpu(id)');
+  private constructor(fd: number, id: number, vm: Vm, runSize: number) {
     const runner = new native.VcpuRunner(fd, runSize);
     super(fd, 'Vcpu');
     this.id = id;
@@ -69,6 +63,11 @@ export class Vcpu extends FdResource {
   /** Whether a runAsync() is in flight. */
   get running(): boolean {
     return this.#inFlight;
+  }
+
+  /** @internal The Vcpu of a vCPU fd KVM_CREATE_VCPU made (`vm.createVcpu()`). */
+  static fromCreated(fd: number, id: number, vm: Vm, runSize: number): Vcpu {
+    return new Vcpu(fd, id, vm, runSize);
   }
 
   /** The Linux thread id of this vCPU's own thread, once runAsync() has started it. */
@@ -178,7 +177,7 @@ export class Vcpu extends FdResource {
   runAsync(opts: RunAsyncOptions = {}): Promise<VcpuExit> {
     const signal = options(opts, 'options').signal as AbortSignal | undefined;
     if (signal !== undefined && !(signal instanceof AbortSignal)) {
-      throw new TypeError('The "options.signal" argument must be an AbortSignal');
+      throw argTypeError('The "options.signal" argument must be an AbortSignal');
     }
     this.#idle();
     if (signal?.aborted) return Promise.reject(signal.reason);
@@ -249,7 +248,7 @@ export class Vcpu extends FdResource {
   #decode(status: number): VcpuExit {
     const exit = decodeExit(this.#page, this.#buffer, status, this.#views);
     if (exit) return exit;
-    throw kvmErrorFromErrno(status, 'ioctl', 'KVM_RUN', `vcpu ${this.id}`);
+    throw errnoError(status, 'ioctl', `vcpu ${this.id}`, 'KVM_RUN');
   }
 
   /** The fd, if the vCPU is open and not running. */

@@ -3,13 +3,18 @@
  * @module
  */
 import type { CpuidEntry } from './cpuid.js';
-import { MemslotFlag } from '../core/constants.js';
+import { MemslotFlag, VmType } from '../core/constants.js';
+import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
+import type { FdFacts } from '../core/fd-identity.js';
+import type { ReceivedFd } from '../ipc/message.js';
+import { dupOption, fdArgument, takeOver } from './adopt.js';
 import { GuestMemfd } from './guest-memfd.js';
+import { Kvm } from './kvm.js';
 import { mappingRange, rangeHolders, type Mapping } from '../memory/mapping.js';
 import { native } from '../core/native.js';
 import { checkU64, describe, fdNumber, options, u32, u64 } from '../core/numbers.js';
-import { claimFd, FdResource, ownFd, releaseFd } from '../core/resource.js';
-import { Vcpu, VCPU_TOKEN } from './vcpu.js';
+import { claimFd, FdResource, ownFd, refuseOwned, releaseFd } from '../core/resource.js';
+import { Vcpu } from './vcpu.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */
 export interface GuestMemfdOptions {
@@ -17,6 +22,33 @@ export interface GuestMemfdOptions {
   size: number | bigint;
   /** GuestMemfdFlag bits (default 0). */
   flags?: number | bigint;
+}
+
+/** Options of `Vm.adopt()`: what the kernel does not say about a VM fd, and who owns it. */
+export interface VmAdoptOptions {
+  /**
+   * An open Kvm of this process. It gives the size of the vCPUs' kvm_run mapping (ioctl
+   * KVM_GET_VCPU_MMAP_SIZE, asked at adoption) and answers `vm.supportedCpuid()`, as the Kvm that
+   * created a VM does.
+   */
+  kvm: Kvm;
+  /**
+   * The VmType the VM was created with (default VmType.DEFAULT). The kernel does not report a
+   * VM's type: it is recorded as `vm.type`, not checked.
+   */
+  type?: number;
+  /**
+   * Own a duplicate of the fd (fcntl F_DUPFD_CLOEXEC) instead of the fd itself: the caller, the
+   * received message or the library object that owns it keeps the original. Default false:
+   * adopt() takes the fd over, and refuses one that a live library object owns.
+   */
+  dup?: boolean;
+}
+
+/** Options of `vm.adoptVcpu()`. */
+export interface VcpuAdoptOptions {
+  /** Own a duplicate of the fd instead of the fd itself, as {@link VmAdoptOptions.dup}. */
+  dup?: boolean;
 }
 
 /** A vCPU fd whose Vcpu object could not be built: its owner entry and environment record. */
@@ -110,11 +142,7 @@ export class Vm extends FdResource {
   // createVcpu() of that id instead of leaving the id taken for good.
   readonly #parked = new Map<number, Parked>();
 
-  /**
-   * @internal Use kvm.createVm(). `runSize` is KVM_GET_VCPU_MMAP_SIZE; `supportedCpuid` asks the
-   * Kvm that created this VM.
-   */
-  constructor(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]) {
+  private constructor(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]) {
     super(fd, 'Vm');
     this.type = type;
     this.#runSize = runSize;
@@ -122,7 +150,88 @@ export class Vm extends FdResource {
   }
 
   /**
-   * The CPUID KVM supports, from the Kvm that created this VM (`kvm.getSupportedCpuid()`): what
+   * @internal The Vm of a VM fd KVM_CREATE_VM just made (`kvm.createVm()`). `runSize` is
+   * KVM_GET_VCPU_MMAP_SIZE; `supportedCpuid` asks the Kvm that created this VM.
+   */
+  static fromCreated(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]): Vm {
+    return new Vm(fd, type, runSize, supportedCpuid);
+  }
+
+  /**
+   * Adopts a VM fd that came from elsewhere: another process (through an FdChannel), a parent, a
+   * C program, or a duplicate of one of this process's own. The result owns the fd (close()
+   * closes it) and works like a Vm from `kvm.createVm()`, as far as the kernel lets it: KVM ties a
+   * VM to the memory map of the process that created it, so on a VM from another process every
+   * VM ioctl (checkExtension, createGuestMemfd, createVcpu, memslots) fails with EIO; closing it,
+   * passing it on and `adoptVcpu()` work.
+   *
+   * Takes every argument first (the options' getters run before the fd is looked at). Checks
+   * before taking the fd: `fdKind()` says 'vm' (the anon-inode filesystem's magic number and the
+   * kernel's name for the file, `anon_inode:kvm-vm`), and no live object of this library owns the
+   * fd (unless `opts.dup`). Then it sets FD_CLOEXEC (fcntl), or with `opts.dup` owns a
+   * close-on-exec duplicate. `fd` may be a {@link ReceivedFd}: it is taken from its message only
+   * once every check passed (with `dup`, never). On any failure the fd stays the caller's (or
+   * the message's).
+   * @throws TypeError (code 'ERR_KVM_NOT_VM') for an fd that is not a VM; KvmStateError
+   * ERR_KVM_FD_OWNED for an fd number that a live library object owns (a Vm, a received message's
+   * fd not taken), ERR_KVM_CLOSED for a ReceivedFd already taken or closed, or a closed
+   * `opts.kvm`; KvmError (syscall 'fstatfs') EBADF for a closed fd, (syscall 'fcntl') EMFILE when
+   * no fd is left for the duplicate, (ioctl KVM_GET_VCPU_MMAP_SIZE) from `opts.kvm`;
+   * TypeError/RangeError for bad numbers or options, or an `fd` object that is not a ReceivedFd
+   * of this library
+   */
+  static adopt(fd: number | ReceivedFd, opts: VmAdoptOptions): Vm {
+    // Take every argument before looking at the fd: a getter could close or reuse it.
+    const arg = fdArgument(fd);
+    const o = options(opts, 'options');
+    const kvmIn = o.kvm;
+    const type = u32(o.type ?? VmType.DEFAULT, 'options.type');
+    const dup = dupOption(o.dup);
+    if (!(kvmIn instanceof Kvm)) {
+      throw argTypeError(`The "options.kvm" option must be a Kvm of this library; received ${describe(kvmIn)}`);
+    }
+    const kvmFd = ownFd(kvmIn, 'options.kvm') as number; // ERR_KVM_CLOSED if it was closed
+    // No user code runs from here on.
+    const runSize = native.getVcpuMmapSize(kvmFd);
+    return takeOver(arg, dup, 'vm', {}, (n) => new Vm(n, type, runSize, supportedCpuidOf(kvmIn)));
+  }
+
+  /**
+   * Adopts a vCPU fd of this VM that came from elsewhere (another process through an FdChannel,
+   * a parent, a C program), as {@link Vm.adopt} does a VM fd, and maps its kvm_run area. KVM does
+   * not say which VM a vCPU fd belongs to: the caller vouches that it is one of this VM's (the
+   * Vcpu reads guest memory and the supported CPUID through this Vm). On a vCPU of a VM from
+   * another process every vCPU ioctl (getRegs, run...) fails with EIO; mapping it works.
+   *
+   * Checks before taking the fd: `fdKind()` says 'vcpu', the kernel's name for the file
+   * (`anon_inode:kvm-vcpu:N`) carries `id`, and no live object of this library owns the fd
+   * (unless `opts.dup`). Then FD_CLOEXEC or a duplicate, as Vm.adopt(); a ReceivedFd is taken
+   * only once the Vcpu exists. On any failure the fd stays the caller's (or the message's).
+   * @param id the vCPU id it was created with (KVM_CREATE_VCPU)
+   * @throws TypeError (code 'ERR_KVM_NOT_VCPU') for an fd that is not a vCPU; RangeError (code
+   * 'ERR_KVM_VCPU_ID_MISMATCH') for a vCPU whose id is not `id`; KvmStateError ERR_KVM_FD_OWNED
+   * for an fd number that a live library object owns, ERR_KVM_VCPU_HAS_RUNNER for another fd of
+   * a vCPU that has a live Vcpu in this process, ERR_KVM_CLOSED for a ReceivedFd already taken or
+   * closed, or after this Vm's close(); KvmError (syscall 'fstatfs') EBADF for a closed fd,
+   * (syscall 'mmap') when kvm_run cannot be mapped, (syscall 'fcntl') EMFILE;
+   * TypeError/RangeError for bad numbers or options
+   */
+  adoptVcpu(fd: number | ReceivedFd, id: number, opts: VcpuAdoptOptions = {}): Vcpu {
+    const arg = fdArgument(fd);
+    const vcpuId = u32(id, 'id');
+    const dup = dupOption(options(opts, 'options').dup);
+    this.open();
+    // No user code runs from here on.
+    const name = `anon_inode:kvm-vcpu:${vcpuId}`;
+    const checkId = (n: number, { link }: FdFacts): void => {
+      if (link === name) return;
+      throw argRangeError(`fd ${n} is vCPU '${link.slice('anon_inode:'.length)}', not vCPU ${vcpuId}`, 'ERR_KVM_VCPU_ID_MISMATCH');
+    };
+    return takeOver(arg, dup, 'vcpu', { before: checkId }, (n) => Vcpu.fromCreated(n, vcpuId, this, this.#runSize));
+  }
+
+  /**
+   * The CPUID KVM supports, from the Kvm that created (or adopted) this VM (`kvm.getSupportedCpuid()`): what
    * the x86 boot helpers give a vCPU that has no CPUID yet. If that Kvm was closed, the device is
    * opened again to ask.
    * @throws KvmError from open or KVM_GET_SUPPORTED_CPUID
@@ -145,7 +254,7 @@ export class Vm extends FdResource {
     const fd = parked?.fd ?? native.createVcpu(vmFd, vcpuId);
     let vcpu: Vcpu;
     try {
-      vcpu = new Vcpu(VCPU_TOKEN, fd, vcpuId, this, this.#runSize);
+      vcpu = Vcpu.fromCreated(fd, vcpuId, this, this.#runSize);
     } catch (e) {
       if (!parked) this.#parked.set(vcpuId, { fd, ref: claimFd(fd, this), owned: native.ownFd(fd, false) });
       throw e;
@@ -173,26 +282,6 @@ export class Vm extends FdResource {
   }
 
   /**
-   * The host's view of guest memory [gpa, gpa + length): a Uint8Array over the Mapping that
-   * backs the memslot covering that range (no copy). Writes are seen by the guest at once, and
-   * the guest's writes are seen here.
-   * @throws RangeError if no memslot set with a Mapping as userspaceAddr covers the whole range;
-   * KvmStateError (ERR_KVM_CLOSED / ERR_KVM_PRIVATE_MEMORY) from the Mapping
-   */
-  guestMemory(gpa: number | bigint, length: number): Uint8Array {
-    const start = u64(gpa, 'gpa');
-    const len = u32(length, 'length');
-    for (const m of this.#slots.values()) {
-      if (!m.mapping || start < m.guestPhysAddr || start + BigInt(len) > m.guestPhysAddr + m.memorySize) continue;
-      const at = Number(start - m.guestPhysAddr);
-      return m.mapping.bytes.subarray(at, at + len);
-    }
-    throw new RangeError(
-      `No memslot with a host Mapping covers guest memory [0x${start.toString(16)}, 0x${(start + BigInt(len)).toString(16)})`,
-    );
-  }
-
-  /**
    * Asks this VM about a capability (ioctl KVM_CHECK_EXTENSION on the VM fd); some answers,
    * e.g. Cap.GUEST_MEMFD_FLAGS, depend on the VM type.
    * @param cap a Cap value
@@ -216,7 +305,7 @@ export class Vm extends FdResource {
     const size = checkU64(o.size, 'size');
     const flags = checkU64(o.flags ?? 0, 'flags');
     const fd = native.createGuestMemfd(this.open(), size, flags);
-    return new GuestMemfd(fd, BigInt(size), BigInt(flags));
+    return GuestMemfd.fromCreated(fd, BigInt(size), BigInt(flags));
   }
 
   /**
@@ -233,43 +322,7 @@ export class Vm extends FdResource {
    * for bad numbers, or a Mapping shorter than the slot.
    */
   setUserMemoryRegion2(region: MemoryRegion2): void {
-    // Take every field once, first: a getter could close the GuestMemfd or the Mapping and reuse
-    // the fd number or the address range, so neither is read before all getters have run.
-    const r = options(region, 'region');
-    const slotIn = r.slot;
-    const gmIn = r.guestMemfd;
-    const flagsIn = r.flags;
-    const gpaIn = r.guestPhysAddr;
-    const sizeIn = r.memorySize;
-    const uaddrIn = r.userspaceAddr;
-    const offsetIn = r.guestMemfdOffset;
-    const slot = u32(slotIn, 'slot');
-    if (gmIn !== undefined && !(gmIn instanceof GuestMemfd)) fdNumber(gmIn, 'guestMemfd');
-    const flags = u32(flagsIn ?? (gmIn !== undefined ? MemslotFlag.GUEST_MEMFD : 0), 'flags');
-    const gpa = u64(gpaIn, 'guestPhysAddr');
-    const size = u64(sizeIn, 'memorySize');
-    const gmemOffset = u64(offsetIn ?? 0, 'guestMemfdOffset');
-    // No user code runs from here on.
-    const [uaddr, mapping] = userspaceAddr(uaddrIn ?? 0, size);
-    let gm: GuestMemfd | number | undefined;
-    let gmemFd = 0;
-    if (gmIn !== undefined) {
-      const own = ownFd(gmIn, 'guestMemfd'); // ERR_KVM_CLOSED if it was closed
-      if (own === undefined) {
-        if (typeof gmIn !== 'number') throw new TypeError(`The "guestMemfd" argument must be a GuestMemfd or an fd number; received ${describe(gmIn)}`);
-        gm = gmemFd = gmIn;
-      } else {
-        gm = gmIn as GuestMemfd;
-        gmemFd = own;
-      }
-    }
-    const holds = rangeHolders(uaddr, size);
-    native.setUserMemoryRegion2(this.open(), slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
-    this.#record({
-      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr,
-      guestMemfdOffset: gmemOffset, via: 'region2', ...(gm !== undefined ? { guestMemfd: gm } : {}),
-      ...(mapping ? { mapping } : {}),
-    }, holds);
+    this.#setRegion(region, 'region2');
   }
 
   /**
@@ -279,25 +332,49 @@ export class Vm extends FdResource {
    * KvmStateError if this Vm or the Mapping is closed; TypeError/RangeError for bad numbers
    */
   setUserMemoryRegion(region: MemoryRegion): void {
+    this.#setRegion(region, 'region');
+  }
+
+  #setRegion(region: MemoryRegion2, via: Memslot['via']): void {
+    // Take every field once, first: a getter could close the GuestMemfd or the Mapping and reuse
+    // the fd number or the address range, so neither is read before all getters have run.
     const r = options(region, 'region');
     const slotIn = r.slot;
+    const gmIn = via === 'region2' ? r.guestMemfd : undefined;
     const flagsIn = r.flags;
     const gpaIn = r.guestPhysAddr;
     const sizeIn = r.memorySize;
-    const uaddrIn = r.userspaceAddr;
+    const uaddrIn = via === 'region2' ? r.userspaceAddr ?? 0 : r.userspaceAddr;
+    const offsetIn = via === 'region2' ? r.guestMemfdOffset : undefined;
     const slot = u32(slotIn, 'slot');
-    const flags = u32(flagsIn ?? 0, 'flags');
+    if (gmIn !== undefined && !(gmIn instanceof GuestMemfd)) fdNumber(gmIn, 'guestMemfd');
+    const flags = u32(flagsIn ?? (gmIn !== undefined ? MemslotFlag.GUEST_MEMFD : 0), 'flags');
     const gpa = u64(gpaIn, 'guestPhysAddr');
     const size = u64(sizeIn, 'memorySize');
+    const gmemOffset = u64(offsetIn ?? 0, 'guestMemfdOffset');
     // No user code runs from here on.
     const [uaddr, mapping] = userspaceAddr(uaddrIn, size);
+    let gm: GuestMemfd | number | undefined;
+    let gmemFd = 0;
+    if (gmIn !== undefined) {
+      const own = ownFd(gmIn, 'guestMemfd'); // ERR_KVM_CLOSED if it was closed
+      if (own === undefined) {
+        if (typeof gmIn !== 'number') throw argTypeError(`The "guestMemfd" argument must be a GuestMemfd or an fd number; received ${describe(gmIn)}`);
+        gm = gmemFd = gmIn;
+      } else {
+        gm = gmIn as GuestMemfd;
+        gmemFd = own;
+      }
+    }
     const holds = rangeHolders(uaddr, size);
-    native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
+    if (via === 'region2') native.setUserMemoryRegion2(this.open(), slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
+    else native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
     this.#record({
-      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: 0n, via: 'region',
-      ...(mapping ? { mapping } : {}),
+      slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: gmemOffset, via,
+      ...(gm !== undefined ? { guestMemfd: gm } : {}), ...(mapping ? { mapping } : {}),
     }, holds);
   }
+
 
   /**
    * Deletes a memslot: the same ioctl that created it, with memory_size 0. The guest_memfd and
@@ -338,6 +415,19 @@ export class Vm extends FdResource {
 }
 
 /**
+ * What `vm.supportedCpuid()` asks: `kvm`, or once it is closed the device at its path, opened
+ * again (a VM outlives the Kvm that created or adopted it).
+ * @internal
+ */
+export function supportedCpuidOf(kvm: Kvm): () => CpuidEntry[] {
+  return () => {
+    if (!kvm.closed) return kvm.getSupportedCpuid();
+    using again = Kvm.open(kvm.path);
+    return again.getSupportedCpuid();
+  };
+}
+
+/**
  * A memslot's host address, and the Mapping if it was given as one (its address and length read
  * from its private fields).
  */
@@ -345,7 +435,7 @@ function userspaceAddr(value: unknown, size: bigint): [bigint, Mapping | undefin
   const m = mappingRange(value, 'userspaceAddr'); // ERR_KVM_CLOSED for a closed Mapping
   if (m !== undefined) {
     if (BigInt(m.length) < size) {
-      throw new RangeError(`The "userspaceAddr" Mapping is ${m.length} bytes, shorter than memorySize ${size}`);
+      throw argRangeError(`The "userspaceAddr" Mapping is ${m.length} bytes, shorter than memorySize ${size}`);
     }
     return [m.address, value as Mapping];
   }

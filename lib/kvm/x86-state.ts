@@ -9,6 +9,7 @@
  * @module
  */
 import { checkU64 } from '../core/numbers.js';
+import { argTypeError } from '../core/errors.js';
 
 /** General-purpose registers (struct kvm_regs). Every field is a u64. */
 export interface Regs {
@@ -118,7 +119,7 @@ function small(value: unknown, name: string, bits: 8 | 16 | 32): number {
 }
 
 function field(o: unknown, key: string, where: string): unknown {
-  if (typeof o !== 'object' || o === null) throw new TypeError(`The "${where}" argument must be an object`);
+  if (typeof o !== 'object' || o === null) throw argTypeError(`The "${where}" argument must be an object`);
   return (o as Record<string, unknown>)[key];
 }
 
@@ -190,7 +191,7 @@ export function encodeSregs(s: Sregs): Uint8Array {
   v.setBigUint64(L.apicBase, BigInt(checkU64(field(s, 'apicBase', 'sregs'), 'sregs.apicBase')), true);
   const bitmap = field(s, 'interruptBitmap', 'sregs') ?? [0n, 0n, 0n, 0n];
   if (!Array.isArray(bitmap) || bitmap.length !== 4) {
-    throw new TypeError('The "sregs.interruptBitmap" field must be an array of 4 u64 words');
+    throw argTypeError('The "sregs.interruptBitmap" field must be an array of 4 u64 words');
   }
   bitmap.forEach((w, i) => v.setBigUint64(L.interruptBitmap + i * 8, BigInt(checkU64(w, `sregs.interruptBitmap[${i}]`)), true));
   return b;
@@ -221,7 +222,7 @@ export function encodeFpu(f: Fpu): Uint8Array {
   const bytes = (k: 'fpr' | 'xmm', len: number, at: number) => {
     const a = field(f, k, 'fpu');
     if (!(a instanceof Uint8Array) || a.length !== len) {
-      throw new TypeError(`The "fpu.${k}" field must be a Uint8Array of ${len} bytes`);
+      throw argTypeError(`The "fpu.${k}" field must be a Uint8Array of ${len} bytes`);
     }
     b.set(a, at);
   };

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { types } from 'node:util';
-import { GuestMemoryFaultError, KvmStateError } from '../core/errors.js';
+import { GuestMemoryFaultError, KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
 import { native, type NativeFault, type NativeMapping } from '../core/native.js';
 import { checkU64, describe, options, u32, u64 } from '../core/numbers.js';
 
@@ -141,13 +141,12 @@ export class Mapping implements Disposable {
   readonly offset: bigint;
 
   /**
-   * @internal Use GuestMemfd.map() or Mapping.anonymous().
    * @param privateReason set when every host access to the range would fault (SIGBUS): `bytes`
    * is then refused with that reason instead of handing out a view that kills the process.
    * @param pastEofReason set when the range extends past the end of the file: `bytes` is then
    * refused (ERR_KVM_PAST_EOF) with that reason.
    */
-  constructor(m: NativeMapping, offset: bigint, privateReason?: string, pastEofReason?: string) {
+  private constructor(m: NativeMapping, offset: bigint, privateReason?: string, pastEofReason?: string) {
     this.#buffer = m.buffer;
     this.#privateReason = privateReason;
     this.#pastEofReason = pastEofReason;
@@ -157,6 +156,11 @@ export class Mapping implements Disposable {
     const entry: RangeEntry = { address: m.address, end: m.address + BigInt(this.#size), buffer: new WeakRef(m.buffer) };
     ranges.set(m.address, entry);
     rangeGone.register(m.buffer, entry);
+  }
+
+  /** @internal The Mapping of a shared mapping of a file (`GuestMemfd.map()`); parameters as the constructor's. */
+  static fromNative(m: NativeMapping, offset: bigint, privateReason?: string, pastEofReason?: string): Mapping {
+    return new Mapping(m, offset, privateReason, pastEofReason);
   }
 
   static {
@@ -252,9 +256,9 @@ export class Mapping implements Disposable {
    */
   fill(value: number, offset: number | bigint = 0, length?: number | bigint): void {
     const buffer = this.#live();
-    if (typeof value !== 'number') throw new TypeError(`The "value" argument must be a number; received ${describe(value)}`);
+    if (typeof value !== 'number') throw argTypeError(`The "value" argument must be a number; received ${describe(value)}`);
     if (!Number.isInteger(value) || value < 0 || value > 255) {
-      throw new RangeError(`The "value" argument must be an integer in [0, 255]; received ${value}`);
+      throw argRangeError(`The "value" argument must be an integer in [0, 255]; received ${value}`);
     }
     const o = this.#offset(offset);
     const l = length === undefined ? this.length - o : this.#length(length, o);
@@ -297,7 +301,7 @@ export class Mapping implements Disposable {
     const o = this.#offset(o0.offset ?? 0);
     const l = o0.length === undefined ? this.length - o : this.#length(o0.length, o);
     const maxnode = u32(o0.maxnode ?? 64, 'maxnode');
-    if (maxnode > native.limits.maxMaxnode) throw new RangeError(`The "maxnode" option must be at most ${native.limits.maxMaxnode}; received ${maxnode}`);
+    if (maxnode > native.limits.maxMaxnode) throw argRangeError(`The "maxnode" option must be at most ${native.limits.maxMaxnode}; received ${maxnode}`);
     const flags = u32(o0.flags ?? 0, 'flags');
     native.mbind(buffer, o, l, m, mask, maxnode, flags);
   }
@@ -311,7 +315,7 @@ export class Mapping implements Disposable {
   memPolicy(offset: number | bigint = 0): MemoryPolicy {
     const buffer = this.#live();
     const o = this.#offset(offset);
-    if (o >= this.length) throw new RangeError(`The "offset" argument must be < ${this.length}; received ${o}`);
+    if (o >= this.length) throw argRangeError(`The "offset" argument must be < ${this.length}; received ${o}`);
     return native.getMempolicy(buffer, o);
   }
 
@@ -324,10 +328,10 @@ export class Mapping implements Disposable {
    */
   pageNodes(offsets: readonly (number | bigint)[]): number[] {
     const buffer = this.#live();
-    if (!Array.isArray(offsets)) throw new TypeError(`The "offsets" argument must be an array; received ${describe(offsets)}`);
+    if (!Array.isArray(offsets)) throw argTypeError(`The "offsets" argument must be an array; received ${describe(offsets)}`);
     const checked = offsets.map((v, i) => {
       const o = this.#offset(v, `offsets[${i}]`);
-      if (o >= this.length) throw new RangeError(`The "offsets[${i}]" argument must be < ${this.length}; received ${o}`);
+      if (o >= this.length) throw argRangeError(`The "offsets[${i}]" argument must be < ${this.length}; received ${o}`);
       return o;
     });
     return native.pageNodes(buffer, checked);
@@ -390,7 +394,7 @@ export class Mapping implements Disposable {
   /** An offset within the mapping (<= length), as a number. */
   #offset(value: unknown, name = 'offset'): number {
     const v = checkU64(value, name);
-    if (v > this.length) throw new RangeError(`The "${name}" argument must be <= ${this.length} (the mapping's length); received ${v}`);
+    if (v > this.length) throw argRangeError(`The "${name}" argument must be <= ${this.length} (the mapping's length); received ${v}`);
     return Number(v);
   }
 
@@ -398,7 +402,7 @@ export class Mapping implements Disposable {
   #length(value: unknown, o: number, name = 'length'): number {
     const v = checkU64(value, name);
     if (v > this.length - o) {
-      throw new RangeError(`The range [${o}, ${BigInt(o) + BigInt(v)}) extends past the mapping (length ${this.length})`);
+      throw argRangeError(`The range [${o}, ${BigInt(o) + BigInt(v)}) extends past the mapping (length ${this.length})`);
     }
     return Number(v);
   }
@@ -421,14 +425,14 @@ export class Mapping implements Disposable {
 
 /** Checks a byte-array argument of the guarded accessors (any realm's Uint8Array, Buffer included). */
 function checkBytes(value: unknown, name: string): asserts value is Uint8Array {
-  if (!types.isUint8Array(value)) throw new TypeError(`The "${name}" argument must be a Uint8Array; received ${describe(value)}`);
+  if (!types.isUint8Array(value)) throw argTypeError(`The "${name}" argument must be a Uint8Array; received ${describe(value)}`);
 }
 
 /** Checks a signed 32-bit integer argument (madvise advice). */
 function int32(value: unknown, name: string): number {
-  if (typeof value !== 'number') throw new TypeError(`The "${name}" argument must be an integer; received ${describe(value)}`);
+  if (typeof value !== 'number') throw argTypeError(`The "${name}" argument must be an integer; received ${describe(value)}`);
   if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) {
-    throw new RangeError(`The "${name}" argument must be a 32-bit integer; received ${value}`);
+    throw argRangeError(`The "${name}" argument must be a 32-bit integer; received ${value}`);
   }
   return value;
 }
@@ -436,7 +440,7 @@ function int32(value: unknown, name: string): number {
 /** A nodemask: a non-negative safe integer, or a bigint of at most 1024 bits. */
 function checkU64Wide(value: unknown, name: string): number | bigint {
   if (typeof value === 'bigint') {
-    if (value < 0n || value >= 1n << 1024n) throw new RangeError(`The "${name}" argument must be in [0, 2^1024); received ${value}n`);
+    if (value < 0n || value >= 1n << 1024n) throw argRangeError(`The "${name}" argument must be in [0, 2^1024); received ${value}n`);
     return value;
   }
   return checkU64(value, name);
@@ -446,7 +450,7 @@ function checkU64Wide(value: unknown, name: string): number | bigint {
 export function checkLength(length: unknown, name = 'length'): bigint {
   const len = u64(length, name);
   if (len === 0n || len > BigInt(MAX_MAPPING_LENGTH)) {
-    throw new RangeError(
+    throw argRangeError(
       `The "${name}" argument must be > 0 and <= 4 GiB (Node's largest ArrayBuffer); received ${len}`,
     );
   }

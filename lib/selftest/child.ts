@@ -1,5 +1,5 @@
 /**
- * The other process of the `lifecycle.guest_memfd_bound_to_one_vm` selftest (lifecycle.ts).
+ * The other process of the `lifecycle.guest_memfd_bound_to_one_vm` selftest (lifecycle/guest-memfd-bound-to-one-vm.ts).
  *
  * Started by the case with a guest_memfd as fd 3 and the VM fd that created it as fd 4 (extra
  * stdio entries: the parent's FD_CLOEXEC does not carry over a dup2, so the numbers arrive open).

@@ -1,6 +1,8 @@
 /**
- * tools/testing/selftests/kvm/guest_memfd_test.c, mirrored: one case per upstream function, with
- * the same arguments and the same expected results, named after the function. Like upstream's
+ * The kernel's tools/testing/selftests/kvm/guest_memfd_test.c
+ * (https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/tools/testing/selftests/kvm/guest_memfd_test.c),
+ * mirrored: one case per upstream function, with the same arguments and the same expected
+ * results, named after the function. Like upstream's
  * main(), the cases are made for every VM type in KVM_CAP_VM_TYPES, and for guest_memfd flags 0,
  * MMAP and MMAP|INIT_SHARED as far as KVM_CAP_GUEST_MEMFD_FLAGS (asked on a VM of that type)
  * offers them; which functions run for which flags follows upstream's __test_guest_memfd().
@@ -28,7 +30,7 @@ import type { Mapping } from '../memory/mapping.js';
 import { native } from '../core/native.js';
 import type { Vm } from '../kvm/vm.js';
 import {
-  check, checkBytes, checkEq, checkErrno, SelftestFailure, type CaseContext, type SelftestCase,
+  check, checkBytes, checkEq, checkErrno, checkSucceeds, checkThrows, type CaseContext, type SelftestCase,
 } from './harness.js';
 import { GiB, MiB, Memtest, selftestGuest } from './guest.js';
 import type { HostFacts, VmTypeFacts } from './host.js';
@@ -147,13 +149,7 @@ function testGuestMemfdFlags(ctx: CaseContext, vm: Vm): void {
     const flag = 1n << bit;
     const what = `guest_memfd() with flag 0x${flag.toString(16)}`;
     if (flag & valid) {
-      let gmem: GuestMemfd;
-      try {
-        gmem = vm.createGuestMemfd({ size: ctx.pageSize, flags: flag });
-      } catch (e) {
-        throw new SelftestFailure(`${what} should succeed: ${(e as Error).message}`);
-      }
-      gmem.close();
+      checkSucceeds(() => vm.createGuestMemfd({ size: ctx.pageSize, flags: flag }), what).close();
     } else {
       checkErrno(() => vm.createGuestMemfd({ size: ctx.pageSize, flags: flag }).close(), 'EINVAL', what);
     }
@@ -186,14 +182,8 @@ function testFileReadWrite(ctx: CaseContext, gmem: GuestMemfd): void {
   const buf = Buffer.alloc(64);
   const codes: string[] = [];
   const refused = (what: string, f: () => number) => {
-    let n: number;
-    try {
-      n = f();
-    } catch (e) {
-      codes.push(`${what} ${(e as NodeJS.ErrnoException).code}`);
-      return;
-    }
-    throw new SelftestFailure(`${what} on a guest_memfd should fail, but transferred ${n} bytes`);
+    const e = checkThrows(f, Error, (n) => `${what} on a guest_memfd should fail, but transferred ${n} bytes`);
+    codes.push(`${what} ${(e as NodeJS.ErrnoException).code}`);
   };
   // fs.readSync/writeSync with position null call read(2)/write(2); with a position, pread/pwrite.
   refused('read', () => readSync(gmem.fd, buf, 0, buf.length, null));
@@ -223,23 +213,13 @@ function testMmapSupported(ctx: CaseContext, gmem: GuestMemfd, total: number): v
  */
 function faultSigbus(ctx: CaseContext, gmem: GuestMemfd, accessible: number, mapSize: number): void {
   const map: Mapping = ctx.use(gmem.map(0, mapSize, { beyondEnd: mapSize > Number(gmem.size) }));
-  const fill = expectSigbus(() => map.fill(0xaa, 0, mapSize), 'memset of the whole mapping');
+  const fill = checkThrows(() => map.fill(0xaa, 0, mapSize), GuestMemoryFaultError, 'memset of the whole mapping should fault with SIGBUS, but completed');
   checkEq(fill.offset, accessible, 'offset of the SIGBUS in memset');
   checkEq(fill.bytesDone, accessible, 'bytes memset wrote before the SIGBUS');
-  const read = expectSigbus(() => map.read(accessible, 1), `READ_ONCE(mem[${accessible}])`);
+  const read = checkThrows(() => map.read(accessible, 1), GuestMemoryFaultError, `READ_ONCE(mem[${accessible}]) should fault with SIGBUS, but completed`);
   checkEq(read.offset, accessible, 'offset of the SIGBUS in the read');
   ctx.log(`SIGBUS (${fill.sigCodeName}) at offset 0x${accessible.toString(16)} of a 0x${mapSize.toString(16)}-byte mapping; the process lives`);
   if (accessible > 0) checkBytes(map.read(0, accessible), 0xaa, 'the bytes before the fault');
-}
-
-function expectSigbus(f: () => unknown, what: string): GuestMemoryFaultError {
-  try {
-    f();
-  } catch (e) {
-    if (e instanceof GuestMemoryFaultError) return e;
-    throw e;
-  }
-  throw new SelftestFailure(`${what} should fault with SIGBUS, but completed`);
 }
 
 function testFaultOverflow(ctx: CaseContext, gmem: GuestMemfd, total: number): void {
@@ -324,16 +304,8 @@ function testCollapse(ctx: CaseContext, gmem: GuestMemfd, pmdSize: number): void
 function testMmapNotSupported(ctx: CaseContext, gmem: GuestMemfd, total: number): void {
   const codes: string[] = [];
   for (const length of [ctx.pageSize, total]) {
-    let m: Mapping;
-    try {
-      m = gmem.map(0, length);
-    } catch (e) {
-      if (!(e instanceof KvmError)) throw e;
-      codes.push(`${length} bytes: ${e.code}`);
-      continue;
-    }
-    m.close();
-    throw new SelftestFailure(`mmap() of ${length} bytes of a guest_memfd without MMAP should fail`);
+    const e = checkThrows(() => ctx.use(gmem.map(0, length)), KvmError, `mmap() of ${length} bytes of a guest_memfd without MMAP should fail`);
+    codes.push(`${length} bytes: ${e.code}`);
   }
   ctx.log(`mmap refused: ${codes.join(', ')}`);
 }
@@ -347,22 +319,10 @@ function testFileSize(ctx: CaseContext, gmem: GuestMemfd, total: number): void {
 function testFallocate(ctx: CaseContext, gmem: GuestMemfd, total: number): void {
   const page = ctx.pageSize;
   const fails = (what: string, f: () => void) => {
-    try {
-      f();
-    } catch (e) {
-      if (!(e instanceof KvmError)) throw e;
-      ctx.log(`${what}: ${e.code}`);
-      return;
-    }
-    throw new SelftestFailure(`${what} should fail`);
+    const e = checkThrows(f, KvmError, `${what} should fail`);
+    ctx.log(`${what}: ${e.code}`);
   };
-  const ok = (what: string, f: () => void) => {
-    try {
-      f();
-    } catch (e) {
-      throw new SelftestFailure(`${what} should succeed: ${(e as Error).message}`);
-    }
-  };
+  const ok = (what: string, f: () => void) => checkSucceeds(f, what);
   ok('fallocate with aligned offset and size', () => gmem.allocate(0, total));
   fails('punch with unaligned offset', () => gmem.punchHole(page - 1, page));
   fails('fallocate beginning at total_size', () => gmem.allocate(total, page));

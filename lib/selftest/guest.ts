@@ -11,13 +11,14 @@
  */
 import { guestImage, type GuestImageName } from '../guest/images.js';
 import { Mapping } from '../memory/mapping.js';
-import { getUcall, GuestAssertionError, replyUcall, UnexpectedExitError, type Ucall } from '../guest/ucall.js';
+import { replyUcall, runUntilUcall, type Ucall } from '../guest/ucall.js';
 import type { Vcpu } from '../kvm/vcpu.js';
 import type { Vm } from '../kvm/vm.js';
 import type { MmioExit, VcpuExit } from '../kvm/exits.js';
 import { bootGuest } from '../guest/boot.js';
 import { VmType } from '../core/constants.js';
 import type { CaseContext } from './harness.js';
+import { argRangeError, argTypeError } from '../core/errors.js';
 
 /** Bytes in a MiB / GiB. */
 export const MiB = 1 << 20;
@@ -52,7 +53,7 @@ export function selftestGuest(ctx: CaseContext, opts: SelftestGuestOptions = {})
     vm,
     signal: ctx.signal,
     boot(id, image, args = []) {
-      if (id >= 8) throw new RangeError('selftestGuest has room for 8 vCPUs');
+      if (id >= 8) throw argRangeError('selftestGuest has room for 8 vCPUs');
       const vcpu = ctx.use(vm.createVcpu(id));
       bootGuest(vcpu, {
         image: guestImage(image), loadAt: 0x10000 * (1 + id), stack: 0x90000 + 0x10000 * id,
@@ -77,30 +78,25 @@ export interface RunToUcallOptions {
 }
 
 /**
- * Runs the vCPU on its own thread (runAsync) until its next SYNC or DONE ucall. `signal` (the
- * case's) kicks a run in flight, so a guest that never exits cannot outlast the case's timeout.
- * @throws GuestAssertionError for an ABORT; UnexpectedExitError for an exit nobody handled; the
- * signal's reason once it aborts
+ * Runs the vCPU on its own thread (runAsync) until its next SYNC or DONE ucall: the library's
+ * ucall loop with MMIO exits routed to `onMmio`. `signal` (the case's) kicks a run in flight, so a
+ * guest that never exits cannot outlast the case's timeout.
+ * @throws GuestAssertionError for an ABORT; UnexpectedExitError for an exit nobody handled or
+ * after `maxExits`; the signal's reason once it aborts
  */
-export async function runToUcall(vcpu: Vcpu, signal: AbortSignal, opts: RunToUcallOptions = {}): Promise<Ucall> {
-  const max = opts.maxExits ?? 100_000;
-  for (let n = 0; n < max; n++) {
-    const exit = await vcpu.runAsync({ signal });
-    const uc = getUcall(vcpu, exit);
-    if (uc) {
-      if (uc.cmd === 'abort') throw new GuestAssertionError(uc);
-      if (uc.cmd === 'printf') continue;
-      return uc;
-    }
-    if (exit.reason === 'mmio' && opts.onMmio) {
-      opts.onMmio(exit);
-      continue;
-    }
-    if (exit.reason === 'io' && exit.direction === 'out' && exit.port === 0xe9) continue; // console
-    if (opts.onExit?.(exit)) continue;
-    throw new UnexpectedExitError(exit);
-  }
-  throw new Error(`the guest made no ucall in ${max} exits`);
+export function runToUcall(vcpu: Vcpu, signal: AbortSignal, opts: RunToUcallOptions = {}): Promise<Ucall> {
+  const { onMmio, onExit } = opts;
+  return runUntilUcall(vcpu, {
+    signal,
+    maxExits: opts.maxExits ?? 100_000,
+    onExit(exit) {
+      if (exit.reason === 'mmio' && onMmio) {
+        onMmio(exit);
+        return true;
+      }
+      return onExit?.(exit) ?? false;
+    },
+  });
 }
 
 /** One memtest job: check [start, start + length) holds `expect`, then fill it with `fill`. */
@@ -130,10 +126,10 @@ export class Memtest {
   /** Runs the job given at construction, or `job` after the first; resolves to the guest's SYNC. */
   async run(job?: MemtestJob, opts?: RunToUcallOptions): Promise<Ucall> {
     if (this.#pending) {
-      if (!job) throw new TypeError('memtest: a job is needed after the first');
+      if (!job) throw argTypeError('memtest: a job is needed after the first');
       replyUcall(this.vcpu, this.#pending, [job.start, job.length, job.expect, job.fill, 0]);
     } else if (job) {
-      throw new TypeError('memtest: the first job was given at boot');
+      throw argTypeError('memtest: the first job was given at boot');
     }
     const uc = await runToUcall(this.vcpu, this.#signal, opts);
     if (uc.cmd !== 'sync') throw new Error(`memtest: expected SYNC, got ${uc.cmd}`);
@@ -143,7 +139,7 @@ export class Memtest {
 
   /** Tells the guest to finish; resolves to its DONE. */
   async finish(): Promise<Ucall> {
-    if (!this.#pending) throw new TypeError('memtest: nothing to finish');
+    if (!this.#pending) throw argTypeError('memtest: nothing to finish');
     replyUcall(this.vcpu, this.#pending, [0, 0, 0, 0, 1]);
     const uc = await runToUcall(this.vcpu, this.#signal);
     if (uc.cmd !== 'done') throw new Error(`memtest: expected DONE, got ${uc.cmd}`);

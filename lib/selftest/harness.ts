@@ -9,7 +9,7 @@ import { Kvm } from '../kvm/kvm.js';
 import { GuestAssertionError, UnexpectedExitError } from '../guest/ucall.js';
 import type { HostFacts } from './host.js';
 
-/** The upstream source a group of cases mirrors, or the seed threads it comes from. */
+/** The upstream selftest a group of cases mirrors, or `lifecycle` for the design-thread cases. */
 export type SelftestGroup = 'guest_memfd_test' | 'set_memory_region_test' | 'lifecycle';
 
 /** One named check. */
@@ -22,9 +22,10 @@ export interface SelftestCase {
   /** Which group it belongs to. */
   readonly group: SelftestGroup;
   /**
-   * For mirrored cases, the upstream function (in tools/testing/selftests/kvm/<group>.c) whose
-   * checks it makes with the same arguments and expectations; for lifecycle cases, the seed
-   * thread file(s) under ../shared/seeds/ whose argument it pins down.
+   * For mirrored cases, the upstream function (in the kernel's tools/testing/selftests/kvm/<group>.c,
+   * https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/tools/testing/selftests/kvm)
+   * whose checks it makes with the same arguments and expectations; for lifecycle cases, the
+   * lore.kernel.org URLs of the design-thread messages whose argument it pins down.
    */
   readonly source: string;
   /** One line on what it checks. */
@@ -235,18 +236,36 @@ export function checkEq<T>(actual: T, expected: T, what: string): void {
  * error. Fails if `f` succeeds or throws anything else.
  */
 export function checkErrno(f: () => unknown, code: string, what: string): KvmError {
-  let result: unknown;
+  const e = checkThrows(f, KvmError, `${what}: expected ${code}, but the call succeeded`, 'success');
+  if (e.code !== code) throw new SelftestFailure(`${what}: expected ${code}, got ${e.code} (${e.message})`, e.code);
+  return e;
+}
+
+/** Runs `f`, which must succeed; returns its result. Anything it throws fails the check, naming `what`. */
+export function checkSucceeds<R>(f: () => R, what: string): R {
+  try {
+    return f();
+  } catch (e) {
+    throw new SelftestFailure(`${what} should succeed: ${messageOf(e)}`);
+  }
+}
+
+/**
+ * Runs `f`, which must throw an instance of `type`; returns what it threw. Fails with `message`
+ * (given what `f` returned, if a function) when `f` returns, with `got` as the failure's
+ * {@link SelftestFailure.got}; anything else thrown propagates.
+ */
+export function checkThrows<E, R>(
+  f: () => R, type: abstract new (...args: never[]) => E, message: string | ((result: R) => string), got?: string,
+): E {
+  let result: R;
   try {
     result = f();
   } catch (e) {
-    if (e instanceof KvmError) {
-      if (e.code === code) return e;
-      throw new SelftestFailure(`${what}: expected ${code}, got ${e.code} (${e.message})`, e.code);
-    }
+    if (e instanceof type) return e;
     throw e;
   }
-  void result;
-  throw new SelftestFailure(`${what}: expected ${code}, but the call succeeded`, 'success');
+  throw new SelftestFailure(typeof message === 'string' ? message : message(result), got);
 }
 
 /** Fails unless every byte of `bytes` equals `value`; names the first one that differs. */

@@ -6,7 +6,7 @@
 import type { SelftestCase } from './harness.js';
 import type { HostFacts } from './host.js';
 import { guestMemfdCases } from './guest-memfd-test.js';
-import { lifecycleCases } from './lifecycle.js';
+import { lifecycleCases } from './lifecycle/index.js';
 import { setMemoryRegionCases } from './set-memory-region-test.js';
 import { matchesPattern } from './expect.js';
 

@@ -1,6 +1,7 @@
 /**
- * tools/testing/selftests/kvm/set_memory_region_test.c, the guest_memfd checks, mirrored: one
- * case per upstream function, same arguments, same expected results.
+ * The kernel's tools/testing/selftests/kvm/set_memory_region_test.c
+ * (https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/tools/testing/selftests/kvm/set_memory_region_test.c),
+ * the guest_memfd checks, mirrored: one case per upstream function, same arguments, same expected results.
  *
  * Upstream runs test_add_private_memory_region() and the overlap test on a
  * KVM_X86_SW_PROTECTED_VM, and counts KVM_MEM_GUEST_MEMFD as a supported flag only when

@@ -48,8 +48,9 @@ sockaddr_un UnixAddr(const Napi::CallbackInfo& info, const std::string& path, so
   memset(&a, 0, sizeof a);
   a.sun_family = AF_UNIX;
   if (path.empty() || path.size() > limits::kMaxSocketPathBytes) {
-    throw Napi::RangeError::New(info.Env(), Fmt("The \"path\" argument must be 1 to %u bytes long (got %zu)",
-                                                limits::kMaxSocketPathBytes, path.size()));
+    ThrowArg(
+        info.Env(), ArgError::kRange,
+        Fmt("The \"path\" argument must be 1 to %u bytes long (got %zu)", limits::kMaxSocketPathBytes, path.size()));
   }
   memcpy(a.sun_path, path.data(), path.size());
   *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + 1);
@@ -95,7 +96,7 @@ Napi::Value UnixListen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = ArgString(info, 0, "path");
   int32_t backlog = ArgI32(info, 1, "backlog");
-  if (backlog < 1) throw Napi::RangeError::New(env, Fmt("The \"backlog\" argument must be >= 1 (got %d)", backlog));
+  if (backlog < 1) ThrowArg(env, ArgError::kRange, Fmt("The \"backlog\" argument must be >= 1 (got %d)", backlog));
   sockaddr_un addr;
   socklen_t len;
   int fd = SeqpacketSocket(info, path, &addr, &len);
@@ -188,30 +189,29 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0, "fd");
   Napi::Uint8Array bytes = ArgBytes(info, 1, "bytes");
-  if (info.Length() < 3 || !info[2].IsArray()) throw Napi::TypeError::New(env, "The \"fds\" argument must be an array");
+  if (info.Length() < 3 || !info[2].IsArray()) ThrowArg(env, ArgError::kType, "The \"fds\" argument must be an array");
   int timeout = ArgTimeout(info, 3, "timeoutMs");
   Napi::Array arr = info[2].As<Napi::Array>();
   uint32_t n = arr.Length();
   if (n > kMaxFdsPerMessage) {
-    throw Napi::RangeError::New(env,
-                                Fmt("The \"fds\" argument must hold at most %u fds (got %u)", kMaxFdsPerMessage, n));
+    ThrowArg(env, ArgError::kRange,
+             Fmt("The \"fds\" argument must hold at most %u fds (got %u)", kMaxFdsPerMessage, n));
   }
   std::vector<int> fds(n);
   for (uint32_t i = 0; i < n; i++) {
     Napi::Value v = arr.Get(i);
     double d;
     if (napi_get_value_double(env, v, &d) != napi_ok) {
-      throw Napi::TypeError::New(env, Fmt("The \"fds[%u]\" element must be a file descriptor (integer)", i));
+      ThrowArg(env, ArgError::kType, Fmt("The \"fds[%u]\" element must be a file descriptor (integer)", i));
     }
     if (!(d >= 0 && d <= 2147483647.0) || static_cast<double>(static_cast<int>(d)) != d) {
-      throw Napi::RangeError::New(env, Fmt("The \"fds[%u]\" element must be a file descriptor (integer >= 0)", i));
+      ThrowArg(env, ArgError::kRange, Fmt("The \"fds[%u]\" element must be a file descriptor (integer >= 0)", i));
     }
     fds[i] = static_cast<int>(d);
   }
   size_t len = bytes.ByteLength();
   if (len > kMaxPayload) {
-    throw Napi::RangeError::New(env,
-                                Fmt("The \"bytes\" argument must be at most %u bytes (got %zu)", kMaxPayload, len));
+    ThrowArg(env, ArgError::kRange, Fmt("The \"bytes\" argument must be at most %u bytes (got %zu)", kMaxPayload, len));
   }
   // Copy the payload: reading JavaScript memory is done before any system call that may wait.
   std::vector<uint8_t> data(bytes.Data(), bytes.Data() + len);
@@ -271,12 +271,12 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   uint32_t maxBytes = ArgU32(info, 1, "maxBytes");
   uint32_t maxFds = ArgU32(info, 2, "maxFds");
   if (maxBytes < 1 || maxBytes > kMaxPayload) {
-    throw Napi::RangeError::New(env,
-                                Fmt("The \"maxBytes\" argument must be in [1, %u] (got %u)", kMaxPayload, maxBytes));
+    ThrowArg(env, ArgError::kRange,
+             Fmt("The \"maxBytes\" argument must be in [1, %u] (got %u)", kMaxPayload, maxBytes));
   }
   if (maxFds > kMaxFdsPerMessage) {
-    throw Napi::RangeError::New(env,
-                                Fmt("The \"maxFds\" argument must be in [0, %u] (got %u)", kMaxFdsPerMessage, maxFds));
+    ThrowArg(env, ArgError::kRange,
+             Fmt("The \"maxFds\" argument must be in [0, %u] (got %u)", kMaxFdsPerMessage, maxFds));
   }
   std::vector<uint8_t> data(maxBytes);
   // Aligned control buffer; CMSG_SPACE rounds up, so it may hold one fd more than maxFds: the

@@ -64,9 +64,10 @@ static Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
   Napi::Uint8Array entries = ArgBytes(info, 1, "entries");
   size_t len = entries.ByteLength();
   if (len % sizeof(kvm_cpuid_entry2) != 0 || len / sizeof(kvm_cpuid_entry2) > KVM_MAX_CPUID_ENTRIES) {
-    throw Napi::RangeError::New(info.Env(), Fmt("The \"entries\" argument must be a whole number of %zu-byte "
-                                                "entries, at most %u (got %zu bytes)",
-                                                sizeof(kvm_cpuid_entry2), KVM_MAX_CPUID_ENTRIES, len));
+    ThrowArg(info.Env(), ArgError::kRange,
+             Fmt("The \"entries\" argument must be a whole number of %zu-byte "
+                 "entries, at most %u (got %zu bytes)",
+                 sizeof(kvm_cpuid_entry2), KVM_MAX_CPUID_ENTRIES, len));
   }
   uint32_t n = static_cast<uint32_t>(len / sizeof(kvm_cpuid_entry2));
   std::vector<uint64_t> buf = CpuidBuffer(n);

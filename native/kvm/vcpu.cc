@@ -47,8 +47,8 @@ static Napi::Value StructIoctl(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0, "fd");
   Napi::Uint8Array bytes = ArgBytes(info, 1, "bytes");
   if (bytes.ByteLength() != call->size) {
-    throw Napi::RangeError::New(
-        info.Env(), Fmt("The \"bytes\" argument must be exactly %zu bytes (got %zu)", call->size, bytes.ByteLength()));
+    ThrowArg(info.Env(), ArgError::kRange,
+             Fmt("The \"bytes\" argument must be exactly %zu bytes (got %zu)", call->size, bytes.ByteLength()));
   }
   if (ioctl(fd, call->request, bytes.Data()) != 0) {
     ThrowSys(info.Env(), errno, "ioctl", call->requestName, Fmt("vcpu fd %d", fd));

@@ -157,7 +157,7 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
     // has exactly these pages at the start: kvm_run (0), the PIO data page (KVM_PIO_PAGE_OFFSET 1)
     // and the coalesced MMIO ring (KVM_COALESCED_MMIO_PAGE_OFFSET 2).
     if (size < 4096 || size > 3 * 4096 || size % 4096 != 0) {
-      throw Napi::RangeError::New(env, Fmt("The \"mmapSize\" argument must be 1 to 3 pages (got %u)", size));
+      ThrowArg(env, ArgError::kRange, Fmt("The \"mmapSize\" argument must be 1 to 3 pages (got %u)", size));
     }
     // And the file must be a vCPU: another file could be shorter than that.
     char link[64] = {0};
@@ -165,7 +165,7 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
     ssize_t n = readlink(path.c_str(), link, sizeof link - 1);
     if (n < 0) ThrowSys(env, errno, "readlink", nullptr, path);
     if (strncmp(link, "anon_inode:kvm-vcpu:", 20) != 0) {
-      throw Napi::TypeError::New(env, Fmt("The \"vcpuFd\" argument must be a KVM vCPU fd (fd %d is %s)", vcpufd, link));
+      ThrowArg(env, ArgError::kType, Fmt("The \"vcpuFd\" argument must be a KVM vCPU fd (fd %d is %s)", vcpufd, link));
     }
     InstallKickHandler(env);
     fd_ = fcntl(vcpufd, F_DUPFD_CLOEXEC, 0);

@@ -73,11 +73,11 @@ void ArgNodemask(const Napi::CallbackInfo& info, size_t i, unsigned long (&mask)
     int sign = 0;
     size_t count = b.WordCount();
     if (count > kMaskWords) {
-      throw Napi::RangeError::New(info.Env(), "The \"nodemask\" argument must fit in 1024 bits");
+      ThrowArg(info.Env(), ArgError::kRange, "The \"nodemask\" argument must fit in 1024 bits");
     }
     uint64_t words[kMaskWords] = {};
     b.ToWords(&sign, &count, words);
-    if (sign != 0) throw Napi::RangeError::New(info.Env(), "The \"nodemask\" argument must not be negative");
+    if (sign != 0) ThrowArg(info.Env(), ArgError::kRange, "The \"nodemask\" argument must not be negative");
     for (size_t w = 0; w < count; w++) mask[w] = words[w];
     return;
   }
@@ -106,10 +106,11 @@ static Napi::Value Madvise(const Napi::CallbackInfo& info) {
   char* p = reinterpret_cast<char*>(range.Check(env));
   uint64_t length = range.length;
   if (!KnownAdvice(advice)) {
-    throw Napi::RangeError::New(env, Fmt("The \"advice\" argument %d is refused: only the MADV_* values 0-4, 8-25 "
-                                         "and 103 are passed on (others poison, offline or guard the memory, or "
-                                         "are unknown here)",
-                                         advice));
+    ThrowArg(env, ArgError::kRange,
+             Fmt("The \"advice\" argument %d is refused: only the MADV_* values 0-4, 8-25 "
+                 "and 103 are passed on (others poison, offline or guard the memory, or "
+                 "are unknown here)",
+                 advice));
   }
   if (madvise(p, static_cast<size_t>(length), advice) != 0) {
     ThrowSys(env, errno, "madvise", nullptr,
@@ -133,7 +134,7 @@ static Napi::Value Mbind(const Napi::CallbackInfo& info) {
   uint64_t length = range.length;
   if (maxnode > kMaxMaxnode) {
     // The kernel would read past the nodemask buffer.
-    throw Napi::RangeError::New(env, Fmt("The \"maxnode\" argument must be at most %u", kMaxMaxnode));
+    ThrowArg(env, ArgError::kRange, Fmt("The \"maxnode\" argument must be at most %u", kMaxMaxnode));
   }
   // maxnode 0 means no nodemask: pass NULL, as the kernel's own callers do. With a pointer the
   // kernel takes maxnode - 1 (wrapped to ULONG_MAX) as the mask's size and refuses it (EINVAL).
@@ -155,8 +156,9 @@ static Napi::Value GetMempolicy(const Napi::CallbackInfo& info) {
   Napi::ArrayBuffer ab = LiveBuffer(info, 0);
   uint64_t offset = ArgU64(info, 1, "offset");
   if (offset >= ab.ByteLength()) {
-    throw Napi::RangeError::New(env, Fmt("The \"offset\" argument 0x%" PRIx64 " is outside the mapping (length 0x%zx)",
-                                         offset, ab.ByteLength()));
+    ThrowArg(
+        env, ArgError::kRange,
+        Fmt("The \"offset\" argument 0x%" PRIx64 " is outside the mapping (length 0x%zx)", offset, ab.ByteLength()));
   }
   char* p = static_cast<char*>(ab.Data()) + offset;
   int mode = 0;
@@ -179,12 +181,12 @@ static Napi::Value PageNodes(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::ArrayBuffer ab = LiveBuffer(info, 0);
   if (info.Length() < 2 || !info[1].IsArray()) {
-    throw Napi::TypeError::New(env, "The \"offsets\" argument must be an array of offsets");
+    ThrowArg(env, ArgError::kType, "The \"offsets\" argument must be an array of offsets");
   }
   Napi::Array offsets = info[1].As<Napi::Array>();
   uint32_t n = offsets.Length();
   if (n > kMaxPageQueries) {
-    throw Napi::RangeError::New(env, Fmt("The \"offsets\" argument must have at most %u entries", kMaxPageQueries));
+    ThrowArg(env, ArgError::kRange, Fmt("The \"offsets\" argument must have at most %u entries", kMaxPageQueries));
   }
   const size_t size = ab.ByteLength();
   char* const base = static_cast<char*>(ab.Data());
@@ -200,18 +202,18 @@ static Napi::Value PageNodes(const Napi::CallbackInfo& info) {
     if (v.IsNumber()) {
       d = v.As<Napi::Number>().DoubleValue();
       if (!(d >= 0 && d < static_cast<double>(size)) || static_cast<double>(static_cast<uint64_t>(d)) != d) {
-        throw Napi::RangeError::New(
-            env, Fmt("offsets[%u] must be an integer offset within the mapping (length 0x%zx)", i, size));
+        ThrowArg(env, ArgError::kRange,
+                 Fmt("offsets[%u] must be an integer offset within the mapping (length 0x%zx)", i, size));
       }
       off = static_cast<uint64_t>(d);
     } else if (v.IsBigInt()) {
       off = v.As<Napi::BigInt>().Uint64Value(&lossless);
       if (!lossless || off >= size) {
-        throw Napi::RangeError::New(env,
-                                    Fmt("offsets[%u] must be an offset within the mapping (length 0x%zx)", i, size));
+        ThrowArg(env, ArgError::kRange,
+                 Fmt("offsets[%u] must be an offset within the mapping (length 0x%zx)", i, size));
       }
     } else {
-      throw Napi::TypeError::New(env, Fmt("offsets[%u] must be a number or a bigint", i));
+      ThrowArg(env, ArgError::kType, Fmt("offsets[%u] must be a number or a bigint", i));
     }
     pages[i] = base + off;
   }
@@ -238,8 +240,8 @@ static Napi::Value MmapProbe(const Napi::CallbackInfo& info) {
   // Bit sets: read as u32 (every PROT_* and MAP_* bit is below bit 31) and passed on as int.
   const int prot = static_cast<int>(ArgU32(info, 3, "prot"));
   const int flags = static_cast<int>(ArgU32(info, 4, "flags"));
-  if (length > limits::kMaxMappingLength) throw Napi::RangeError::New(env, "The \"length\" argument must be <= 4 GiB");
-  if (flags & MAP_FIXED) throw Napi::RangeError::New(env, "The \"flags\" argument must not contain MAP_FIXED");
+  if (length > limits::kMaxMappingLength) ThrowArg(env, ArgError::kRange, "The \"length\" argument must be <= 4 GiB");
+  if (flags & MAP_FIXED) ThrowArg(env, ArgError::kRange, "The \"flags\" argument must not contain MAP_FIXED");
   void* p = mmap(nullptr, static_cast<size_t>(length), prot, flags, fd, offset);
   if (p == MAP_FAILED) return Napi::Number::New(env, errno);
   munmap(p, static_cast<size_t>(length));

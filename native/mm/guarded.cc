@@ -388,7 +388,7 @@ static Napi::Value GuardedFill(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   LiveRange range = ArgLiveRange(info);
   uint32_t byte = ArgU32(info, 3, "byte");
-  if (byte > 255) throw Napi::RangeError::New(env, "The \"byte\" argument must be an integer in [0, 255]");
+  if (byte > 255) ThrowArg(env, ArgError::kRange, "The \"byte\" argument must be an integer in [0, 255]");
   uint8_t* m = range.Check(env);
   return Guarded(env, m, nullptr, static_cast<uint8_t>(byte), static_cast<size_t>(range.length),
                  reinterpret_cast<uintptr_t>(m), 0);

@@ -75,9 +75,9 @@ Napi::Value Expose(Napi::Env env, void* addr, size_t length) {
 size_t ArgLength(const Napi::CallbackInfo& info, size_t i) {
   uint64_t length = ArgU64(info, i, "length");
   if (length == 0 || length > limits::kMaxMappingLength) {
-    throw Napi::RangeError::New(info.Env(),
-                                "The \"length\" argument must be > 0 and <= 4 GiB (the largest "
-                                "ArrayBuffer Node allows)");
+    ThrowArg(info.Env(), ArgError::kRange,
+             "The \"length\" argument must be > 0 and <= 4 GiB (the largest "
+             "ArrayBuffer Node allows)");
   }
   return static_cast<size_t>(length);
 }
@@ -88,7 +88,7 @@ size_t ArgLength(const Napi::CallbackInfo& info, size_t i) {
 Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info, size_t i) {
   Napi::Env env = info.Env();
   if (i >= info.Length() || !info[i].IsArrayBuffer()) {
-    throw Napi::TypeError::New(env, "The \"buffer\" argument must be an ArrayBuffer");
+    ThrowArg(env, ArgError::kType, "The \"buffer\" argument must be an ArrayBuffer");
   }
   Napi::ArrayBuffer ab = info[i].As<Napi::ArrayBuffer>();
   bool known;
@@ -97,7 +97,7 @@ Napi::ArrayBuffer LiveBuffer(const Napi::CallbackInfo& info, size_t i) {
     auto it = g_live.find(ab.Data());
     known = ab.Data() != nullptr && it != g_live.end() && it->second->length == ab.ByteLength();
   }
-  if (!known) throw Napi::TypeError::New(env, "The \"buffer\" argument is not a live kvm-gmem mapping");
+  if (!known) ThrowArg(env, ArgError::kValue, "The \"buffer\" argument is not a live kvm-gmem mapping");
   return ab;
 }
 
@@ -110,10 +110,10 @@ LiveRange ArgLiveRange(const Napi::CallbackInfo& info) {
 
 void CheckRange(Napi::Env env, uint64_t offset, uint64_t length, size_t size) {
   if (offset > size || length > size - offset) {
-    throw Napi::RangeError::New(env,
-                                Fmt("The range [offset 0x%" PRIx64 ", length 0x%" PRIx64 ") is outside the mapping "
-                                    "(length 0x%zx)",
-                                    offset, length, size));
+    ThrowArg(env, ArgError::kRange,
+             Fmt("The range [offset 0x%" PRIx64 ", length 0x%" PRIx64 ") is outside the mapping "
+                 "(length 0x%zx)",
+                 offset, length, size));
   }
 }
 
@@ -154,24 +154,25 @@ static Napi::Value MapShared(const Napi::CallbackInfo& info) {
   uint32_t flags = info.Length() > 3 && !info[3].IsUndefined() ? ArgU32(info, 3, "flags") : 0;
   uint64_t align = info.Length() > 4 && !info[4].IsUndefined() ? ArgU64(info, 4, "align") : 0;
   if ((flags & ~kMapKnownFlags) != 0) {
-    throw Napi::RangeError::New(env, Fmt("The \"flags\" argument has unknown bits 0x%x", flags & ~kMapKnownFlags));
+    ThrowArg(env, ArgError::kRange, Fmt("The \"flags\" argument has unknown bits 0x%x", flags & ~kMapKnownFlags));
   }
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   if (align != 0 && (align < page || align > limits::kMaxMapAlign || (align & (align - 1)) != 0)) {
-    throw Napi::RangeError::New(env,
-                                Fmt("The \"align\" argument must be 0 or a power of two in [0x%" PRIx64 ", 1 GiB]; "
-                                    "received 0x%" PRIx64,
-                                    page, align));
+    ThrowArg(env, ArgError::kRange,
+             Fmt("The \"align\" argument must be 0 or a power of two in [0x%" PRIx64 ", 1 GiB]; "
+                 "received 0x%" PRIx64,
+                 page, align));
   }
   if ((flags & kMapBeyondEnd) == 0) {
     // A host access past the end of the file raises SIGBUS; refuse such a range up front.
     struct stat st;
     if (fstat(fd, &st) != 0) ThrowSys(env, errno, "fstat", nullptr, Fmt("fd %d", fd));
     if (static_cast<uint64_t>(offset) + length > static_cast<uint64_t>(st.st_size)) {
-      throw Napi::RangeError::New(env, Fmt("The range [0x%" PRIx64 ", 0x%" PRIx64 ") extends past the end of the file "
-                                           "(size 0x%" PRIx64 "); a host access there would raise SIGBUS",
-                                           static_cast<uint64_t>(offset), static_cast<uint64_t>(offset) + length,
-                                           static_cast<uint64_t>(st.st_size)));
+      ThrowArg(env, ArgError::kRange,
+               Fmt("The range [0x%" PRIx64 ", 0x%" PRIx64 ") extends past the end of the file "
+                   "(size 0x%" PRIx64 "); a host access there would raise SIGBUS",
+                   static_cast<uint64_t>(offset), static_cast<uint64_t>(offset) + length,
+                   static_cast<uint64_t>(st.st_size)));
     }
   }
   const std::string what = Fmt("fd %d, offset=0x%" PRIx64 ", length=0x%zx, PROT_READ|PROT_WRITE, MAP_SHARED", fd,

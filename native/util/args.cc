@@ -4,6 +4,8 @@
 #include <cstdarg>
 #include <cstdio>
 
+#include "util/errors.h"
+
 namespace kg {
 namespace {
 
@@ -11,17 +13,17 @@ constexpr double kMaxSafe = 9007199254740991.0;  // Number.MAX_SAFE_INTEGER
 
 Napi::Value Arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (i >= info.Length()) {
-    throw Napi::TypeError::New(info.Env(), std::string("missing argument: ") + name);
+    ThrowArg(info.Env(), ArgError::kMissing, std::string("missing argument: ") + name);
   }
   return info[i];
 }
 
 [[noreturn]] void BadType(Napi::Env env, const char* name, const char* want) {
-  throw Napi::TypeError::New(env, std::string("The \"") + name + "\" argument must be " + want);
+  ThrowArg(env, ArgError::kType, std::string("The \"") + name + "\" argument must be " + want);
 }
 
 [[noreturn]] void BadRange(Napi::Env env, const char* name, const char* want) {
-  throw Napi::RangeError::New(env, std::string("The \"") + name + "\" argument must be " + want);
+  ThrowArg(env, ArgError::kRange, std::string("The \"") + name + "\" argument must be " + want);
 }
 
 }  // namespace
@@ -82,11 +84,11 @@ int32_t ArgI32(const Napi::CallbackInfo& info, size_t i, const char* name) {
 Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (i >= info.Length() || !info[i].IsTypedArray() ||
       info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument must be a Uint8Array", name));
+    ThrowArg(info.Env(), ArgError::kType, Fmt("The \"%s\" argument must be a Uint8Array", name));
   }
   Napi::Uint8Array a = info[i].As<Napi::Uint8Array>();
   if (a.ArrayBuffer().IsDetached()) {
-    throw Napi::TypeError::New(info.Env(), Fmt("The \"%s\" argument is detached", name));
+    ThrowArg(info.Env(), ArgError::kValue, Fmt("The \"%s\" argument is detached", name));
   }
   return a;
 }
@@ -102,7 +104,7 @@ std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name
 int ArgTimeout(const Napi::CallbackInfo& info, size_t i, const char* name) {
   int32_t t = ArgI32(info, i, name);
   if (t < -1) {
-    throw Napi::RangeError::New(info.Env(), Fmt("The \"%s\" argument must be -1 (no limit) or >= 0 (got %d)", name, t));
+    ThrowArg(info.Env(), ArgError::kRange, Fmt("The \"%s\" argument must be -1 (no limit) or >= 0 (got %d)", name, t));
   }
   return t;
 }

@@ -20,7 +20,7 @@ export function blockingWorker(): string {
   return `
 import { parentPort, workerData, threadId } from 'node:worker_threads';
 import { join } from 'node:path';
-const { FdChannel } = await import(${dist('ipc/channel')});
+const { FdChannel } = await import(${dist('ipc/index')});
 const { kind, ending, endAfter, counter, dir, warm } = workerData;
 const ops = new Int32Array(counter);
 const tick = () => Atomics.add(ops, 0, 1);

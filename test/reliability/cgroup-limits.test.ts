@@ -33,7 +33,7 @@ function child(seed: number, kvm: boolean, limit: { once: string; each: string }
   return `${prelude(seed)}
 ${CHILD_LIMITS}
 import { readFile } from 'node:fs/promises';
-import { FdChannel } from ${dist('ipc/channel')};
+import { FdChannel } from ${dist('ipc/index')};
 import { KvmError, KvmStateError } from ${dist('core/errors')};
 import { Mapping } from ${dist('memory/mapping')};
 ${kvm ? `import { Kvm } from ${dist('kvm/kvm')}; import { bootGuest } from ${dist('guest/boot')}; import { guestImage } from ${dist('guest/images')};` : ''}

@@ -21,7 +21,7 @@ export function creatorWorker(): string {
 import { parentPort, workerData, threadId } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-const { FdChannel } = await import(${dist('ipc/channel')});
+const { FdChannel } = await import(${dist('ipc/index')});
 const { native } = await import(${dist('core/native')});
 const { seed, kvm: withKvm, stop, max, spawnEvery, dir } = workerData;
 const flag = new Int32Array(stop);

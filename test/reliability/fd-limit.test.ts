@@ -91,7 +91,7 @@ const kvmOps = {
 function source(seed: number, kvm: boolean): string {
   return `${prelude(seed)}
 import { openSync, closeSync } from 'node:fs';
-import { FdChannel } from ${dist('ipc/channel')};
+import { FdChannel } from ${dist('ipc/index')};
 import { KvmError, KvmStateError } from ${dist('core/errors')};
 import { native } from ${dist('core/native')};
 ${kvm ? `import { Kvm } from ${dist('kvm/kvm')}; import { GuestMemfd } from ${dist('kvm/guest-memfd')};` : ''}

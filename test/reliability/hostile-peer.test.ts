@@ -45,7 +45,7 @@ const MAX_FDS: Record<string, number> = { 'fds-253': 253, 'fds-over-max0': 0 };
 function receiver(seed: number, py: string, steps: string[], kvm: boolean, endings: boolean): string {
   return `${prelude(seed)}
 import { spawn } from 'node:child_process';
-import { FdChannel } from ${dist('ipc/channel')};
+import { FdChannel } from ${dist('ipc/index')};
 import { GuestMemfd } from ${dist('kvm/guest-memfd')};
 import { KvmError, KvmStateError } from ${dist('core/errors')};
 import { Kvm } from ${dist('kvm/kvm')};

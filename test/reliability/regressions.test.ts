@@ -19,7 +19,7 @@
 //      ERR_KVM_PEER_CLOSED (ECONNRESET, which the kernel reports before its queue), though every
 //      message the peer sent before dying, fds and all, was still queued behind it.
 import { describe, expect, it, type TestContext } from 'vitest';
-import { FdChannel } from '../../lib/ipc/channel.js';
+import { FdChannel } from '../../lib/ipc/index.js';
 import { native } from '../../lib/core/native.js';
 import { hangBound, openKvm, REQUIRE_KVM } from '../kvm-host.js';
 import { CREATING_KVM_KINDS, CREATING_PLAIN_KINDS } from './blocking-worker.js';
@@ -59,7 +59,7 @@ describe('1. a thread that cannot start is KvmError EAGAIN (pthread_create)', ()
     try {
       const r = await child<{ errors: Record<string, unknown> }>(`
         ${CHILD_LIMITS}
-        import { FdChannel } from ${dist('ipc/channel')};
+        import { FdChannel } from ${dist('ipc/index')};
         ${kvm ? `import { Kvm } from ${dist('kvm/kvm')}; import { bootGuest } from ${dist('guest/boot')}; import { guestImage } from ${dist('guest/images')};` : ''}
         await import('node:fs/promises').then((f) => f.readFile('/proc/self/stat')); // libuv's pool started first
         const boot = (vm, id) => { const v = vm.createVcpu(id); bootGuest(v, { image: guestImage('port_loop'), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000, args: [1000] }); return v; };
@@ -120,7 +120,7 @@ describe('3. EMFILE while receiving is KvmError EMFILE', () => {
   it('with 0, 1 or 2 slots free for a message of 3 fds; nothing kept; the channel goes on', async () => {
     const r = await child<{ got: unknown[]; kept: number[] }>(`
       ${FILLER}
-      import { FdChannel } from ${dist('ipc/channel')};
+      import { FdChannel } from ${dist('ipc/index')};
       import { native } from ${dist('core/native')};
       const [a, b] = FdChannel.pair();
       await b.receive({ timeoutMs: 1 }).catch(() => {}); // its wait thread's fds, before the table is full
@@ -181,7 +181,7 @@ describe('5. a received message not yet disposed is released with its Worker', (
   it('3 fds received in a Worker that then returns, is terminated, or calls process.exit()', async () => {
     const worker = writeModule('unread', `
       import { parentPort } from 'node:worker_threads';
-      import { FdChannel } from ${dist('ipc/channel')};
+      import { FdChannel } from ${dist('ipc/index')};
       import { native } from ${dist('core/native')};
       const [a, b] = FdChannel.pair();
       const m = [0, 1, 2].map((i) => native.memfdCreate('unread' + i));
@@ -221,7 +221,7 @@ describe('6. a Worker ended while the library creates an fd leaks nothing', () =
   it('minimal: 5 Workers terminated while looping FdChannel.pair() + close()', async () => {
     const worker = writeModule('pairs', `
       import { parentPort } from 'node:worker_threads';
-      import { FdChannel } from ${dist('ipc/channel')};
+      import { FdChannel } from ${dist('ipc/index')};
       parentPort.postMessage('ready');
       for (;;) { const [a, b] = FdChannel.pair(); a.close(); b.close(); }
     `);
@@ -372,7 +372,7 @@ describe('10. messages a peer sent before it died are received before ERR_KVM_PE
     const py = await needPython(ctx);
     const r = await child<{ seen: string[] }>(`
       import { spawn } from 'node:child_process';
-      import { FdChannel } from ${dist('ipc/channel')};
+      import { FdChannel } from ${dist('ipc/index')};
       const [here, there] = FdChannel.pair();
       here.send('never read');
       const peer = spawn(${JSON.stringify(py)}, ['-c', [

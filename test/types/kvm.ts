@@ -2,7 +2,7 @@
 import { expectTypeOf } from 'vitest';
 import {
   GuestMemfd, GuestMemfdFlag, GuestMemoryFaultError, Kvm, KvmError, KvmStateError, Mapping, Vcpu, Vm,
-  type KvmStateCode, type VcpuExit,
+  type KvmArgCode, type KvmErrorCode, type KvmStateCode, type VcpuExit,
 } from 'kvm-gmem';
 
 expectTypeOf<typeof Kvm.open>().toBeFunction();
@@ -34,8 +34,18 @@ expectTypeOf<KvmStateError>().toExtend<Error>();
 expectTypeOf<KvmStateError['code']>().toEqualTypeOf<KvmStateCode>();
 expectTypeOf<GuestMemoryFaultError['code']>().toEqualTypeOf<'ERR_KVM_SIGBUS'>();
 
+// The code unions are real unions in the typings (a stripped @internal name would make them any).
+expectTypeOf<KvmStateCode>().not.toBeAny();
+expectTypeOf<KvmArgCode>().not.toBeAny();
+expectTypeOf<KvmErrorCode>().not.toBeAny();
+expectTypeOf<'ERR_KVM_CLOSED'>().toExtend<KvmStateCode>();
+expectTypeOf<'ERR_KVM_NOT_GUEST_MEMFD'>().toExtend<KvmArgCode>();
+expectTypeOf<'EINVAL' | 'ERR_KVM_SIGBUS' | KvmStateCode | KvmArgCode>().toExtend<KvmErrorCode>();
+expectTypeOf<'not-a-code'>().not.toExtend<KvmErrorCode>();
+
 // The fd objects come only from their factories (the arguments match the runtime constructors).
 declare const vm: Vm;
+declare const unknowable: never; // stands for an argument of a type the package does not export
 // @ts-expect-error Kvm's constructor is private: Kvm.open()
 new Kvm();
 // @ts-expect-error a Vm comes from kvm.createVm()
@@ -44,3 +54,5 @@ new Vm(3, 0, 4096, () => []);
 new GuestMemfd(3, 4096n, 0n);
 // @ts-expect-error a Vcpu comes from vm.createVcpu()
 new Vcpu(Symbol(), 3, 0, vm, 4096);
+// @ts-expect-error a Mapping comes from gmem.map() or Mapping.anonymous()
+new Mapping(unknowable, unknowable);

@@ -18,11 +18,13 @@ expectTypeOf<keyof typeof main>().toEqualTypeOf<
 expectTypeOf<keyof typeof guest>().toEqualTypeOf<
   | 'BENCH_PORT' | 'CONSOLE_PORT' | 'GuestAssertionError' | 'UCALL_MAX_ARGS' | 'UCALL_MSG_LEN' | 'UCALL_PORT'
   | 'UCALL_STRUCT_SIZE' | 'UcallCmd' | 'UcallOffset' | 'UnexpectedExitError' | 'X86' | 'bootGuest' | 'getUcall'
-  | 'guestImage' | 'guestImageNames' | 'guestImagePath' | 'loadImage' | 'pageTablesSize' | 'replyUcall'
+  | 'guestImage' | 'guestImageNames' | 'guestImagePath' | 'guestMemory' | 'loadImage' | 'pageTablesSize' | 'replyUcall'
   | 'runUntilUcall' | 'runUntilUcallSync' | 'setEntry' | 'setupLongMode'
 >();
 
-expectTypeOf<keyof typeof ipc>().toEqualTypeOf<'FdChannel' | 'FdListener' | 'MAX_FDS' | 'MAX_PAYLOAD' | 'MAX_PAYLOAD_DEPTH'>();
+expectTypeOf<keyof typeof ipc>().toEqualTypeOf<
+  'DEFAULT_SEND_TIMEOUT_MS' | 'FdChannel' | 'FdListener' | 'MAX_FDS' | 'MAX_PAYLOAD' | 'MAX_PAYLOAD_DEPTH'
+>();
 
 expectTypeOf<keyof typeof selftest>().toEqualTypeOf<
   | 'filterCases' | 'formatHostInfo' | 'hostInfo' | 'hostPaging' | 'loadExpectations' | 'numaNodes'
