@@ -8,9 +8,8 @@
 // 0x90000, and a buffer at 1 MiB that the host fills and the guest reads (no copy in between: the
 // memslot's userspace address is the guest_memfd's own mapping).
 import { parseArgs } from 'node:util';
-import {
-  bootGuest, Cap, GuestAssertionError, GuestMemfdFlag, guestImage, Kvm, replyUcall, runUntilUcall,
-} from 'kvm-gmem';
+import { Cap, GuestMemfdFlag, Kvm } from 'kvm-gmem';
+import { bootGuest, GuestAssertionError, guestImage, replyUcall, runUntilUcall } from 'kvm-gmem/guest';
 
 const { values: opt } = parseArgs({
   options: {

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Cap, GuestMemfd, GuestMemfdFlag, KvmError, KvmStateError, PAGE_SIZE } from '../lib/index.js';
+import { GuestMemfd, GuestMemfdFlag, KvmError, KvmStateError, PAGE_SIZE } from '../lib/index.js';
 import { FdChannel, FdListener, MAX_FDS, MAX_PAYLOAD } from '../lib/ipc/index.js';
 import { native } from '../lib/core/native.js';
 import { fdLink, isCloexec, openFds, openKvm, thrown, hangBound } from './kvm-host.js';
@@ -239,7 +239,7 @@ describe('FdChannel between two processes', () => {
     const before = memfds();
     const codes: string[] = [];
     for (const maxFds of [2, 3, 0]) {
-      const e = await here.receive({ maxFds, timeoutMs: 10_000 }).catch((x: { code: string }) => x);
+      const e = await here.receive({ maxFds, timeoutMs: 10_000 }).catch((x: unknown) => x);
       expect(e).toBeInstanceOf(KvmStateError);
       codes.push((e as { code: string }).code);
     }

@@ -2,16 +2,17 @@
 // will not fault in for the host (private guest_memfd memory, pages past the end of the file)
 // throws a GuestMemoryFaultError instead of killing the process with SIGBUS; SIGBUS that no
 // guarded access caused still does what it did before the handler was installed.
+import assert from 'node:assert';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it, type TestContext } from 'vitest';
-import { Cap, GuestMemfdFlag, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
+import { describe, expect, it } from 'vitest';
+import { GuestMemfdFlag, KvmStateError, Mapping, PAGE_SIZE } from '../lib/index.js';
 import { GuestMemoryFaultError } from '../lib/core/errors.js';
 import { native } from '../lib/core/native.js';
-import { countFds, needCap, openKvm, thrown, gmemVm, hangBound } from './kvm-host.js';
+import { countFds, openKvm, thrown, gmemVm, hangBound } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -22,7 +23,8 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 function fault(f: () => unknown): GuestMemoryFaultError {
   const e = thrown(f);
   expect(e, e.message).toBeInstanceOf(GuestMemoryFaultError);
-  return e as GuestMemoryFaultError;
+  assert(e instanceof GuestMemoryFaultError);
+  return e;
 }
 
 /** Deterministic bytes for comparisons. */
@@ -192,9 +194,9 @@ describe('guarded access past the end of the file (map with beyondEnd)', () => {
     for (let i = 0; i < 1000; i++) {
       const e = fault(() => {
         switch (i % 3) {
-          case 0: return m.fill(i & 0xff, size - (i % 7));
-          case 1: return m.readInto(size - (i % 11), target);
-          default: return m.write(size + (i % 5), target);
+          case 0: m.fill(i & 0xff, size - (i % 7)); break;
+          case 1: m.readInto(size - (i % 11), target); break;
+          default: m.write(size + (i % 5), target);
         }
       });
       expect(e.offset).toBe(i % 3 === 2 ? size + (i % 5) : size);
@@ -235,7 +237,7 @@ describe('guarded access elsewhere', () => {
     // readInto fills a Buffer or a view at an offset of a larger array.
     const big = new Uint8Array(64).fill(0);
     m.readInto(10, big.subarray(8, 16));
-    expect(Array.from(big.subarray(0, 20))).toEqual([0, 0, 0, 0, 0, 0, 0, 0, ...new Array(8).fill(0x34), 0, 0, 0, 0]);
+    expect(Array.from(big.subarray(0, 20))).toEqual([0, 0, 0, 0, 0, 0, 0, 0, ...new Array<number>(8).fill(0x34), 0, 0, 0, 0]);
     const buf = Buffer.alloc(5);
     m.readInto(0, buf);
     expect([...buf]).toEqual([0x34, 0x34, 0x34, 0x34, 0x34]);

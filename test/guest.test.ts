@@ -59,7 +59,7 @@ describe('a guest on guest_memfd memory', () => {
     expect(uc.args).toEqual([BigInt(DATA + 100), 0x42n, 0xaan]);
   });
 
-  it('reads zeros where the host punched a hole between two exits', async (ctx) => {
+  it('reads zeros where the host punched a hole between two exits', (ctx) => {
     using g = guestVm(ctx);
     const size = MiB;
     g.mem.fill(0xaa, DATA, DATA + size);

@@ -60,7 +60,7 @@ describe('kvm.checkExtension', () => {
   it('rejects bad capability arguments before any system call', (ctx) => {
     using kvm = openKvm(ctx);
     for (const bad of ['3', 3n, null, undefined, {}]) {
-      expect(() => kvm.checkExtension(bad as unknown as number)).toThrow(TypeError);
+      expect(() => kvm.checkExtension(bad as number)).toThrow(TypeError);
     }
     for (const bad of [-1, 1.5, 2 ** 32, NaN, Infinity]) {
       expect(() => kvm.checkExtension(bad)).toThrow(RangeError);

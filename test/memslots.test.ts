@@ -1,5 +1,6 @@
 // Memslots: KVM_SET_USER_MEMORY_REGION2 with guest_memfd, and the legacy call, with every
 // refusal the kernel makes checked by its exact code.
+import assert from 'node:assert';
 import { closeSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,7 +27,8 @@ function expectCode(f: () => unknown, code: string, request = 'KVM_SET_USER_MEMO
   expect(e, e.message).toBeInstanceOf(KvmError);
   expect(e.code).toBe(code);
   expect(e.request).toBe(request);
-  return e as KvmError;
+  assert(e instanceof KvmError);
+  return e;
 }
 
 describe('vm.setUserMemoryRegion2 with a guest_memfd', () => {

@@ -1,14 +1,15 @@
 // Memory-management calls on live mappings (madvise, mbind, get_mempolicy, move_pages) and the
 // mmap probe, on real guest_memfd: each asserts what this host's kernel answers.
+import assert from 'node:assert';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it, type TestContext } from 'vitest';
-import { Cap, GuestMemfdFlag, KvmError, KvmStateError, Mapping, PAGE_SIZE, type Vm } from '../lib/index.js';
+import { describe, expect, it } from 'vitest';
+import { GuestMemfdFlag, KvmError, KvmStateError, Mapping, PAGE_SIZE } from '../lib/index.js';
 import { Madvise, MemPolicy } from '../lib/core/constants.js';
 import { numaNodes, parseNodeList } from '../lib/host/info.js';
 import { native } from '../lib/core/native.js';
-import { needCap, openKvm, thrown, gmemVm } from './kvm-host.js';
+import { thrown, gmemVm } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -25,7 +26,8 @@ function expectKvmError(f: () => unknown, code: string, syscall: string): KvmErr
   expect(e, e.message).toBeInstanceOf(KvmError);
   expect(e.code).toBe(code);
   expect(e.syscall).toBe(syscall);
-  return e as KvmError;
+  assert(e instanceof KvmError);
+  return e;
 }
 
 /** The PMD (transparent huge page) size, from sysfs; 2 MiB when THP is not built in. */

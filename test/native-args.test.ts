@@ -1,6 +1,7 @@
 // The addon never trusts its caller: every native function, called directly with hostile
 // arguments, throws a TypeError/RangeError (or a KvmError from the kernel) and the process
 // lives on. lib/ checks first, but the addon must hold on its own.
+import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { KvmError, KvmStateError } from '../lib/index.js';
 import { native } from '../lib/core/native.js';
@@ -119,9 +120,9 @@ describe('native addon argument checks', () => {
     const memfd = native.memfdCreate('kvm-gmem-empty'); // 0 bytes: every page is past the end
     try {
       for (const v of hostile.filter((h) => h !== undefined)) {
-        expect(() => native.mapShared(memfd, 0, 4096, v as number), `flags = ${String(v)}`).toThrow();
+        expect(() => native.mapShared(memfd, 0, 4096, v as number), `flags = ${inspect(v)}`).toThrow();
         survives(() => native.mapShared(memfd, 0, 4096, v as number));
-        expect(() => native.mapShared(memfd, 0, 4096, 1, v as number), `align = ${String(v)}`).toThrow();
+        expect(() => native.mapShared(memfd, 0, 4096, 1, v as number), `align = ${inspect(v)}`).toThrow();
         survives(() => native.mapShared(memfd, 0, 4096, 1, v as number));
       }
       expect(() => native.mapShared(memfd, 0, 4096, 2)).toThrow(RangeError); // unknown flag bit
@@ -363,7 +364,7 @@ describe('native addon argument checks', () => {
     const w = new native.FdWatch(a);
     w.close();
     try {
-      w.wait(0);
+      void w.wait(0);
       expect.unreachable();
     } catch (e) {
       expect(e).toBeInstanceOf(KvmStateError);

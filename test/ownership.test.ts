@@ -213,7 +213,7 @@ describe('the INIT_SHARED claim of an adopted guest_memfd is checked', () => {
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
     expect({ signal: r.signal, status: r.status, stderr: r.stderr }).toEqual({ signal: null, status: 0, stderr: '' });
     expect(JSON.parse(r.stdout)).toMatchObject({ name: 'RangeError', code: 'ERR_KVM_FLAGS_MISMATCH' });
-    expect(JSON.parse(r.stdout).message).toMatch(/private memory.*INIT_SHARED/);
+    expect((JSON.parse(r.stdout) as { message: string }).message).toMatch(/private memory.*INIT_SHARED/);
   });
 
   it('honest claims are adopted; a shared file claimed private is refused too', (ctx) => {
@@ -263,7 +263,7 @@ describe('every argument is taken before an fd or an address is read', () => {
     if (err === undefined) {
       // Sent anyway: it must at least be g's file (1 MiB), never g2's (2 MiB) that took its number.
       using m = await b.receive({ timeoutMs: 5000 });
-      using got = GuestMemfd.adopt(m.fds[0]!, { size: MiB, flags: SHARED });
+      using _got = GuestMemfd.adopt(m.fds[0]!, { size: MiB, flags: SHARED });
     }
     expect(err).toBeInstanceOf(KvmStateError);
     expect((err as KvmStateError).code).toBe('ERR_KVM_CLOSED');

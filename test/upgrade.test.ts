@@ -11,7 +11,7 @@ import { Cap, GuestMemfdFlag, type Vcpu } from '../lib/index.js';
 import { bootGuest, GuestAssertionError, guestImage, replyUcall, runUntilUcall } from '../lib/guest/index.js';
 import {
   GuestLoop, Layout, MiB, Op, Tag, checkPattern, dataPages, guestArgs, patternValue, readState, stateFromJson,
-  stateToJson, writePattern, writeState,
+  stateToJson, writePattern, writeState, type VcpuStateJson,
 } from '../experiments/upgrade/common.js';
 import {
   EXPECTED_PROBES, MAX_SIZE_MIB, checkStride, experimentOptions, type ExperimentReport, type RunResult, type SizeSummary,
@@ -106,7 +106,7 @@ describe('the upgrade guest (guest/upgrade.S)', () => {
     mem2.bytes.set(mem.bytes);
     vm2.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: size, userspaceAddr: mem2, guestMemfd: gmem2 });
     using vcpu2 = vm2.createVcpu(0);
-    writeState(vcpu2, stateFromJson(JSON.parse(JSON.stringify(stateToJson(state)))));
+    writeState(vcpu2, stateFromJson(JSON.parse(JSON.stringify(stateToJson(state))) as VcpuStateJson));
     mem.bytes.fill(0); // the old memory is gone: the new guest can only be running on the copy
     const uc = await nextSync(vcpu2);
     expect(uc.args[0]).toBe(Tag.TICK);
@@ -124,7 +124,7 @@ describe('the upgrade guest (guest/upgrade.S)', () => {
     const s = readState(vcpu);
     s.regs.r13 = 0xfedcba9876543210n;
     s.fpu.xmm[17] = 0xab;
-    const back = stateFromJson(JSON.parse(JSON.stringify(stateToJson(s))));
+    const back = stateFromJson(JSON.parse(JSON.stringify(stateToJson(s))) as VcpuStateJson);
     expect(back).toEqual(s);
   });
 });
@@ -333,7 +333,7 @@ describe('the report', () => {
     const text = formatReport(odd);
     expect(text).toMatch(/binding the received guest_memfd into a new VM +ok +\(UNEXPECTED: expected EINVAL\)/);
     expect(text).toMatch(/128 MiB +guest .* FAILED$/m);
-    expect(text).toMatch(/FAILED runs:\n  128 MiB run 1: the counter did not advance after the resume/);
+    expect(text).toMatch(/FAILED runs:\n {2}128 MiB run 1: the counter did not advance after the resume/);
     expect(text).toMatch(/note: 64 MiB run 1: unexpected answers: bindReceivedToNewVm/);
     expect(EXPECTED_PROBES.bindReceivedToNewVm).toBe('EINVAL');
   });

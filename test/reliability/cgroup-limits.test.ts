@@ -25,7 +25,7 @@ function cgroupOrSkip(ctx: TestContext, controller: Controller) {
     if (REQUIRE_KVM) throw new Error(`KVM_GMEM_REQUIRE_KVM=1 but no ${controller} cgroup can be made: ${cg}`);
     ctx.skip(cg);
   }
-  return cg as Exclude<typeof cg, string>;
+  return cg;
 }
 
 /** The calls of one scenario: name -> async () => void, in the child's source. */

@@ -202,6 +202,7 @@ export function jsonLines(c: ChildRun): Record<string, unknown>[] {
 }
 
 /** The last JSON line of kind `type` ({ type, ... }) the child printed; throws with its output if none. */
+// eslint-disable-next-line @typescript-eslint/no-unnecessary-type-parameters -- the caller names the line's shape
 export function result<T = Record<string, unknown>>(c: ChildRun, type = 'result'): T {
   const found = jsonLines(c).filter((l) => l.type === type);
   if (found.length === 0) throw new Error(`the child printed no ${type} line: ${describeRun(c)}`);
@@ -232,5 +233,5 @@ export async function needPython(ctx: TestContext): Promise<string> {
     if (REQUIRE_KVM) throw new Error('python3 (3.9+, with socket.send_fds) is missing: the hostile peers need it');
     ctx.skip('python3 with socket.send_fds (3.9+) is not available');
   }
-  return py!;
+  return py;
 }

@@ -6,7 +6,7 @@
 // closes, and abuses a listener. The receiver (a child Node process on dist/) must give each
 // message its typed error or a well-formed message, and hold no fd more after each than before.
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it, type TestContext } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../../lib/ipc/index.js';
 import { hangBound, openKvm } from '../kvm-host.js';
 import { describeRun, dist, needPython, prelude, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
@@ -301,7 +301,7 @@ describe('hostile peers, written without the library', () => {
     // Flooding until we close: the peer sees EPIPE or ECONNRESET and exits; nothing leaks here.
     const flood = result<{ got: number; peer: PeerEnd }>(c, 'flood-forever');
     expect(flood, `seed ${seed}`).toMatchObject({ got: FLOOD, peer: { status: 0 }, left: 0 });
-    expect(JSON.parse(flood.peer.stdout).ended).toMatch(/^(BrokenPipeError|ConnectionResetError)$/);
+    expect((JSON.parse(flood.peer.stdout) as { ended: string }).ended).toMatch(/^(BrokenPipeError|ConnectionResetError)$/);
     // The listener: three hang-ups read as end of file, the garbage as a bad message; every
     // connection the peer made was accepted (its stream socket was refused by the kernel).
     const l = result<{ codes: string[]; accepted: number; last: { code: string }; peer: PeerEnd }>(c, 'listener');

@@ -36,7 +36,7 @@ async function child<T>(body: string, opts: { wrapper?: string[]; env?: Record<s
   expect(c.timedOut, describeRun(c)).toBe(false);
   expect(c.stderr, describeRun(c)).toBe('');
   expect(c.status, describeRun(c)).toBe(0);
-  return result<T>(c) as T;
+  return result<T>(c);
 }
 
 /** Child source: fill() takes every free fd slot, release(n) gives n back, releaseAll() all. */
