@@ -25,7 +25,7 @@ import { FdChannel } from 'kvm-gmem/ipc';
 import { hostPaging } from 'kvm-gmem/selftest';
 import {
   MIN_SIZE, MiB, dataPages, msBetween, now, type ControlMessage, type FilledBy, type NewReady,
-  type NewResult, type NewResumed, type NewVmmConfig, type OldAcked, type OldReady, type OldSent,
+  type NewResult, type NewResumed, type NewVmmConfig, type OldReady,
   type OldVmmConfig, type Probes, type RebindSurvey, type VmmMessage,
 } from './common.js';
 
@@ -364,7 +364,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
       res(v);
     }, (e: unknown) => {
       clearTimeout(t);
-      rej(e as Error);
+      rej(e);
     });
   });
 }
@@ -415,9 +415,9 @@ export async function runHandover(
       a.close();
       b.close();
     }
-    log(`old VMM pid ${oldVmm.child.pid}, new VMM pid ${newVmm!.child.pid}; ${guestFills ? 'the guest fills' : 'the old VMM writes'} the pattern`);
+    log(`old VMM pid ${oldVmm.child.pid}, new VMM pid ${newVmm.child.pid}; ${guestFills ? 'the guest fills' : 'the old VMM writes'} the pattern`);
     const [oldReady, newReady] = await Promise.all([
-      oldVmm.next('ready', stepMs) as Promise<OldReady>, newVmm!.next('ready', stepMs) as Promise<NewReady>,
+      oldVmm.next('ready', stepMs) as Promise<OldReady>, newVmm.next('ready', stepMs) as Promise<NewReady>,
     ]);
     r.fillMs = oldReady.fillMs;
     r.msPerTick = oldReady.msPerTick;
@@ -427,8 +427,8 @@ export async function runHandover(
     // Half a tick later, so that the pause falls inside the guest's counting, not just after a tick.
     await new Promise((res) => setTimeout(res, oldReady.msPerTick / 2));
     oldVmm.send({ type: 'pause' });
-    const sent = (await oldVmm.next('sent', stepMs)) as OldSent;
-    const resumed = (await newVmm!.next('resumed', stepMs)) as NewResumed;
+    const sent = await oldVmm.next('sent', stepMs);
+    const resumed = await newVmm.next('resumed', stepMs);
     r.ripAtPause = sent.rip;
     r.counterAtPause = sent.counterAtPause;
     r.counterAtResume = resumed.counterAtResume;
@@ -444,14 +444,14 @@ export async function runHandover(
       `copy ${r.copyMs.toFixed(1)} ms (${r.copyGiBps.toFixed(2)} GiB/s), restore ${r.restoreMs.toFixed(2)} ms ` +
       `(bind ${r.restoreParts.bindMs.toFixed(2)}, vCPU ${r.restoreParts.vcpuMs.toFixed(2)}, registers ${r.restoreParts.stateMs.toFixed(2)})`);
 
-    (await oldVmm.next('acked', stepMs)) as OldAcked;
+    await oldVmm.next('acked', stepMs);
     const oldExit = await withTimeout(oldVmm.exited, stepMs, 'the old VMM\'s exit');
     r.oldExit = { code: oldExit.code, signal: oldExit.signal, afterResumeMs: msBetween(resumed.resumed, oldExit.at) };
-    newVmm!.send({ type: 'old-exited', at: oldExit.at.toString() });
+    newVmm.send({ type: 'old-exited', at: oldExit.at.toString() });
     log(`old VMM exited (${oldExit.signal ?? `code ${oldExit.code}`}) ${r.oldExit.afterResumeMs.toFixed(0)} ms after the resume; the new guest checks its memory and runs on`);
 
-    const result = (await newVmm!.next('result', stepMs)) as NewResult;
-    const newExit = await withTimeout(newVmm!.exited, stepMs, 'the new VMM\'s exit');
+    const result = await newVmm.next('result', stepMs);
+    const newExit = await withTimeout(newVmm.exited, stepMs, 'the new VMM\'s exit');
     r.newExit = { code: newExit.code, signal: newExit.signal };
     r.probes = result.probes;
     r.rebind = result.rebind;

@@ -82,7 +82,7 @@ function takeVmOptions(argv: string[], leading = false): { rest: string[]; vm?: 
   if (got.size === 0) return { rest };
   const one = (f: string) => got.get(f)?.at(-1);
   const kernel = one('kernel');
-  if (kernel === undefined) throw new UsageError(`--${[...got.keys()][0]} goes with --kernel IMAGE`);
+  if (kernel === undefined) throw new UsageError(`--${[...got.keys()][0]!} goes with --kernel IMAGE`);
   const accel = one('vm-accel') ?? 'auto';
   if (!['auto', 'kvm', 'tcg'].includes(accel)) throw new UsageError(`--vm-accel must be auto, kvm or tcg (got ${accel})`);
   const num = (f: string) => {

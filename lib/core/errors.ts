@@ -68,7 +68,7 @@ export class KvmError extends Error {
   }
 }
 
-/** @internal Every code a {@link KvmStateError} carries. */
+/** Every code a {@link KvmStateError} carries (not exported from the entry point: use the type). */
 export const STATE_CODES = [
   'ERR_KVM_CLOSED', 'ERR_KVM_PRIVATE_MEMORY', 'ERR_KVM_PAST_EOF', 'ERR_KVM_VCPU_RUNNING', 'ERR_KVM_PEER_CLOSED',
   'ERR_KVM_TIMEOUT', 'ERR_KVM_CONTROL_TRUNCATED', 'ERR_KVM_PAYLOAD_TRUNCATED', 'ERR_KVM_BAD_MESSAGE',
@@ -230,7 +230,7 @@ export function errnoError(
   });
 }
 
-/** @internal Every code an argument error (TypeError, RangeError) carries. */
+/** Every code an argument error carries (not exported from the entry point: use the type). */
 export const ARG_CODES = [
   'ERR_INVALID_ARG_TYPE', 'ERR_INVALID_ARG_VALUE', 'ERR_OUT_OF_RANGE', 'ERR_MISSING_ARGS', 'ERR_KVM_NOT_GUEST_MEMFD',
   'ERR_KVM_NOT_VM', 'ERR_KVM_NOT_VCPU', 'ERR_KVM_VCPU_ID_MISMATCH', 'ERR_KVM_SIZE_MISMATCH', 'ERR_KVM_FLAGS_MISMATCH', 'ERR_KVM_NOT_SEQPACKET',

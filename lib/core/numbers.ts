@@ -83,5 +83,6 @@ export function describe(value: unknown): string {
   if (typeof value === 'bigint') return `bigint ${value}n`;
   if (typeof value === 'string') return `string '${value.length > 40 ? value.slice(0, 40) + '...' : value}'`;
   if (typeof value === 'object') return `an instance of ${value.constructor?.name ?? 'Object'}`;
+  // eslint-disable-next-line @typescript-eslint/no-base-to-string -- what is left (symbol, function, bigint...) prints as itself
   return `${typeof value} ${String(value)}`;
 }

@@ -11,7 +11,7 @@
  */
 import { PAGE_SIZE } from '../core/constants.js';
 import type { CpuidEntry } from '../kvm/cpuid.js';
-import { checkU64, options, u64 } from '../core/numbers.js';
+import { options, u64 } from '../core/numbers.js';
 import type { Vcpu } from '../kvm/vcpu.js';
 import type { Vm } from '../kvm/vm.js';
 import type { Segment } from '../kvm/x86-state.js';

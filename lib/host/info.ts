@@ -7,6 +7,7 @@ import { arch, release } from 'node:os';
 import { Cap, GuestMemfdFlag, VmType, decodeBits, type CapName } from '../core/constants.js';
 import { KvmError } from '../core/errors.js';
 import { Kvm, KVM_DEVICE } from '../kvm/kvm.js';
+import type { Vm } from '../kvm/vm.js';
 
 /** One capability as the system fd and a default VM report it. */
 export interface CapabilityInfo {
@@ -135,7 +136,7 @@ export function hostInfo(device: string = KVM_DEVICE): HostInfo {
   using k = kvm;
   info.canOpen = true;
   info.apiVersion = k.apiVersion;
-  let vm;
+  let vm: Vm | undefined;
   try {
     vm = k.createVm(VmType.DEFAULT);
   } catch (e) {
@@ -180,7 +181,7 @@ export function formatHostInfo(info: HostInfo): string {
     lines.push(`              ${info.openError?.message ?? 'unknown error'}`);
     return lines.join('\n') + '\n';
   }
-  lines.push(`api version   ${info.apiVersion}`);
+  lines.push(`api version   ${info.apiVersion ?? 'unknown'}`);
   if (info.vmTypes) lines.push(`vm types      ${info.vmTypes.names.join(', ')} (0x${info.vmTypes.value.toString(16)})`);
   if (info.guestMemfdFlags) {
     const names = info.guestMemfdFlags.names.length ? info.guestMemfdFlags.names.join(' | ') : 'none';

@@ -179,7 +179,7 @@ export async function runInKernelVm(argv: readonly string[], opts: KernelVmOptio
   const root = modulesRoot(kernel, release, opts.modules);
   if (root !== undefined && release !== undefined && !existsSync(join(root, 'lib/modules', release, 'modules.dep'))) {
     const r = spawnSync('depmod', ['-b', root, release], { encoding: 'utf8' });
-    if (r.status !== 0) throw new KernelVmError(`depmod -b ${root} ${release} failed: ${r.stderr || r.error?.message}`);
+    if (r.status !== 0) throw new KernelVmError(`depmod -b ${root} ${release} failed: ${r.stderr || (r.error?.message ?? 'no output')}`);
   }
   const accel = opts.accel === undefined || opts.accel === 'auto' ? (canNestKvm() ? 'kvm' : 'tcg') : opts.accel;
   // Under TCG the CPU is QEMU's AMD model; with KVM it is this host's, so its own vendor module.
@@ -217,7 +217,7 @@ uname -r > ${shellQuote(join(dir, 'release'))}
 modprobe -r ${shellQuote(kvmModule)} 2>/dev/null
 if ! ${modprobe.map(shellQuote).join(' ')}; then echo 'modprobe failed' > ${shellQuote(join(dir, 'failed'))}; exit 1; fi
 if [ ! -c /dev/kvm ]; then echo 'no /dev/kvm after modprobe' > ${shellQuote(join(dir, 'failed'))}; exit 1; fi
-${(opts.kvmParams ?? []).map((p) => `echo ${shellQuote(p.split('=')[0]!)}=$(cat /sys/module/${kvmModule}/parameters/${p.split('=')[0]}) >> ${shellQuote(join(dir, 'params'))}
+${(opts.kvmParams ?? []).map((p) => `echo ${shellQuote(p.split('=')[0]!)}=$(cat /sys/module/${kvmModule}/parameters/${p.split('=')[0]!}) >> ${shellQuote(join(dir, 'params'))}
 `).join('')}cd ${shellQuote(cwd)} || exit 1
 ${env}${argv.map(shellQuote).join(' ')} > ${shellQuote(join(dir, 'stdout'))} 2> ${shellQuote(join(dir, 'stderr'))}
 echo $? > ${shellQuote(join(dir, 'status'))}
@@ -289,7 +289,7 @@ echo $? > ${shellQuote(join(dir, 'status'))}
       });
       child.on('close', (c, sig) => {
         clearTimeout(timer);
-        resolveRun(c ?? `killed by ${sig}`);
+        resolveRun(c ?? `killed by ${sig ?? 'a signal'}`);
       });
     }).finally(() => {
       clearInterval(poller);

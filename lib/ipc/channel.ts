@@ -13,7 +13,7 @@
  * 0 bytes is what the peer's close looks like.
  * @module
  */
-import { lstatSync, readlinkSync, statSync, unlinkSync } from 'node:fs';
+import { statSync, unlinkSync } from 'node:fs';
 import { KvmError, KvmStateError, argRangeError, argTypeError, errnoError } from '../core/errors.js';
 import { fdFacts } from '../core/fd-identity.js';
 import { type NativeFdWatch, type NativeMessage, native } from '../core/native.js';

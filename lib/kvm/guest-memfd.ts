@@ -4,14 +4,14 @@
  * @module
  */
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from '../core/constants.js';
-import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
+import { argTypeError, argRangeError } from '../core/errors.js';
 import type { ReceivedFd } from '../ipc/message.js';
 import type { FdFacts } from '../core/fd-identity.js';
 import { dupOption, fdArgument, takeOver } from './adopt.js';
 import { Mapping, checkLength, checkMappingRoom } from '../memory/mapping.js';
 import { MapSharedFlag, native, type NativeStat } from '../core/native.js';
-import { checkU64, describe, fdNumber, off, options, u64 } from '../core/numbers.js';
-import { FdResource, identityOf, refuseOwned } from '../core/resource.js';
+import { checkU64, describe, off, options, u64 } from '../core/numbers.js';
+import { FdResource, identityOf } from '../core/resource.js';
 
 /** What `GuestMemfd.stat()` reports (fstat(2)). */
 export type GuestMemfdStat = NativeStat;

@@ -4,7 +4,7 @@
  */
 import type { CpuidEntry } from './cpuid.js';
 import { MemslotFlag, VmType } from '../core/constants.js';
-import { KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
+import { argTypeError, argRangeError } from '../core/errors.js';
 import type { FdFacts } from '../core/fd-identity.js';
 import type { ReceivedFd } from '../ipc/message.js';
 import { dupOption, fdArgument, takeOver } from './adopt.js';
@@ -13,7 +13,7 @@ import { Kvm } from './kvm.js';
 import { mappingRange, rangeHolders, type Mapping } from '../memory/mapping.js';
 import { native } from '../core/native.js';
 import { checkU64, describe, fdNumber, options, u32, u64 } from '../core/numbers.js';
-import { claimFd, FdResource, ownFd, refuseOwned, releaseFd } from '../core/resource.js';
+import { claimFd, FdResource, ownFd, releaseFd } from '../core/resource.js';
 import { Vcpu } from './vcpu.js';
 
 /** Options for `vm.createGuestMemfd()` (struct kvm_create_guest_memfd). */

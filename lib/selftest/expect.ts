@@ -118,7 +118,7 @@ function parseCondition(text: string, where: string): Condition {
   }
   const op = m[2] as Condition['op'];
   if (key !== 'kernel' && op !== '=') throw new Error(`${where}: "${key}" takes only "=" (got "${text}")`);
-  if (key === 'kernel' && parseVersion(m[3]!) === undefined) throw new Error(`${where}: "${m[3]}" is not a kernel version like 7.2`);
+  if (key === 'kernel' && parseVersion(m[3]!) === undefined) throw new Error(`${where}: "${m[3]!}" is not a kernel version like 7.2`);
   return { key, op, value: m[3]! };
 }
 

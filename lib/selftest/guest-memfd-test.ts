@@ -183,7 +183,7 @@ function testFileReadWrite(ctx: CaseContext, gmem: GuestMemfd): void {
   const codes: string[] = [];
   const refused = (what: string, f: () => number) => {
     const e = checkThrows(f, Error, (n) => `${what} on a guest_memfd should fail, but transferred ${n} bytes`);
-    codes.push(`${what} ${(e as NodeJS.ErrnoException).code}`);
+    codes.push(`${what} ${(e as NodeJS.ErrnoException).code ?? 'no code'}`);
   };
   // fs.readSync/writeSync with position null call read(2)/write(2); with a position, pread/pwrite.
   refused('read', () => readSync(gmem.fd, buf, 0, buf.length, null));

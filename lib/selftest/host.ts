@@ -129,7 +129,7 @@ function readNumber(path: string): number | undefined {
 
 /** A one-line description of the host for the KTAP header. */
 export function describeHost(h: HostFacts): string {
-  if (!h.available) return `kernel ${h.kernel}; ${h.unavailableReason}`;
+  if (!h.available) return `kernel ${h.kernel}; ${h.unavailableReason ?? 'KVM is not usable'}`;
   const types = h.vmTypes.map((t) => `${t.name} (gmem flags 0x${t.gmemFlags.toString(16)})`).join(', ');
   const module = h.paging.module ? ` (${h.paging.module})` : '';
   return `kernel ${h.kernel}; vm types ${types}; paging ${h.paging.mode}${module}; NUMA nodes ${h.numaNodes.join(',')}`;

@@ -108,7 +108,7 @@ export async function runSelftests(cases: readonly SelftestCase[], host: HostFac
     const n = i + 1;
     let outcome: CaseOutcome;
     if (noKvm) {
-      outcome = { verdict: 'error', reason: `KVM_GMEM_REQUIRE_KVM=1 but ${host.unavailableReason}`, diagnostics: [], durationMs: 0 };
+      outcome = { verdict: 'error', reason: `KVM_GMEM_REQUIRE_KVM=1 but ${host.unavailableReason ?? 'KVM is not usable'}`, diagnostics: [], durationMs: 0 };
     } else {
       outcome = await runCase(c, host, { ...(opts.device !== undefined ? { device: opts.device } : {}) });
     }
@@ -142,5 +142,5 @@ export function hostConditions(host: HostFacts): string {
 
 /** The report as JSON text (bigints as decimal strings). */
 export function reportJson(r: RunReport): string {
-  return JSON.stringify(r, (_k, v) => (typeof v === 'bigint' ? v.toString() : v), 2);
+  return JSON.stringify(r, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2);
 }

@@ -75,7 +75,12 @@ class ThreadedWrap : public Napi::ObjectWrap<T> {
   // thread in a pthread_create error (EAGAIN: out of threads, pids cgroup, RLIMIT_NPROC).
   void EnsureThread(Napi::Env env, const char* name, const char* what) {
     if (thread_.joinable()) return;
-    tsfn_ = Tsfn::New(env, name, 0, 1, static_cast<T*>(this));
+    try {
+      tsfn_ = Tsfn::New(env, name, 0, 1, static_cast<T*>(this));
+    } catch (const std::bad_alloc&) {
+      // No memory for the thread-safe function is no room for the thread either.
+      ThrowSys(env, EAGAIN, "pthread_create", nullptr, what);
+    }
     tsfn_.Unref(env);
     tsfnLive_ = true;
     env_ = env;

@@ -56,7 +56,7 @@ async function run(ctx: CaseContext): Promise<void> {
   };
   const run = await runChild(ctx, gmem.fd, vm.fd, req, 30_000);
   if (run.stderr.trim() !== '') ctx.log(`child stderr: ${run.stderr.trim()}`);
-  check(run.signal === null, `the child was killed by ${run.signal} (timed out?)`);
+  check(run.signal === null, `the child was killed by ${String(run.signal)} (timed out?)`);
   checkEq(run.code, 0, 'the child\'s exit status');
   let r: ChildReport;
   try {
