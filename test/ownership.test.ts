@@ -197,7 +197,7 @@ describe('the INIT_SHARED claim of an adopted guest_memfd is checked', () => {
     // first touch kill the process with SIGBUS.
     const script = `
       import { Kvm, GuestMemfd, GuestMemfdFlag } from ${distModule('index', 'GuestMemfd')};
-      import {} from ${distModule('kvm/guest-memfd', 'dupCloexec')};
+      import {} from ${distModule('kvm/adopt', 'dupCloexec')};
       const kvm = Kvm.open();
       const vm = kvm.createVm();
       const g = vm.createGuestMemfd({ size: 1 << 20, flags: GuestMemfdFlag.MMAP });
