@@ -1,7 +1,8 @@
 // The exit decoder on kvm_run pages written by hand. These exits (memory_fault, internal_error,
 // system_event, fail_entry, unknown numbers) cannot be provoked on this host's KVM, so this file
 // checks only that each field is read from the offset native/uapi/kvm.h gives it; the exits KVM does
-// produce here are decoded from real runs in guest.test.ts and run-async.test.ts.
+// produce here are decoded from real runs in guest.test.ts and run-async.test.ts. (The constants'
+// values are checked against the system's kernel headers in uapi-constants.test.ts.)
 import { describe, expect, it } from 'vitest';
 import { ExitReason, MemoryFaultFlag, RunLayout } from '../lib/index.js';
 import { decodeExit } from '../lib/kvm/exits.js';
@@ -22,7 +23,7 @@ describe('decodeExit (hand-written kvm_run pages)', () => {
       v.setBigUint64(RunLayout['memory_fault.size'], 0x1000n, true);
     });
     expect(decodeExit(v, b, 14)).toEqual({
-      reason: 'memory_fault', exitReason: 39, flags: 8n, private: true, gpa: 0x400000n, size: 0x1000n,
+      reason: 'memory_fault', exitReason: ExitReason.MEMORY_FAULT, flags: MemoryFaultFlag.PRIVATE, private: true, gpa: 0x400000n, size: 0x1000n,
     });
     expect(decodeExit(v, b, 22)).toBeUndefined();
     const other = page(ExitReason.MMIO, () => {});
@@ -43,17 +44,17 @@ describe('decodeExit (hand-written kvm_run pages)', () => {
       v.setUint32(RunLayout['system_event.ndata'], 1, true);
       v.setBigUint64(RunLayout['system_event.data'], 7n, true);
     });
-    expect(decodeExit(se.v, se.b, 0)).toEqual({ reason: 'system_event', exitReason: 24, type: 2, data: [7n] });
+    expect(decodeExit(se.v, se.b, 0)).toEqual({ reason: 'system_event', exitReason: ExitReason.SYSTEM_EVENT, type: 2, data: [7n] });
     const fe = page(ExitReason.FAIL_ENTRY, (v) => {
       v.setBigUint64(RunLayout['fail_entry.hardware_entry_failure_reason'], 33n, true);
       v.setUint32(RunLayout['fail_entry.cpu'], 1, true);
     });
-    expect(decodeExit(fe.v, fe.b, 0)).toEqual({ reason: 'fail_entry', exitReason: 9, hardwareEntryFailureReason: 33n, cpu: 1 });
+    expect(decodeExit(fe.v, fe.b, 0)).toEqual({ reason: 'fail_entry', exitReason: ExitReason.FAIL_ENTRY, hardwareEntryFailureReason: 33n, cpu: 1 });
   });
 
   it('names other known exits, keeps unknown numbers raw, and never makes a view outside the page', () => {
     const dbg = page(ExitReason.DEBUG, () => {});
-    expect(decodeExit(dbg.v, dbg.b, 0)).toEqual({ reason: 'other', exitReason: 4, name: 'KVM_EXIT_DEBUG' });
+    expect(decodeExit(dbg.v, dbg.b, 0)).toEqual({ reason: 'other', exitReason: ExitReason.DEBUG, name: 'KVM_EXIT_DEBUG' });
     const odd = page(1234, () => {});
     expect(decodeExit(odd.v, odd.b, 0)).toEqual({ reason: 'other', exitReason: 1234, name: undefined });
     const io = page(ExitReason.IO, (v) => {

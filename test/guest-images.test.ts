@@ -152,10 +152,11 @@ describe('ucall.h and lib/guest-images.ts', () => {
     expect(Object.fromEntries(defines)).toEqual(expected);
   });
 
-  it('describe a consistent struct ucall: 192 bytes, fields back to back, 8-byte aligned', () => {
-    expect([UCALL_PORT, CONSOLE_PORT, BENCH_PORT]).toEqual([0x1000, 0xe9, 0x10]);
-    expect(UcallCmd).toEqual({ NONE: 0, SYNC: 1, ABORT: 2, PRINTF: 3, DONE: 4 });
-    expect(UcallOffset).toEqual({ CMD: 0, NARGS: 8, ARGS: 16, MSG: 64 });
+  // The numbers themselves are ucall.h's (above); here, that they make one struct.
+  it('describe a consistent struct ucall: fields back to back in order, 8-byte aligned', () => {
+    expect(UcallOffset.CMD).toBe(0);
+    expect(UcallOffset.NARGS).toBe(UcallOffset.CMD + 8);
+    expect(UcallOffset.ARGS).toBe(UcallOffset.NARGS + 8);
     expect(UcallOffset.ARGS + 8 * UCALL_MAX_ARGS).toBe(UcallOffset.MSG);
     expect(UcallOffset.MSG + UCALL_MSG_LEN).toBe(UCALL_STRUCT_SIZE);
     expect(UCALL_STRUCT_SIZE % 8).toBe(0);
@@ -218,13 +219,6 @@ describe('guest images, disassembled', () => {
     halt: [/^ +0:\tf4 +\thlt/m],
     upgrade: [/\trep stos %rax,%es:\(%rdi\)/, /\trepz scas %es:\(%rdi\),%rax/, /\tincq +\(%r15\)/, /\tout +%eax,\(%dx\)/, /\thlt/],
   };
-
-  it('port_loop.bin has its out instruction and its hlt', (ctx) => {
-    if (!haveObjdump) ctx.skip(noObjdump);
-    const text = disassemble(guestImage('port_loop'), 'port_loop');
-    expect(text).toMatch(/\tout\s/);
-    expect(text).toMatch(/\thlt/);
-  });
 
   it.for(guestImageNames)('%s.bin has the instructions it is made of', (name, ctx) => {
     if (!haveObjdump) ctx.skip(noObjdump);

@@ -13,6 +13,7 @@ import type { TestContext } from 'vitest';
 import { bootGuest, guestImage, type GuestImageName } from '../lib/guest/index.js';
 import { Cap, GuestMemfdFlag, type GuestMemfd, type Kvm, type Mapping, type Vcpu, type Vm } from '../lib/index.js';
 import { needCap, openKvm } from './kvm-host.js';
+import { ROOT } from './paths.js';
 
 export const MiB = 1 << 20;
 export const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -66,4 +67,28 @@ export function guestVm(ctx: TestContext, memory = 4 * MiB): GuestVm {
       kvm.close();
     },
   };
+}
+
+/**
+ * Module source for a child process or a Worker, on the built package (dist/): `vm` with 4 MiB of
+ * guest memory (`gmem`, mapped as `map`, bound at guest-physical 0) and vCPU 0 as `vcpu`, which
+ * `boot(image, args)` boots as guestVm's boot(0, ...) does. It imports only the modules it uses
+ * (all of the package takes seconds per Worker under emulation).
+ */
+export function guestSetupSource(): string {
+  const lib = (name: string) => JSON.stringify(`${ROOT}dist/${name}.js`);
+  return `
+    import { Kvm } from ${lib('kvm/kvm')};
+    import { GuestMemfdFlag } from ${lib('core/constants')};
+    import { bootGuest } from ${lib('guest/boot')};
+    import { guestImage } from ${lib('guest/images')};
+    const vm = Kvm.open().createVm();
+    const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
+    const map = gmem.map();
+    vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: map, guestMemfd: gmem });
+    const vcpu = vm.createVcpu(0);
+    const boot = (image, args) => bootGuest(vcpu, {
+      image: guestImage(image), loadAt: ${imageAddress(0)}, stack: 0x90000, pageTables: ${PAGE_TABLES}, args,
+    });
+  `;
 }

@@ -4,8 +4,8 @@
  */
 import { accessSync, constants, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { release } from 'node:os';
-import type { TestContext } from 'vitest';
-import { Cap, Kvm, KVM_DEVICE, type Vm } from '../lib/index.js';
+import { expect, type TestContext } from 'vitest';
+import { Cap, Kvm, KVM_DEVICE, KvmError, type Vm } from '../lib/index.js';
 
 /**
  * How much longer than on real hardware a run may take before it counts as hung: 1, or what
@@ -21,6 +21,12 @@ export function hangBound(ms: number): number {
 
 /** True when KVM_GMEM_REQUIRE_KVM=1: a missing device or capability fails instead of skipping. */
 export const REQUIRE_KVM = process.env.KVM_GMEM_REQUIRE_KVM === '1';
+
+/**
+ * True in CI (CI set, and not '', '0' or 'false') or under KVM_GMEM_REQUIRE_KVM=1: a tool a test
+ * needs (python3, a C compiler) missing there is a failure, never a skip.
+ */
+export const REQUIRE_TOOLS = REQUIRE_KVM || !['', '0', 'false'].includes((process.env.CI ?? '').toLowerCase());
 
 function unavailable(): string | undefined {
   try {
@@ -97,6 +103,51 @@ export function countFds(needle: string): number {
   return n;
 }
 
+/**
+ * Makes objects with `make` until one gets fd number `n` (the kernel hands out the lowest free
+ * number, so within a bounded number of tries once `n` is free); closes the others.
+ */
+export function onNumber<T extends { fd: number; close(): void }>(n: number, make: () => T): T {
+  const extra: T[] = [];
+  try {
+    for (let i = 0; i < 256; i++) {
+      const o = make();
+      if (o.fd === n) return o;
+      extra.push(o);
+    }
+    throw new Error(`fd ${n} was not handed out again in 256 tries`);
+  } finally {
+    for (const o of extra) o.close();
+  }
+}
+
+/** One mapping (VMA) of this process, as /proc/self/smaps shows it. */
+export interface Vma {
+  start: bigint;
+  end: bigint;
+  /** Bytes of it mapped in this process's page tables. */
+  rss: number;
+  /** Its VmFlags: 'rr' (MADV_RANDOM), 'sr' (SEQUENTIAL), 'hg'/'nh' (HUGEPAGE/NOHUGEPAGE), 'dc' (DONTFORK)... */
+  flags: string[];
+}
+
+/** The VMAs of this process that overlap [address, address + length), in order. */
+export function vmasOf(address: bigint, length: number): Vma[] {
+  const end = address + BigInt(length);
+  const vmas: Vma[] = [];
+  for (const block of readFileSync('/proc/self/smaps', 'utf8').split(/^(?=[0-9a-f]+-[0-9a-f]+ )/m)) {
+    const range = /^([0-9a-f]+)-([0-9a-f]+) /.exec(block);
+    if (!range) continue;
+    const v = { start: BigInt(`0x${range[1]}`), end: BigInt(`0x${range[2]}`) };
+    if (v.end <= address || v.start >= end) continue;
+    const rss = /^Rss:\s+(\d+) kB$/m.exec(block);
+    const flags = /^VmFlags:(.*)$/m.exec(block);
+    if (!rss || !flags) throw new Error(`no Rss or VmFlags in /proc/self/smaps for ${range[0]}`);
+    vmas.push({ ...v, rss: Number(rss[1]) * 1024, flags: flags[1]!.trim().split(/\s+/) });
+  }
+  return vmas;
+}
+
 /** Runs f and returns what it threw (fails if it did not throw). */
 export function thrown(f: () => unknown): Error & { code?: string; errno?: number; syscall?: string; request?: string } {
   try {
@@ -105,6 +156,20 @@ export function thrown(f: () => unknown): Error & { code?: string; errno?: numbe
     return e as Error;
   }
   throw new Error('expected the call to throw');
+}
+
+/**
+ * Runs f and expects a KvmError with `code`, from `syscall` and for ioctl `request` where those
+ * are given; returns it.
+ */
+export function expectKvmError(f: () => unknown, code: string, where: { syscall?: string; request?: string } = {}): KvmError {
+  const e = thrown(f);
+  expect(e, e.message).toBeInstanceOf(KvmError);
+  expect(e.code).toBe(code);
+  if (where.syscall !== undefined) expect(e.syscall).toBe(where.syscall);
+  if (where.request !== undefined) expect(e.request).toBe(where.request);
+  if (!(e instanceof KvmError)) throw e;
+  return e;
 }
 
 /**

@@ -1,13 +1,18 @@
 // Limits are defined once, in the addon (native/util/limits.h): lib's constants are the addon's
-// values, and both layers refuse exactly one past each limit, no more and no less.
+// values, and both layers refuse exactly one past each limit, no more and no less. A limit the
+// kernel or Node sets is checked against their answer, not against a number typed here.
+import { spawnSync } from 'node:child_process';
+import { constants as bufferConstants } from 'node:buffer';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { encodeCpuid } from '../lib/kvm/cpuid.js';
 import { FdChannel, MAX_PAYLOAD } from '../lib/ipc/index.js';
-import { MAX_CPUID_ENTRIES, MAX_MAPPING_LENGTH, Mapping } from '../lib/index.js';
+import { MAX_CPUID_ENTRIES, MAX_MAPPING_LENGTH, Mapping, MemPolicy, PAGE_SIZE } from '../lib/index.js';
 import { native } from '../lib/core/native.js';
+import { fixture, rawSend } from './c-fixtures.js';
+import { openKvm } from './kvm-host.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-limits-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -19,19 +24,17 @@ function pathOf(n: number): string {
 }
 
 describe('limits agree between the addon and lib', () => {
-  it('the addon exports one frozen value per limit', () => {
-    expect(native.limits).toEqual({
-      maxPayload: 64 * 1024,
-      maxFdsPerMessage: 253, // the kernel's SCM_MAX_FD
-      maxSocketPathBytes: 107, // sun_path is 108 bytes with its NUL
-      maxMappingLength: 2 ** 32,
-      maxMapAlign: 2 ** 30,
-      maxMaxnode: 1025,
-      maxPageQueries: 2 ** 20,
-      maxGuardedThreads: 256,
-      maxCpuidEntries: 256, // KVM_MAX_CPUID_ENTRIES
-    });
+  it('the addon exports one frozen whole number per limit; those derived from another hold to it', () => {
+    expect(Object.keys(native.limits).sort()).toEqual([
+      'maxCpuidEntries', 'maxFdsPerMessage', 'maxGuardedThreads', 'maxMapAlign', 'maxMappingLength', 'maxMaxnode',
+      'maxPageQueries', 'maxPayload', 'maxSocketPathBytes',
+    ]);
+    for (const [name, v] of Object.entries(native.limits)) expect(Number.isSafeInteger(v) && v > 0, name).toBe(true);
     expect(Object.isFrozen(native.limits)).toBe(true);
+    // A mapping is an ArrayBuffer: no longer than Node makes one. A page query covers it all.
+    expect(native.limits.maxMappingLength).toBeLessThanOrEqual(bufferConstants.MAX_LENGTH);
+    expect(native.limits.maxPageQueries).toBe(native.limits.maxMappingLength / PAGE_SIZE);
+    // (maxSocketPathBytes is checked against the system's linux/un.h in uapi-constants.test.ts.)
   });
 
   it("lib's exported constants are the addon's", () => {
@@ -69,6 +72,13 @@ describe('limits agree between the addon and lib', () => {
     const m = native.recvMsg(b.fd, 16, maxFdsPerMessage);
     expect(m?.fds).toHaveLength(maxFdsPerMessage);
     for (const fd of m?.fds ?? []) native.close(fd);
+    // One more is the kernel's EINVAL, from a sender that is not the library (test/fixtures/raw-send.c).
+    const over = rawSend(a.fd, 1, 0x30, new Array(maxFdsPerMessage + 1).fill(a.fd));
+    expect({ status: over.status, stderr: over.stderr.trim() }).toEqual({ status: 1, stderr: 'sendmsg: Invalid argument' });
+    expect(rawSend(a.fd, 1, 0x30, new Array(maxFdsPerMessage).fill(a.fd))).toMatchObject({ status: 0, stderr: '' });
+    const raw = native.recvMsg(b.fd, 16, maxFdsPerMessage);
+    expect(raw?.fds).toHaveLength(maxFdsPerMessage);
+    for (const fd of raw?.fds ?? []) native.close(fd);
   });
 
   it('socket paths: FdChannel.listen and the addon both take up to maxSocketPathBytes', () => {
@@ -97,7 +107,11 @@ describe('limits agree between the addon and lib', () => {
     expect(() => m.mbind(0, 0n, { maxnode: maxMaxnode + 1 })).toThrow(RangeError);
     const buffer = m.bytes.buffer as ArrayBuffer;
     expect(() => native.mbind(buffer, 0, 4096, 0, 0n, maxMaxnode + 1, 0)).toThrow(RangeError);
-    native.mbind(buffer, 0, 4096, 0, 0n, maxMaxnode, 0); // MPOL_DEFAULT with an empty mask
+    // At the limit the kernel takes the policy, as get_mempolicy reads back.
+    native.mbind(buffer, 0, 4096, MemPolicy.BIND, 1n, maxMaxnode, 0); // node 0
+    expect(native.getMempolicy(buffer, 0)).toEqual({ mode: MemPolicy.BIND, nodemask: 1n });
+    native.mbind(buffer, 0, 4096, MemPolicy.DEFAULT, 0n, maxMaxnode, 0);
+    expect(native.getMempolicy(buffer, 0)).toEqual({ mode: MemPolicy.DEFAULT, nodemask: 0n });
   });
 
   it('CPUID tables: encodeCpuid and the addon both take up to maxCpuidEntries', () => {
@@ -107,6 +121,21 @@ describe('limits agree between the addon and lib', () => {
     expect(encodeCpuid(new Array(maxCpuidEntries).fill(entry))).toHaveLength(maxCpuidEntries * 40);
     expect(() => native.setCpuid2(0x7ffffff0, new Uint8Array((maxCpuidEntries + 1) * 40))).toThrow(RangeError);
     expect(() => native.setCpuid2(0x7ffffff0, new Uint8Array(maxCpuidEntries * 40))).toThrow(expect.objectContaining({ code: 'EBADF' }));
+  });
+
+  it("CPUID tables: maxCpuidEntries is KVM's own limit (KVM_SET_CPUID2 from a caller that is not the library)", (ctx) => {
+    openKvm(ctx).close();
+    const { maxCpuidEntries } = native.limits;
+    const set = (n: number) => {
+      const r = spawnSync(fixture('set-cpuid'), [String(n)], { encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      expect(r.status).toBe(0);
+      return JSON.parse(r.stdout) as { supported: number; errno: string | null };
+    };
+    const at = set(maxCpuidEntries);
+    expect(at.supported).toBeLessThanOrEqual(maxCpuidEntries); // the host's own table fits
+    expect(at.errno).toBeNull();
+    expect(set(maxCpuidEntries + 1).errno).toBe('E2BIG');
   });
 
   it('pageNodes: the addon refuses more than maxPageQueries offsets before reading any', () => {

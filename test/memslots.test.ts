@@ -1,6 +1,5 @@
 // Memslots: KVM_SET_USER_MEMORY_REGION2 with guest_memfd, and the legacy call, with every
 // refusal the kernel makes checked by its exact code.
-import assert from 'node:assert';
 import { closeSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -8,7 +7,7 @@ import { fileOverlapErrno } from './kvm-host.js';
 import { describe, expect, it, type TestContext } from 'vitest';
 import { Cap, GuestMemfdFlag, KvmError, KvmStateError, Mapping, MemslotFlag, PAGE_SIZE, type Kvm, type Vm } from '../lib/index.js';
 import { native } from '../lib/core/native.js';
-import { needCap, openKvm, thrown } from './kvm-host.js';
+import { expectKvmError, needCap, openKvm, thrown } from './kvm-host.js';
 
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
 const MiB = 1 << 20;
@@ -23,12 +22,7 @@ function setup(ctx: TestContext): { kvm: Kvm; vm: Vm } & Disposable {
 }
 
 function expectCode(f: () => unknown, code: string, request = 'KVM_SET_USER_MEMORY_REGION2'): KvmError {
-  const e = thrown(f);
-  expect(e, e.message).toBeInstanceOf(KvmError);
-  expect(e.code).toBe(code);
-  expect(e.request).toBe(request);
-  assert(e instanceof KvmError);
-  return e;
+  return expectKvmError(f, code, { request });
 }
 
 describe('vm.setUserMemoryRegion2 with a guest_memfd', () => {

@@ -12,7 +12,7 @@ import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
 import { GuestMemfd, GuestMemfdFlag, KvmStateError, Mapping, MemslotFlag, type Vm } from '../lib/index.js';
 import { FdChannel } from '../lib/ipc/index.js';
-import { fdLink, gmemVm, isCloexec, thrown } from './kvm-host.js';
+import { fdLink, gmemVm, isCloexec, onNumber, thrown } from './kvm-host.js';
 
 const MMAP = GuestMemfdFlag.MMAP;
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -28,24 +28,6 @@ async function collect(rounds = 8): Promise<void> {
   for (let i = 0; i < rounds; i++) {
     gc();
     await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-/**
- * Makes objects with `make` until one gets fd number `n` (the kernel hands out the lowest free
- * number, so within a bounded number of tries once `n` is free); closes the others.
- */
-function onNumber<T extends { fd: number; close(): void }>(n: number, make: () => T): T {
-  const extra: T[] = [];
-  try {
-    for (let i = 0; i < 256; i++) {
-      const o = make();
-      if (o.fd === n) return o;
-      extra.push(o);
-    }
-    throw new Error(`fd ${n} was not handed out again in 256 tries`);
-  } finally {
-    for (const o of extra) o.close();
   }
 }
 

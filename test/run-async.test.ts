@@ -5,15 +5,13 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { KvmError, KvmStateError, RunLayout, type Vcpu } from '../lib/index.js';
 import { runUntilUcall } from '../lib/guest/index.js';
-import { DATA, guestVm } from './guest-vm.js';
+import { DATA, guestSetupSource, guestVm } from './guest-vm.js';
 import { openKvm, thrown, hangBound } from './kvm-host.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const root = fileURLToPath(new URL('..', import.meta.url));
 
 /** The spin guest's counter, read by the host while the guest runs. */
 function counter(mem: Uint8Array, at: number): bigint {
@@ -155,15 +153,7 @@ describe('vcpu.runAsync', () => {
 describe('the process and vCPU threads', () => {
   function child(body: string): { status: number | null; stdout: string; stderr: string; ms: number } {
     const script = `
-      import { Kvm, GuestMemfdFlag } from ${JSON.stringify(root + 'dist/index.js')};
-      import { bootGuest, guestImage } from ${JSON.stringify(root + 'dist/guest/index.js')};
-      const kvm = Kvm.open();
-      const vm = kvm.createVm();
-      const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
-      const map = gmem.map();
-      vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: map, guestMemfd: gmem });
-      const vcpu = vm.createVcpu(0);
-      const boot = (image, args) => bootGuest(vcpu, { image: guestImage(image), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000, args });
+      ${guestSetupSource()}
       ${body}
     `;
     const t0 = Date.now();
@@ -192,15 +182,9 @@ describe('the process and vCPU threads', () => {
     const dir = mkdtempSync(join(tmpdir(), 'kvm-gmem-worker-'));
     const worker = join(dir, 'worker.mjs');
     writeFileSync(worker, `
-      import { Kvm, GuestMemfdFlag } from ${JSON.stringify(root + 'dist/index.js')};
-      import { bootGuest, guestImage } from ${JSON.stringify(root + 'dist/guest/index.js')};
+      ${guestSetupSource()}
       import { parentPort, workerData } from 'node:worker_threads';
-      const vm = Kvm.open().createVm();
-      const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
-      const map = gmem.map();
-      vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: map, guestMemfd: gmem });
-      const vcpu = vm.createVcpu(0);
-      bootGuest(vcpu, { image: guestImage('spin'), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000, args: [0x100000] });
+      boot('spin', [0x100000]);
       vcpu.runAsync();
       parentPort.postMessage('running');
       setTimeout(() => { if (workerData === 'throw') throw new Error('boom'); if (workerData === 'exit') process.exit(3); }, 20);

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { guestSetupSource } from './guest-vm.js';
 import { openKvm } from './kvm-host.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -68,19 +69,11 @@ function last(c: Child): Record<string, unknown> {
   return JSON.parse(lines[lines.length - 1]!) as Record<string, unknown>;
 }
 
-// A worker that boots a guest on vCPU 0 (4 MiB of guest memory) before doing `then`.
+// A worker that boots the spin guest on vCPU 0 (4 MiB of guest memory) before doing `then`.
 const guestWorker = (then: string) => `
-  import { Kvm } from ${lib('kvm/kvm')};
-  import { GuestMemfdFlag } from ${lib('core/constants')};
-  import { bootGuest } from ${lib('guest/boot')};
-  import { guestImage } from ${lib('guest/images')};
+  ${guestSetupSource()}
   import { parentPort, workerData } from 'node:worker_threads';
-  const vm = Kvm.open().createVm();
-  const gmem = vm.createGuestMemfd({ size: 4 << 20, flags: GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED });
-  const map = gmem.map();
-  vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: map, guestMemfd: gmem });
-  const vcpu = vm.createVcpu(0);
-  bootGuest(vcpu, { image: guestImage('spin'), loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000, args: [0x100000] });
+  boot('spin', [0x100000]);
   ${then}
 `;
 

@@ -6,9 +6,9 @@
 // keeping an fd, and work again once the limit is lifted. The error types of the wait and run
 // threads are regressions.test.ts's; here they must at least be Errors.
 import { describe, expect, it, type TestContext } from 'vitest';
-import { hangBound, openKvm, REQUIRE_KVM } from '../kvm-host.js';
-import { CHILD_LIMITS, makeCgroup, type Controller } from './cgroup.js';
-import { describeRun, dist, prelude, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
+import { hangBound, openKvm } from '../kvm-host.js';
+import { CHILD_LIMITS, cgroupOrSkip, type Controller } from './cgroup.js';
+import { dist, expectEnded, prelude, printRefusals, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
 
 /** Tries of each call while the limit holds. */
 const TRIES = scaled(4);
@@ -17,16 +17,6 @@ const MiB = 1 << 20;
 const HEADROOM = 16 * MiB;
 const BIG = 64 * MiB;
 const SMALL = 4 * MiB;
-
-/** A cgroup with `controller`, or a skip (a failure under KVM_GMEM_REQUIRE_KVM: the VM has cgroup2 with both). */
-function cgroupOrSkip(ctx: TestContext, controller: Controller) {
-  const cg = makeCgroup(controller);
-  if (typeof cg === 'string') {
-    if (REQUIRE_KVM) throw new Error(`KVM_GMEM_REQUIRE_KVM=1 but no ${controller} cgroup can be made: ${cg}`);
-    ctx.skip(cg);
-  }
-  return cg;
-}
 
 /** The calls of one scenario: name -> async () => void, in the child's source. */
 function child(seed: number, kvm: boolean, limit: { once: string; each: string }, calls: string, tries = TRIES): string {
@@ -103,16 +93,13 @@ async function run(ctx: TestContext, name: string, controller: Controller, kvm: 
   try {
     const c = await runNode(source(seed), { timeoutMs: 90_000, wrapper: cg.wrapper, env: cg.env });
     const rescues = rescuer?.stop() ?? 0;
-    expect(c.timedOut, `seed ${seed}: ${describeRun(c)}`).toBe(false);
-    expect(c.stderr, `seed ${seed}`).toBe('');
-    expect(c.status, describeRun(c)).toBe(0);
+    expectEnded(c, seed);
     const r = result<{ tries: Try[]; after: Try[]; left: unknown; failed?: string }>(c);
     expect(r.failed, JSON.stringify(r)).toBeUndefined();
     const refused = r.tries.filter((t) => !t.ok);
     summary(name, { calls: r.tries.length, afterwards: r.after.length }, c.ms);
-    const codes = [...new Set(refused.map((t) => `${t.name}: ${t.error?.ctor} ${t.error?.code ?? '(no code)'} (${t.error?.syscall ?? '-'})`))].sort();
-    console.log(`[reliability] ${name} (cgroup v${cg.version}): ${refused.length} refused: ${codes.join('; ')}` +
-      (rescuer ? `; the OOM handler raised the limit ${rescues} times` : ''));
+    printRefusals(`${name} (cgroup v${cg.version})`, refused.map((t) => ({ op: t.name, error: t.error })),
+      rescuer ? `; the OOM handler raised the limit ${rescues} times` : '');
     return r;
   } finally {
     rescuer?.stop();

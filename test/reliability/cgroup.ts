@@ -7,6 +7,8 @@
  */
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { TestContext } from 'vitest';
+import { REQUIRE_KVM } from '../kvm-host.js';
 
 export type Controller = 'pids' | 'memory';
 
@@ -199,4 +201,14 @@ function rescuer(version: 1 | 2, dir: string, env: Record<string, string>): { st
       return rescues;
     },
   };
+}
+
+/** A cgroup with `controller`, or a skip (a failure under KVM_GMEM_REQUIRE_KVM: the VM has cgroup2 with both). */
+export function cgroupOrSkip(ctx: TestContext, controller: Controller): Cgroup {
+  const cg = makeCgroup(controller);
+  if (typeof cg === 'string') {
+    if (REQUIRE_KVM) throw new Error(`KVM_GMEM_REQUIRE_KVM=1 but no ${controller} cgroup can be made: ${cg}`);
+    ctx.skip(cg);
+  }
+  return cg;
 }

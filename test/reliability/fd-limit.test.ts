@@ -6,7 +6,7 @@
 // objects are closed (exactly k slots free again). After all of it, everything works once more.
 import { describe, expect, it, type TestContext } from 'vitest';
 import { hangBound, openKvm } from '../kvm-host.js';
-import { describeRun, dist, prelude, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
+import { dist, expectEnded, prelude, printRefusals, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
 
 /** The most free slots tried, and the fd limit of the child. */
 const K_MAX = 4;
@@ -153,9 +153,7 @@ async function run(ctx: TestContext, name: string, kvm: boolean): Promise<void> 
   const seed = seedOf(name);
   await ctx.annotate(`seed ${seed}`);
   const c = await runNode(source(seed, kvm), { timeoutMs: 90_000, wrapper: ['prlimit', `--nofile=${NOFILE}:${NOFILE}`, '--'] });
-  expect(c.timedOut, `seed ${seed}: ${describeRun(c)}`).toBe(false);
-  expect(c.stderr, `seed ${seed}`).toBe('');
-  expect(c.status, describeRun(c)).toBe(0);
+  expectEnded(c, seed);
   const r = result<{ trials: Trial[]; after: Trial[]; left: unknown }>(c);
   const failed = r.trials.filter((t) => !t.ok);
   summary(name, { trials: r.trials.length, refused: failed.length, afterwards: r.after.length }, c.ms);
@@ -164,8 +162,7 @@ async function run(ctx: TestContext, name: string, kvm: boolean): Promise<void> 
   expect(wrong, `seed ${seed}: trials that kept an fd, failed with room, or failed untyped`).toEqual([]);
   expect(r.after.filter((t) => !t.ok || t.free !== t.k), `seed ${seed}`).toEqual([]);
   expect(r.left, `seed ${seed}`).toEqual({ fds: 0, extra: [], kvm: [], maps: [] });
-  const codes = [...new Set(failed.map((t) => `${t.op}: ${t.error?.ctor} ${t.error?.code} (${t.error?.syscall ?? '-'})`))].sort();
-  console.log(`[reliability] ${name} refusals: ${codes.join('; ')}`);
+  printRefusals(name, failed);
 }
 
 describe(`operations at the fd limit (prlimit --nofile=${NOFILE}, 0..${K_MAX} slots free)`, () => {

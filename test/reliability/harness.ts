@@ -11,8 +11,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, type TestContext } from 'vitest';
-import { hangBound, REQUIRE_KVM } from '../kvm-host.js';
+import { afterAll, expect, type TestContext } from 'vitest';
+import { hangBound, REQUIRE_TOOLS } from '../kvm-host.js';
 import { ROOT } from '../paths.js';
 
 /** The run's seed: every scenario derives its own from it, so one can be replayed alone. */
@@ -215,6 +215,28 @@ export function describeRun(c: ChildRun): string {
     `stderr: ${c.stderr.slice(0, 2000) || '(none)'}; stdout tail: ${c.stdout.slice(-2000)}`;
 }
 
+/** Checks that a child ended by itself, with `status` and nothing on stderr; messages name the seed. */
+export function expectEnded(c: ChildRun, seed: number | undefined, status = 0): void {
+  const what = `${seed === undefined ? '' : `seed ${seed}: `}${describeRun(c)}`;
+  expect(c.timedOut, `the child hung: ${what}`).toBe(false);
+  expect(c.stderr, what).toBe('');
+  expect(c.status, what).toBe(status);
+}
+
+/** An operation a scenario tried that failed, with the error the child described. */
+export interface Refusal {
+  op: string;
+  error?: { ctor?: string; code?: string; syscall?: string } | undefined;
+}
+
+/** Prints one line: each distinct error the refused operations of a scenario met. */
+export function printRefusals(scenario: string, refused: readonly Refusal[], note = ''): string {
+  const codes = [...new Set(refused.map((t) => `${t.op}: ${t.error?.ctor} ${t.error?.code ?? '(no code)'} (${t.error?.syscall ?? '-'})`))].sort();
+  const line = `[reliability] ${scenario}: ${refused.length} refused: ${codes.join('; ')}${note}`;
+  console.log(line);
+  return line;
+}
+
 /** The python3 that hostile peers run on, or undefined (its real path: pyenv shims cost a second each). */
 export function python3(): Promise<string | undefined> {
   return new Promise((resolve) => {
@@ -226,12 +248,17 @@ export function python3(): Promise<string | undefined> {
   });
 }
 
-/** python3 for a hostile peer; README lists it among the requirements: CI has it, elsewhere its absence is a skip. */
+/**
+ * python3 for a hostile peer (README lists it among the requirements). Its absence skips the test
+ * on a developer's machine, and fails it in CI and under KVM_GMEM_REQUIRE_KVM=1: these are
+ * security tests, and a skipped one passes silently.
+ */
 export async function needPython(ctx: TestContext): Promise<string> {
   const py = await python3();
   if (py === undefined) {
-    if (REQUIRE_KVM) throw new Error('python3 (3.9+, with socket.send_fds) is missing: the hostile peers need it');
-    ctx.skip('python3 with socket.send_fds (3.9+) is not available');
+    const reason = 'python3 (3.9+, with socket.send_fds) is missing: the hostile peers need it';
+    if (REQUIRE_TOOLS) throw new Error(`${reason} (a failure, not a skip, in CI and under KVM_GMEM_REQUIRE_KVM=1)`);
+    ctx.skip(reason);
   }
   return py;
 }

@@ -6,10 +6,10 @@
 // closes, and abuses a listener. The receiver (a child Node process on dist/) must give each
 // message its typed error or a well-formed message, and hold no fd more after each than before.
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, type TestContext } from 'vitest';
 import { MAX_PAYLOAD, MAX_PAYLOAD_DEPTH } from '../../lib/ipc/index.js';
 import { hangBound, openKvm } from '../kvm-host.js';
-import { describeRun, dist, needPython, prelude, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
+import { dist, expectEnded, needPython, prelude, result, runNode, scaled, scratch, seedOf, summary } from './harness.js';
 
 const PEER = fileURLToPath(new URL('./hostile-peer.py', import.meta.url));
 /** Passes over the shuffled list of hostile messages; messages in each flood. */
@@ -275,20 +275,27 @@ function checkSteps(results: StepResult[], expected: Record<string, string>, see
   }
 }
 
+/**
+ * Runs the receiver against a peer that sends `expected`'s steps (shuffled, seeded by `scenario`),
+ * and, with `endings`, the peers that end badly; checks the channel run. Returns the child's run.
+ */
+async function hostile(ctx: TestContext, scenario: string, expected: Record<string, string>, kvm: boolean, endings: boolean, timeoutMs: number) {
+  const py = await needPython(ctx);
+  const seed = seedOf(scenario);
+  await ctx.annotate(`seed ${seed}`);
+  const steps = shuffled(Object.keys(expected), seed);
+  const c = await runNode(receiver(seed, py, steps, kvm, endings), { timeoutMs });
+  expectEnded(c, seed);
+  const ch = result<{ results: StepResult[]; peer: PeerEnd; left: number }>(c, 'channel');
+  expect(ch.results.map((r) => r.step)).toEqual(steps);
+  checkSteps(ch.results, expected, seed);
+  expect(ch.peer).toMatchObject({ status: 0, stderr: '' });
+  return { c, seed, ch };
+}
+
 describe('hostile peers, written without the library', () => {
   it(`a raw SEQPACKET peer: ${Object.keys(PLAIN_STEPS).length} kinds of message, ${PASSES} pass(es); hang-ups, a kill and a flood mid-stream; a listener abused`, async (ctx) => {
-    const py = await needPython(ctx);
-    const seed = seedOf('hostile-plain');
-    await ctx.annotate(`seed ${seed}`);
-    const steps = shuffled(Object.keys(PLAIN_STEPS), seed);
-    const c = await runNode(receiver(seed, py, steps, false, true), { timeoutMs: 120_000 });
-    expect(c.timedOut, `seed ${seed}: ${describeRun(c)}`).toBe(false);
-    expect(c.stderr, `seed ${seed}`).toBe('');
-    expect(c.status, describeRun(c)).toBe(0);
-    const ch = result<{ results: StepResult[]; peer: PeerEnd; left: number }>(c, 'channel');
-    expect(ch.results.map((r) => r.step)).toEqual(steps);
-    checkSteps(ch.results, PLAIN_STEPS, seed);
-    expect(ch.peer).toMatchObject({ status: 0, stderr: '' });
+    const { c, seed, ch } = await hostile(ctx, 'hostile-plain', PLAIN_STEPS, false, true, 120_000);
     expect({ left: ch.left, extra: (ch as unknown as { extra: string[] }).extra }).toEqual({ left: 0, extra: [] });
     // Hung up after FLOOD messages: all of them arrive, then end of file.
     expect(result(c, 'close-mid-stream'), `seed ${seed}`).toMatchObject({ got: FLOOD, last: { code: 'ERR_KVM_PEER_CLOSED' }, peer: { status: 0 }, left: 0 });
@@ -320,17 +327,7 @@ describe('hostile peers, written without the library', () => {
 
   it('a raw SEQPACKET peer sends a VM fd and a guest_memfd with a false INIT_SHARED claim', async (ctx) => {
     openKvm(ctx).close();
-    const py = await needPython(ctx);
-    const seed = seedOf('hostile-kvm');
-    await ctx.annotate(`seed ${seed}`);
-    const steps = shuffled(Object.keys(KVM_STEPS), seed);
-    const c = await runNode(receiver(seed, py, steps, true, false), { timeoutMs: 60_000 });
-    expect(c.timedOut, `seed ${seed}: ${describeRun(c)}`).toBe(false);
-    expect(c.stderr, `seed ${seed}`).toBe('');
-    expect(c.status, describeRun(c)).toBe(0);
-    const ch = result<{ results: StepResult[]; peer: PeerEnd; left: number }>(c, 'channel');
-    checkSteps(ch.results, KVM_STEPS, seed);
-    expect(ch.peer).toMatchObject({ status: 0, stderr: '' });
+    const { c } = await hostile(ctx, 'hostile-kvm', KVM_STEPS, true, false, 60_000);
     expect(result<{ left: number }>(c).left).toBe(0);
     summary('hostile-kvm', { messages: result<{ messages: number }>(c).messages, peers: 1 }, c.ms);
   }, hangBound(100_000));

@@ -8,7 +8,7 @@
 import { expect, type TestContext } from 'vitest';
 import { hangBound } from '../kvm-host.js';
 import { blockingWorker, SYNC_KINDS } from './blocking-worker.js';
-import { describeRun, prelude, result, runNode, scratch, seedOf, summary, writeModule } from './harness.js';
+import { expectEnded, prelude, result, runNode, scratch, seedOf, summary, writeModule } from './harness.js';
 
 /** How long an ending may take to settle (terminate() or the Worker's own exit). */
 export const SETTLE_MS = hangBound(5_000);
@@ -110,12 +110,10 @@ export async function terminateScenario(ctx: TestContext, name: string, kinds: r
   const seed = seedOf(name);
   await ctx.annotate(`seed ${seed}`);
   const c = await runNode(source(kinds, seed, o), { timeoutMs: 120_000 });
-  expect(c.timedOut, `the scenario hung (seed ${seed}): ${describeRun(c)}`).toBe(false);
+  // process.exit(5) with every kind blocked in a Worker: it returned.
+  expectEnded(c, seed, 5);
   const r = result<{ rounds: Round[]; ops: number; failed?: string }>(c);
   expect(r.failed, `seed ${seed}: ${JSON.stringify(r)}`).toBeUndefined();
-  expect(c.stderr, `seed ${seed}`).toBe('');
-  // process.exit(5) with every kind blocked in a Worker: it returned.
-  expect(c.status, describeRun(c)).toBe(5);
   expect(r.rounds.length).toBe(kinds.length * o.rounds);
   const bad = r.rounds.filter((x) => x.errors.length > 0 || x.left.fds !== 0 || x.left.kvm.length > 0 || x.left.maps.length > 0 ||
     x.left.threads !== 0 || x.settleMs > SETTLE_MS);
