@@ -27,6 +27,7 @@ import {
   GMEM_FLAGS, GuestLoop, REBIND_THREAD, UAPI_HEADER, Layout, MiB, Op, Tag, attempt, checkPattern, control, dataPages, logLine,
   msBetween, now, stateFromJson, tell, VCPU_ID, vmmEntry, writeState, type HandoverAck, type HandoverPayload,
   type NewVmmConfig, type Probes, type RebindSurvey,
+  type NewResult,
 } from './common.js';
 
 const log = (text: string) => logLine('new', text);
@@ -201,15 +202,7 @@ async function main(): Promise<void> {
 interface Driven {
   /** Set when the orchestrator says the old VMM exited (ns). */
   oldExitedAt: bigint | undefined;
-  done: Promise<{
-    guestVerify: { stride: number; pages: number; pagesTotal: number; ms: number };
-    counterFirstTick: string;
-    counterLast: string;
-    ticks: number;
-    ticksAfterOldExit: number;
-    ranAfterOldExitMs: number;
-    done: boolean;
-  }>;
+  done: Promise<Pick<NewResult, 'guestVerify' | 'counterFirstTick' | 'counterLast' | 'ticks' | 'ticksAfterOldExit' | 'ranAfterOldExitMs' | 'done'>>;
 }
 
 /**
