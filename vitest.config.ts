@@ -1,5 +1,5 @@
 import { fileURLToPath } from 'node:url';
-import { defineConfig } from 'vitest/config';
+import { configDefaults, defineConfig } from 'vitest/config';
 
 const lib = fileURLToPath(new URL('./lib/', import.meta.url));
 
@@ -16,6 +16,8 @@ export default defineConfig({
   },
   test: {
     include: ['test/**/*.test.ts'],
+    // The user-project test packs and installs from the registry: on the host (npm run test:package).
+    exclude: [...configDefaults.exclude, 'test/package/**'],
     // Each file in its own process: a native crash fails that file, not the whole run.
     pool: 'forks',
     // Tests allocate and fill 1 GiB and run 10,000 create/close cycles; these machines are shared.

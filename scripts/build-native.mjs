@@ -1,8 +1,13 @@
 #!/usr/bin/env node
-// Builds the addon with node-gyp (run by `npm install`). Plain Node, no dependencies beyond
-// node-gyp, because it runs before devDependencies exist on a user's machine.
+// Builds the addon with node-gyp. Plain Node, no dependencies beyond node-gyp-build and node-gyp,
+// because it runs as the install script, before devDependencies exist on a user's machine.
 //
 //   node scripts/build-native.mjs               node-gyp rebuild (configure and build from scratch)
+//   node scripts/build-native.mjs --unless-prebuilt
+//                                               nothing when the package's prebuilt binary loads on
+//                                               this machine (the install script: a user's install
+//                                               compiles only where the prebuilt cannot serve, or
+//                                               when asked with --build-from-source)
 //   node scripts/build-native.mjs --if-changed  nothing when the addon and the guest images are newer
 //                                               than every file they are built from; else an
 //                                               incremental `node-gyp build` (make follows headers),
@@ -20,7 +25,28 @@ import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
-const nodeGyp = join(dirname(require.resolve('node-gyp/package.json')), 'bin', 'node-gyp.js');
+
+/** Whether the prebuilt binary under prebuilds/ loads here (node-gyp-build picks it as at run time). */
+function prebuiltLoads() {
+  process.env.PREBUILDS_ONLY = '1';
+  try {
+    require(require('node-gyp-build').resolve(root));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** node-gyp: ours in a checkout; in a user's project the one npm runs install scripts with. */
+function nodeGypBin() {
+  try {
+    return join(dirname(require.resolve('node-gyp/package.json')), 'bin', 'node-gyp.js');
+  } catch {
+    if (process.env.npm_config_node_gyp) return process.env.npm_config_node_gyp;
+    console.error('kvm-gmem: building the addon from source needs node-gyp: run `npm rebuild kvm-gmem` (npm brings its own) or install node-gyp');
+    process.exit(1);
+  }
+}
 
 const mtime = (p) => (existsSync(p) ? statSync(p).mtimeMs : 0);
 
@@ -53,10 +79,13 @@ function needed() {
   return addonStale || imagesStale ? 'build' : 'nothing';
 }
 
+if (process.argv.includes('--unless-prebuilt') && process.env.npm_config_build_from_source !== 'true' && prebuiltLoads()) {
+  process.exit(0);
+}
 const what = process.argv.includes('--if-changed') ? needed() : 'rebuild';
 if (what === 'nothing') process.exit(0);
 
-const args = [nodeGyp, what];
+const args = [nodeGypBin(), what];
 const prefix = dirname(dirname(process.execPath));
 if (!process.env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'node_api.h'))) {
   args.push(`--nodedir=${prefix}`);

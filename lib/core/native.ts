@@ -1,11 +1,13 @@
 /**
  * Loads the C++ addon and describes its functions. Internal: users go through the classes.
  *
- * The addon is build/Release/kvm_gmem.node (node-gyp, the default build), or the file named by
+ * The addon is found by node-gyp-build: a source build in build/Release/ (node-gyp, the default
+ * build), else the package's prebuilt binary in prebuilds/linux-x64/; or it is the file named by
  * the KVM_GMEM_ADDON environment variable (used to test the cmake-js build of the same sources).
  * @module
  * @internal
  */
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
@@ -232,27 +234,45 @@ export interface NativeAddon {
   FdWatch: new (fd: number) => NativeFdWatch;
 }
 
-/** The addon file this process loads: $KVM_GMEM_ADDON, else the node-gyp build. */
-export const addonPath: string = process.env.KVM_GMEM_ADDON
-  ? resolve(process.env.KVM_GMEM_ADDON)
-  : resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'Release', 'kvm_gmem.node');
+/** The package's root directory (this file is dist/core/native.js). */
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-/** The build directory holding the addon; the guest images are built beside it (guest/). */
+/** The command that makes a loadable addon: a checkout builds its own; a user's install rebuilds. */
+const fixCommand = existsSync(resolve(packageRoot, '.git')) ? 'npm run build:native' : 'npm rebuild kvm-gmem';
+
+/**
+ * The addon file this process loads: $KVM_GMEM_ADDON, else what node-gyp-build picks: a source
+ * build in build/Release/ when there is one, else the package's prebuilt binary for this platform
+ * (prebuilds/linux-x64/, one Node-API 8 binary for every Node version).
+ */
+function findAddon(require: NodeRequire): string {
+  if (process.env.KVM_GMEM_ADDON) return resolve(process.env.KVM_GMEM_ADDON);
+  try {
+    return (require('node-gyp-build') as { resolve(dir: string): string }).resolve(packageRoot);
+  } catch (e) {
+    throw addonError(
+      `kvm-gmem: no native addon for ${process.platform}-${process.arch} in ${packageRoot} ` +
+        `(no prebuilt binary, no build). Fix: ${fixCommand}`,
+      e,
+    );
+  }
+}
+
+const require = createRequire(import.meta.url);
+
+/** The addon file this process loads. */
+export const addonPath: string = findAddon(require);
+
+/** The directory holding the addon; the guest images are beside it (guest/). */
 export const addonDir: string = dirname(addonPath);
 
 function load(): NativeAddon {
-  const require = createRequire(import.meta.url);
   const path = addonPath;
   let addon: NativeAddon;
   try {
     addon = require(path) as NativeAddon;
   } catch (e) {
-    const err = new Error(
-      `kvm-gmem: cannot load the native addon at ${path}: ${(e as Error).message}. ` +
-        'Build it with `npm install` (node-gyp) or `npm run build:cmake`.',
-    );
-    (err as Error & { cause: unknown }).cause = e;
-    throw err;
+    throw addonError(`kvm-gmem: cannot load the native addon ${path}: ${firstLine(e)}. Fix: ${fixCommand}`, e);
   }
   addon.setErrorFactory((errno, syscall, request, detail, description) =>
     errnoError(errno, syscall, detail, request || undefined, undefined, description),
@@ -264,3 +284,13 @@ function load(): NativeAddon {
 
 /** The loaded addon. */
 export const native: NativeAddon = load();
+
+/** The first line of a loader error (dlopen's reason, without require's stack of callers). */
+function firstLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
+}
+
+/** The load failure: a short message naming the fix, code ERR_KVM_ADDON_MISSING, the loader's error as cause. */
+function addonError(message: string, cause: unknown): Error & { code: string } {
+  return Object.assign(new Error(message, { cause }), { code: 'ERR_KVM_ADDON_MISSING' });
+}
