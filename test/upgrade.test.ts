@@ -14,8 +14,9 @@ import {
   stateToJson, writePattern, writeState, type VcpuStateJson,
 } from '../experiments/upgrade/common.js';
 import {
-  EXPECTED_PROBES, MAX_SIZE_MIB, checkStride, experimentOptions, type ExperimentReport, type RunResult, type SizeSummary,
+  EXPECTED_PROBES, MAX_SIZE_MIB, checkStride, experimentOptions, summarizeSizes, type ExperimentReport, type RunResult,
 } from '../experiments/upgrade/experiment.js';
+import { UPGRADE_OPTIONS, UPGRADE_USAGE } from '../experiments/upgrade/command.js';
 import { TABLE_COLUMNS, formatMs, formatReport, niceScale, renderSvg, reportJson } from '../experiments/upgrade/report.js';
 import { gmemVm, hangBound } from './kvm-host.js';
 import { ROOT } from './paths.js';
@@ -176,10 +177,27 @@ describe('the experiment as a program', () => {
     expect(help.status, help.stderr).toBe(0);
     expect(help.stdout).toMatch(/^usage: npm run upgrade-experiment -- \[options\]\n/);
     expect(help.stdout).toMatch(/--sizes LIST/);
+    expect(help.stdout).toBe(UPGRADE_USAGE);
     const bad = spawnSync(process.execPath, [main, '--sizes', '3'], { encoding: 'utf8', timeout: hangBound(30_000) });
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/^upgrade-experiment: memory sizes must be even numbers of MiB/);
+    // A chart that could not be written is a usage error before the run, not a lost run at its end.
+    const cwd = mkdtempSync(join(scratch, 'cwd-'));
+    for (const [chart, why] of [[join(scratch, 'no-such-dir', 'c.svg'), /cannot write in .*no-such-dir \(ENOENT\)/], [scratch, /is a directory/], ['', /--chart needs a file name/]] as const) {
+      const r = spawnSync(process.execPath, [main, '--sizes', '2', '--chart', chart], { cwd, encoding: 'utf8', timeout: hangBound(30_000) });
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(why);
+      expect(r.stdout).toBe('');
+    }
+    expect(readdirSync(cwd)).toEqual([]);
   }, hangBound(180_000));
+
+  it('--help lists every option the command takes; no file is written unless --chart names one', () => {
+    const listed = [...UPGRADE_USAGE.matchAll(/^ {2}(?:-(\w), )?--([\w-]+)/gm)].map((m) => m[2]);
+    expect(listed.sort()).toEqual(Object.keys(UPGRADE_OPTIONS).sort());
+    expect(UPGRADE_USAGE).toMatch(/--chart FILE +also write an SVG chart to FILE.*\n.*\(default: no file is written\)/);
+    expect(UPGRADE_USAGE).not.toMatch(/\.svg/);
+  });
 });
 
 describe('upgrade-experiment, end to end', () => {
@@ -187,13 +205,16 @@ describe('upgrade-experiment, end to end', () => {
     using vm = gmemVm(ctx, SHARED);
     expect(vm.checkExtension(Cap.GUEST_MEMFD)).toBe(1);
     const main = buildExperiment();
+    const cwd = mkdtempSync(join(scratch, 'cwd-'));
     const chart = join(scratch, 'chart.svg');
     const r = spawnSync(process.execPath, [main, '--sizes', '16', '--runs', '1', '--json', '--chart', chart, '--after-ms', '300'], {
-      encoding: 'utf8', timeout: hangBound(120_000),
+      cwd, encoding: 'utf8', timeout: hangBound(120_000),
     });
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/upgrade-experiment: 16 MiB: blackout [\d.]+ ms/);
-    const rep = JSON.parse(r.stdout) as ExperimentReport;
+    expect(r.stderr).toContain(`upgrade-experiment: chart written to ${chart}\n`);
+    expect(readdirSync(cwd)).toEqual([]); // the chart went where --chart said, nothing else was written
+    const rep = JSON.parse(r.stdout) as ExperimentReport; // stdout is the JSON and nothing else
     expect(rep.ok).toBe(true);
     expect(rep.runs).toHaveLength(1);
     const run = rep.runs[0]!;
@@ -235,6 +256,21 @@ describe('upgrade-experiment, end to end', () => {
     expect(run.pauseMs).toBeLessThan(run.handoverMs);
     const svg = readFileSync(chart, 'utf8');
     expect(checkXml(svg)).toBe('svg');
+  }, hangBound(300_000));
+
+  it('writes no file without --chart, and with --json prints only the JSON', (ctx) => {
+    using _vm = gmemVm(ctx, SHARED);
+    const main = buildExperiment();
+    const cwd = mkdtempSync(join(scratch, 'cwd-'));
+    const r = spawnSync(process.execPath, [main, '--sizes', '2', '--runs', '1', '--json', '--after-ms', '300'], {
+      cwd, encoding: 'utf8', timeout: hangBound(120_000),
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(readdirSync(cwd)).toEqual([]);
+    expect(r.stderr).not.toMatch(/chart/);
+    const rep = JSON.parse(r.stdout) as ExperimentReport;
+    expect(rep.ok).toBe(true);
+    expect(rep.sizes.map((s) => [s.sizeMiB, s.medianRun])).toEqual([[2, 1]]);
   }, hangBound(300_000));
 });
 
@@ -291,16 +327,27 @@ function fakeRun(sizeMiB: number, over: Partial<RunResult> = {}): RunResult {
 }
 
 function fakeReport(runs: RunResult[]): ExperimentReport {
-  const sizes: SizeSummary[] = runs.map((r) => ({
-    sizeMiB: r.sizeMiB, bytes: r.bytes, runs: 1, filledBy: r.filledBy, pauseMs: r.pauseMs, handoverMs: r.handoverMs,
-    copyMs: r.copyMs, restoreMs: r.restoreMs, blackoutMs: r.blackoutMs, copyGiBps: r.copyGiBps, prepareMs: r.prepareMs,
-    blackoutRange: [r.blackoutMs, r.blackoutMs + 1], guestCheckStride: r.guestVerify.stride, ok: r.failures.length === 0,
-  }));
+  const sizesMiB = [...new Set(runs.map((r) => r.sizeMiB))];
+  const perSize = Math.max(...sizesMiB.map((m) => runs.filter((r) => r.sizeMiB === m).length));
+  const options = experimentOptions({ sizesMiB, runs: perSize });
   return {
     host: { kernel: '6.18.0 <test>', arch: 'x64', paging: 'shadow', cpus: 2, memoryGiB: 24 },
-    options: { ...experimentOptions({ sizesMiB: runs.map((r) => r.sizeMiB) }) },
-    runs, sizes, probes: runs[0]!.probes, probesAgree: true, rebind: runs[0]!.rebind, ok: runs.every((r) => r.failures.length === 0),
+    options, runs, sizes: summarizeSizes(runs, options), probes: runs[0]!.probes, probesAgree: true, rebind: runs[0]!.rebind,
+    ok: runs.every((r) => r.failures.length === 0),
   };
+}
+
+/** A run whose parts are `[handover, copy, restore]` ms. */
+function partsRun(sizeMiB: number, run: number, [handoverMs, copyMs, restoreMs]: [number, number, number], over: Partial<RunResult> = {}): RunResult {
+  return fakeRun(sizeMiB, {
+    run, handoverMs, copyMs, restoreMs, blackoutMs: handoverMs + copyMs + restoreMs, copyGiBps: sizeMiB / 1024 / (copyMs / 1000), ...over,
+  });
+}
+
+/** The bar of each `<rect>` with a tooltip: [tooltip, y, height]. */
+function segments(svg: string): [string, number, number][] {
+  return [...svg.matchAll(/<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)" fill="#\w+"><title>([^<]*)<\/title><\/rect>/g)]
+    .map((m) => [m[3]!, Number(m[1]), Number(m[2])]);
 }
 
 describe('the report', () => {
@@ -352,6 +399,77 @@ describe('the report', () => {
     const svg2 = renderSvg({ ...failed, sizes: failed.sizes.map((s) => (s.sizeMiB === 128 ? { ...s, ok: false } : s)) });
     expect(checkXml(svg2)).toBe('svg');
     expect(svg2).toContain('>failed</text>');
+  });
+
+  it('summarises each size by its median completed run (the lower of two), the range over the completed runs', () => {
+    const runs = [
+      partsRun(64, 1, [2, 50, 3]), partsRun(64, 2, [2, 17, 3]), partsRun(64, 3, [2, 20, 3]),
+      partsRun(128, 1, [2, 30, 3]), partsRun(128, 2, [2, 90, 3]), partsRun(128, 3, [2, 10, 3], { failures: ['x'] }), partsRun(128, 4, [2, 35, 3]),
+      partsRun(256, 1, [NaN, NaN, NaN], { failures: ['y'] }),
+    ];
+    const [a, b, c] = summarizeSizes(runs, experimentOptions({ sizesMiB: [64, 128, 256] }));
+    expect([a!.medianRun, a!.blackoutMs, a!.copyMs, a!.blackoutRange, a!.runs, a!.ok]).toEqual([3, 25, 20, [22, 55], 3, true]);
+    expect([b!.medianRun, b!.blackoutMs, b!.blackoutRange, b!.runs, b!.ok]).toEqual([4, 40, [35, 95], 4, false]);
+    expect([c!.medianRun, c!.blackoutMs, c!.blackoutRange, c!.ok]).toEqual([NaN, NaN, [NaN, NaN], false]);
+  });
+
+  it('charts every run: one stacked bar per run in run order, the median run outlined, median and range above', () => {
+    // Shaped on a real run of this host (README's table), with one slow run: a 2.6x spread at 1 GiB.
+    const runs = [
+      partsRun(64, 1, [2.4, 19.8, 3.8]), partsRun(64, 2, [2.0, 15.9, 3.1]), partsRun(64, 3, [2.2, 17.1, 3.5]),
+      partsRun(1024, 1, [2.1, 142, 5.1]), partsRun(1024, 2, [2.3, 381, 7.0]), partsRun(1024, 3, [2.0, 139, 5.3]),
+      partsRun(4032, 1, [2.9, 568, 26.1]), partsRun(4032, 2, [2.5, 560, 24.0]), partsRun(4032, 3, [3.1, 575, 25.2]),
+    ];
+    const r3 = fakeReport(runs);
+    const svg = renderSvg(r3);
+    expect(checkXml(svg)).toBe('svg');
+    expect(svg).toContain('3 runs per size, one bar each in run order, the median outlined');
+    // Three parts for each of the nine runs, named by size and run, in run order left to right.
+    const segs = segments(svg);
+    expect(segs).toHaveLength(3 * 9);
+    expect(segs.slice(9, 18).map(([t]) => t)).toEqual(
+      [1, 2, 3].flatMap((n) => ['handover', 'copy', 'restore'].map((p) => expect.stringMatching(new RegExp(`^1 GiB run ${n} ${p}: `)) as unknown as string)),
+    );
+    expect(segs[13]![0]).toBe('1 GiB run 2 copy: 381 ms');
+    const xs = [...svg.matchAll(/<rect x="([\d.]+)"[^>]*><title>1 GiB run (\d) handover/g)].map((m) => [Number(m[1]), Number(m[2])]);
+    expect(xs.map(([, n]) => n)).toEqual([1, 2, 3]);
+    expect(xs[0]![0]).toBeLessThan(xs[1]![0]!);
+    expect(xs[1]![0]).toBeLessThan(xs[2]![0]!);
+    // The slow run is drawn 2.6 times as tall as the fastest (one linear axis for all runs), and within the plot.
+    const height = (n: number) => segs.filter(([t]) => t.startsWith(`1 GiB run ${n} `)).reduce((a, [, , h]) => a + h, 0);
+    expect(height(2) / height(3)).toBeCloseTo(390.3 / 146.3, 1);
+    for (const [, y0] of segs) expect(y0).toBeGreaterThanOrEqual(80);
+    // One outline per size, around its median run (the table's row), none elsewhere.
+    const outlines = [...svg.matchAll(/<rect x="([\d.]+)" [^>]*fill="none" stroke="#222222"[^>]*\/>/g)].map((m) => Number(m[1]));
+    expect(r3.sizes.map((s) => s.medianRun)).toEqual([3, 1, 1]);
+    const xOf = (name: string) => Number(new RegExp(`<rect x="([\\d.]+)"[^>]*><title>${name} handover`).exec(svg)![1]);
+    expect(outlines).toEqual([xOf('64 MiB run 3'), xOf('1 GiB run 1'), xOf('4032 MiB run 1')]);
+    expect(svg).toContain('>median 149 ms</text>');
+    expect(svg).toContain('>range 146-390 ms</text>');
+    expect(svg).toContain('>median 22.8 ms</text>');
+    expect(svg).toContain('>range 21.0-26.0 ms</text>');
+    expect(svg).toContain('>median 597 ms</text>');
+    expect(svg).toContain("outlined: the run with the median blackout (the table's row)");
+    expect(svg).not.toContain('a failed run');
+    // The table's row for 1 GiB is the median run, with the range of all three.
+    expect(formatReport(r3)).toMatch(/^ +1 GiB +guest +2\.10 ms .* 142 ms +5\.10 ms +149 ms +146-390 /m);
+  });
+
+  it('charts a failed run with a red cross and why, and its parts as far as measured', () => {
+    const runs = [
+      partsRun(64, 1, [2, 17, 3]), partsRun(64, 2, [2, 19, 3], { failures: ['the counter did not advance after the resume'] }),
+      partsRun(64, 3, [NaN, NaN, NaN], { failures: ['new VMM: no \'resumed\' within 1000 ms <&>'] }),
+      partsRun(128, 1, [NaN, NaN, NaN], { failures: ['z'] }), partsRun(128, 2, [NaN, NaN, NaN], { failures: ['z'] }),
+    ];
+    const svg = renderSvg(fakeReport(runs));
+    expect(checkXml(svg)).toBe('svg');
+    expect(segments(svg).map(([t]) => t.replace(/:.*/, ''))).toEqual(['64 MiB run 1 handover', '64 MiB run 1 copy', '64 MiB run 1 restore', '64 MiB run 2 handover', '64 MiB run 2 copy', '64 MiB run 2 restore']);
+    expect(svg.match(/fill="#c00000">\u00d7<\/text><title>/g)).toHaveLength(4);
+    expect(svg).toContain('<title>64 MiB run 2 failed: the counter did not advance after the resume</title>');
+    expect(svg).toContain('<title>64 MiB run 3 failed: new VMM: no \'resumed\' within 1000 ms &lt;&amp;&gt;</title>');
+    expect(svg).toContain('a failed run (its parts as far as measured)');
+    expect(svg).toContain('>median 22.0 ms</text>'); // of the one completed run
+    expect(svg).toContain('>every run failed</text>');
   });
 
   it('JSON: NaN becomes null, everything else round-trips', () => {

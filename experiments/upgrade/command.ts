@@ -4,9 +4,9 @@
  * and reports what the kernel allowed and what the takeover cost.
  * @module
  */
-import { writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { accessSync, constants, statSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { MAX_SIZE_MIB, experimentOptions, runExperiment, type ExperimentOptions } from './experiment.js';
 import { formatReport, renderSvg, reportJson } from './report.js';
 
@@ -17,11 +17,21 @@ import { formatReport, renderSvg, reportJson } from './report.js';
  */
 export const DEFAULT_SIZES_MIB = [64, 128, 256, 512, 1024, 2048, 4032];
 
-/** Handovers per size by default (the table shows the run with the median blackout). */
+/** Handovers per size by default (the table shows the run with the median blackout, the chart every run). */
 export const DEFAULT_RUNS = 3;
 
-/** The default chart file, in the current directory. */
-export const DEFAULT_CHART = 'upgrade-experiment.svg';
+/** The command's options (parseArgs); {@link UPGRADE_USAGE} describes each one. */
+export const UPGRADE_OPTIONS = {
+  sizes: { type: 'string' },
+  runs: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  chart: { type: 'string' },
+  'guest-fill-max': { type: 'string' },
+  'guest-check': { type: 'string' },
+  'after-ms': { type: 'string' },
+  verbose: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const satisfies NonNullable<ParseArgsConfig['options']>;
 
 /** The --help text. */
 export const UPGRADE_USAGE = `usage: npm run upgrade-experiment -- [options]
@@ -35,11 +45,12 @@ of its own, restores the vCPU and resumes the guest; the old VMM exits, the gues
 options:
   --sizes LIST          guest memory sizes in MiB, comma-separated, even, 2 to ${MAX_SIZE_MIB}
                         (default ${DEFAULT_SIZES_MIB.join(',')})
-  --runs N              handovers per size; each row shows the run with the median
-                        blackout, and the range of all runs (default ${DEFAULT_RUNS})
+  --runs N              handovers per size; each row of the table shows the run with the
+                        median blackout and the range of all runs, the chart every run
+                        (default ${DEFAULT_RUNS})
   --json                the full report as JSON on stdout instead of the table
-  --chart FILE          where to write the SVG chart (default ${DEFAULT_CHART})
-  --no-chart            write no chart
+  --chart FILE          also write an SVG chart to FILE: the blackout against memory size,
+                        one bar per run stacked by part (default: no file is written)
   --guest-fill-max MiB  the guest writes its own pattern up to this size, else the old VMM
                         does (default 128: guest code is slower at it than the host)
   --guest-check MiB     after the takeover the guest checks every page up to this much data,
@@ -48,8 +59,12 @@ options:
   --verbose             the VMM processes' own progress lines too
   -h, --help            this text
 
-Progress goes to stderr. Exit status: 0 when every takeover succeeded (the guest resumed with its
-memory intact and kept counting after the old VMM exited), 1 when one failed, 2 for bad usage.
+Options go after npm's \`--\` (\`npm run upgrade-experiment --help\` is npm's own help), and npm
+runs the experiment in the checkout's root, where a relative --chart FILE lands. Progress goes to
+stderr; stdout has the table, or with --json only the JSON (\`npm run -s\` keeps npm's own header
+off stdout). Exit status: 0 when every takeover succeeded (the guest resumed with its memory intact
+and kept counting after the old VMM exited), 1 when one failed or the chart could not be written,
+2 for bad usage.
 `;
 
 function parseSizes(text: string): number[] {
@@ -74,23 +89,7 @@ function parseInt10(text: string | undefined, name: string): number | undefined 
 export async function upgradeExperimentCommand(argv: string[]): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        sizes: { type: 'string' },
-        runs: { type: 'string' },
-        json: { type: 'boolean', default: false },
-        chart: { type: 'string' },
-        'no-chart': { type: 'boolean', default: false },
-        'guest-fill-max': { type: 'string' },
-        'guest-check': { type: 'string' },
-        'after-ms': { type: 'string' },
-        verbose: { type: 'boolean', default: false },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-      strict: true,
-      allowPositionals: false,
-    }));
+    ({ values } = parseArgs({ args: argv, options: UPGRADE_OPTIONS, strict: true, allowPositionals: false }));
   } catch (e) {
     process.stderr.write(`upgrade-experiment: ${(e as Error).message}\n\n${UPGRADE_USAGE}`);
     return 2;
@@ -101,6 +100,7 @@ export async function upgradeExperimentCommand(argv: string[]): Promise<number> 
   }
   const log = (line: string) => process.stderr.write(`upgrade-experiment: ${line}\n`);
   let report;
+  let chart: string | undefined;
   try {
     const opts: ExperimentOptions = {
       sizesMiB: values.sizes !== undefined ? parseSizes(values.sizes) : DEFAULT_SIZES_MIB,
@@ -117,6 +117,7 @@ export async function upgradeExperimentCommand(argv: string[]): Promise<number> 
     if (check !== undefined) opts.guestCheckMiB = check;
     if (afterMs !== undefined) opts.afterMs = afterMs;
     experimentOptions(opts); // bad values are a usage error before anything starts
+    if (values.chart !== undefined) chart = chartPath(values.chart);
     const started = performance.now();
     report = await runExperiment(opts);
     log(`done in ${((performance.now() - started) / 1000).toFixed(0)} s`);
@@ -127,12 +128,38 @@ export async function upgradeExperimentCommand(argv: string[]): Promise<number> 
     }
     throw e;
   }
-  let chart: string | undefined;
-  if (!values['no-chart']) {
-    chart = resolve(values.chart ?? DEFAULT_CHART);
-    writeFileSync(chart, renderSvg(report));
-    log(`chart written to ${chart}`);
+  let chartFailed = false;
+  if (chart !== undefined) {
+    try {
+      writeFileSync(chart, renderSvg(report));
+      log(`chart written to ${chart}`);
+    } catch (e) {
+      // The run's results still go to stdout: only the file is lost.
+      log(`could not write the chart: ${(e as Error).message}`);
+      chart = undefined;
+      chartFailed = true;
+    }
   }
   process.stdout.write(values.json ? reportJson(report) : formatReport(report, chart));
-  return report.ok ? 0 : 1;
+  return report.ok && !chartFailed ? 0 : 1;
+}
+
+/**
+ * The absolute path for --chart FILE, checked before the run (which can take minutes): a file
+ * name whose directory exists and is writable. Throws RangeError (a usage error) otherwise.
+ */
+export function chartPath(file: string): string {
+  if (file === '') throw new RangeError('--chart needs a file name');
+  const path = resolve(file);
+  if (existsDir(path)) throw new RangeError(`--chart ${file}: is a directory; give a file name`);
+  try {
+    accessSync(dirname(path), constants.W_OK);
+  } catch (e) {
+    throw new RangeError(`--chart ${file}: cannot write in ${dirname(path)} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  return path;
+}
+
+function existsDir(path: string): boolean {
+  return statSync(path, { throwIfNoEntry: false })?.isDirectory() ?? false;
 }

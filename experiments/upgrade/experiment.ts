@@ -47,7 +47,7 @@ export interface ExperimentOptions {
    * whose accesses KVM turns into MMIO exits.
    */
   sizesMiB: number[];
-  /** Runs per size (the report shows the run with the median blackout). Default 1. */
+  /** Runs per size (the table shows the run with the median blackout, the chart every run). Default 1. */
   runs?: number;
   /**
    * Sizes up to this many MiB have their data region filled by the guest itself; above it the old
@@ -154,6 +154,8 @@ export interface SizeSummary {
   prepareMs: number;
   /** The smallest and largest blackout of the completed runs. */
   blackoutRange: [number, number];
+  /** The number (1-based) of the run summarised here, the median one; NaN when no run completed. */
+  medianRun: number;
   /** Every k-th page the guest checked after the takeover (1: all). */
   guestCheckStride: number;
   /** Whether every run's takeover succeeded. */
@@ -234,20 +236,7 @@ export async function runExperiment(opts: ExperimentOptions): Promise<Experiment
       runs.push(r);
     }
   }
-  const sizes: SizeSummary[] = o.sizesMiB.map((sizeMiB) => {
-    const rs = runs.filter((r) => r.sizeMiB === sizeMiB);
-    const ok = rs.filter((r) => r.failures.length === 0);
-    // The run with the median blackout (the lower one of two), so that its parts add up.
-    const m = [...ok].sort((a, b) => a.blackoutMs - b.blackoutMs)[(ok.length - 1) >> 1];
-    return {
-      sizeMiB, bytes: sizeMiB * MiB, runs: rs.length, filledBy: rs[0]!.filledBy,
-      pauseMs: m?.pauseMs ?? NaN, handoverMs: m?.handoverMs ?? NaN, copyMs: m?.copyMs ?? NaN, restoreMs: m?.restoreMs ?? NaN,
-      blackoutMs: m?.blackoutMs ?? NaN, copyGiBps: m?.copyGiBps ?? NaN, prepareMs: m?.prepareMs ?? NaN,
-      blackoutRange: ok.length ? [ok.reduce((a, r) => Math.min(a, r.blackoutMs), Infinity), ok.reduce((a, r) => Math.max(a, r.blackoutMs), 0)] : [NaN, NaN],
-      guestCheckStride: checkStride(dataPages(sizeMiB * MiB), o.guestCheckMiB),
-      ok: ok.length === rs.length,
-    };
-  });
+  const sizes = summarizeSizes(runs, o);
   const withProbes = runs.filter((r) => r.probes.receivedKinds.length > 0);
   const first = withProbes[0];
   const key = (p: Probes) => JSON.stringify({ ...p });
@@ -264,6 +253,28 @@ export async function runExperiment(opts: ExperimentOptions): Promise<Experiment
     rebind: first?.rebind,
     ok: runs.every((r) => r.failures.length === 0),
   };
+}
+
+/**
+ * The runs of each size in `o.sizesMiB` summarised (see {@link SizeSummary}): the completed run
+ * with the median blackout, the range of the completed runs.
+ */
+export function summarizeSizes(runs: readonly RunResult[], o: Pick<Required<ExperimentOptions>, 'sizesMiB' | 'guestCheckMiB'>): SizeSummary[] {
+  return o.sizesMiB.map((sizeMiB) => {
+    const rs = runs.filter((r) => r.sizeMiB === sizeMiB);
+    const ok = rs.filter((r) => r.failures.length === 0);
+    // The run with the median blackout (the lower one of two), so that its parts add up.
+    const m = [...ok].sort((a, b) => a.blackoutMs - b.blackoutMs)[(ok.length - 1) >> 1];
+    return {
+      sizeMiB, bytes: sizeMiB * MiB, runs: rs.length, filledBy: rs[0]!.filledBy,
+      pauseMs: m?.pauseMs ?? NaN, handoverMs: m?.handoverMs ?? NaN, copyMs: m?.copyMs ?? NaN, restoreMs: m?.restoreMs ?? NaN,
+      blackoutMs: m?.blackoutMs ?? NaN, copyGiBps: m?.copyGiBps ?? NaN, prepareMs: m?.prepareMs ?? NaN,
+      blackoutRange: ok.length ? [ok.reduce((a, r) => Math.min(a, r.blackoutMs), Infinity), ok.reduce((a, r) => Math.max(a, r.blackoutMs), 0)] : [NaN, NaN],
+      medianRun: m?.run ?? NaN,
+      guestCheckStride: checkStride(dataPages(sizeMiB * MiB), o.guestCheckMiB),
+      ok: ok.length === rs.length,
+    };
+  });
 }
 
 /** A VMM child process: its messages in order, its stderr lines, its exit. */

@@ -167,9 +167,20 @@ const SEGMENTS = [
   { key: 'restoreMs', label: 'restore (bind, vCPU, registers)', color: '#59a14f' },
 ] as const;
 
+/** The parts of a blackout that the chart stacks (a run's, or a size's median run's). */
+type Parts = Pick<SizeSummary, (typeof SEGMENTS)[number]['key']>;
+
+/** The stacked height of `p`: its finite parts (a failed run may have measured only some). */
+function stacked(p: Parts): number {
+  return SEGMENTS.reduce((a, g) => a + (Number.isFinite(p[g.key]) ? p[g.key] : 0), 0);
+}
+
 /**
- * The chart: one stacked bar per memory size (handover, copy, restore), the blackout's total
- * above it, a linear millisecond axis. Plain SVG 1.1.
+ * The chart: for each memory size one stacked bar (handover, copy, restore) per run, in run
+ * order, so that the spread between runs and the part it comes from show; with several runs the
+ * median run (the table's row) is outlined, and above each size are its median blackout and the
+ * range of its completed runs. A failed run is marked with a red cross. Linear millisecond axis,
+ * plain SVG 1.1.
  */
 export function renderSvg(rep: ExperimentReport): string {
   const W = 820;
@@ -178,12 +189,17 @@ export function renderSvg(rep: ExperimentReport): string {
   const pw = W - m.left - m.right;
   const ph = H - m.top - m.bottom;
   const sizes = rep.sizes;
-  const total = (s: SizeSummary) => SEGMENTS.reduce((a, g) => a + (Number.isFinite(s[g.key]) ? s[g.key] : 0), 0);
-  // Headroom for the total above the tallest bar.
-  const { top, step } = niceScale(1.06 * Math.max(0, ...sizes.map(total)));
+  const runsOf = (s: SizeSummary) => rep.runs.filter((r) => r.sizeMiB === s.sizeMiB).sort((a, b) => a.run - b.run);
+  const perSize = Math.max(1, ...sizes.map((s) => runsOf(s).length));
+  const multi = perSize > 1;
+  const failedRuns = rep.runs.filter((r) => r.failures.length > 0).length;
+  // Headroom for the labels above the tallest bar (two lines with several runs).
+  const { top, step } = niceScale((multi ? 1.12 : 1.06) * Math.max(0, ...rep.runs.map(stacked), ...sizes.map(stacked)));
   const y = (v: number) => m.top + ph - (v / top) * ph;
   const band = pw / Math.max(1, sizes.length);
-  const bw = Math.min(70, band * 0.6);
+  // One run: a bar as wide as before; several: a group of narrower bars with gaps, within the band.
+  const slot = multi ? Math.min(30, (band * 0.8) / perSize) : Math.min(70, band * 0.6);
+  const bw = multi ? slot * 0.8 : slot;
   const el: string[] = [];
   const h = rep.host;
   el.push(
@@ -193,18 +209,26 @@ export function renderSvg(rep: ExperimentReport): string {
       `kernel ${h.kernel}, ${h.paging} paging, ${h.cpus} CPUs: a new VM cannot bind the received guest_memfd (EINVAL): it is copied`,
     )}</text>`,
     `<text x="${W / 2}" y="64" text-anchor="middle" font-size="12" fill="#555">${esc(
-      `${rep.options.runs > 1 ? `the run with the median blackout of ${rep.options.runs} per size; ` : ''}pause (old VMM) to first KVM_RUN (new VMM), two processes`,
+      `${multi ? `${rep.options.runs} runs per size, one bar each in run order, the median outlined; ` : ''}pause (old VMM) to first KVM_RUN (new VMM), two processes`,
     )}</text>`,
   );
   // Legend: top left of the plot, where the smallest bars leave room; drawn last, over the grid.
-  const legend: string[] = [];
-  legend.push(`<rect x="${m.left + 10}" y="${m.top + 4}" width="300" height="${SEGMENTS.length * 18 + 8}" fill="#ffffff" fill-opacity="0.9" stroke="#cccccc"/>`);
-  [...SEGMENTS].reverse().forEach((g, i) => {
+  const keys: { mark: (ly: number) => string; label: string }[] = [...SEGMENTS].reverse().map((g) => ({
+    mark: (ly) => `<rect x="${m.left + 18}" y="${ly}" width="12" height="12" fill="${g.color}"/>`, label: g.label,
+  }));
+  if (multi) {
+    keys.push({
+      mark: (ly) => `<rect x="${m.left + 18}" y="${ly}" width="12" height="12" fill="#ffffff" stroke="#222222" stroke-width="1.5"/>`,
+      label: 'outlined: the run with the median blackout (the table\'s row)',
+    });
+  }
+  if (failedRuns > 0) keys.push({ mark: (ly) => cross(m.left + 24, ly + 11), label: 'a failed run (its parts as far as measured)' });
+  const legend: string[] = [
+    `<rect x="${m.left + 10}" y="${m.top + 4}" width="320" height="${keys.length * 18 + 8}" fill="#ffffff" fill-opacity="0.9" stroke="#cccccc"/>`,
+  ];
+  keys.forEach((k, i) => {
     const ly = m.top + 12 + i * 18;
-    legend.push(
-      `<rect x="${m.left + 18}" y="${ly}" width="12" height="12" fill="${g.color}"/>`,
-      `<text x="${m.left + 36}" y="${ly + 10}" font-size="11">${esc(g.label)}</text>`,
-    );
+    legend.push(k.mark(ly), `<text x="${m.left + 36}" y="${ly + 10}" font-size="11">${esc(k.label)}</text>`);
   });
   // Axes and grid.
   for (let v = 0; v <= top + 1e-9; v += step) {
@@ -218,24 +242,50 @@ export function renderSvg(rep: ExperimentReport): string {
     `<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${m.top + ph}" stroke="#333"/>`,
     `<line x1="${m.left}" y1="${m.top + ph}" x2="${W - m.right}" y2="${m.top + ph}" stroke="#333"/>`,
     `<text x="18" y="${m.top + ph / 2}" text-anchor="middle" font-size="12" transform="rotate(-90 18 ${m.top + ph / 2})">blackout (ms)</text>`,
-    `<text x="${m.left + pw / 2}" y="${H - 10}" text-anchor="middle" font-size="12">guest memory (copied in full at each handover; below: the copy's share of the blackout, and its rate)</text>`,
+    `<text x="${m.left + pw / 2}" y="${H - 10}" text-anchor="middle" font-size="12">${esc(
+      `guest memory (copied in full at each handover; below: ${multi ? 'the median run\'s' : 'the'} copy share of the blackout, and its rate)`,
+    )}</text>`,
   );
-  // Bars.
+  // Bars: one per run.
   sizes.forEach((s, i) => {
     const cx = m.left + band * (i + 0.5);
-    const x = (cx - bw / 2).toFixed(1);
-    let acc = 0;
-    for (const g of SEGMENTS) {
-      const v = s[g.key];
-      if (!Number.isFinite(v) || v <= 0) continue;
-      const y1 = y(acc + v);
-      const hgt = y(acc) - y1;
-      el.push(`<rect x="${x}" y="${y1.toFixed(1)}" width="${bw.toFixed(1)}" height="${Math.max(hgt, 0.5).toFixed(1)}" fill="${g.color}"><title>${esc(`${formatBytes(s.bytes)} ${g.key.replace('Ms', '')}: ${formatMs(v)}`)}</title></rect>`);
-      acc += v;
+    const rs = runsOf(s);
+    let tallest = 0;
+    rs.forEach((r, j) => {
+      const x = cx - (slot * rs.length) / 2 + slot * j + (slot - bw) / 2;
+      const name = `${formatBytes(s.bytes)}${multi ? ` run ${r.run}` : ''}`;
+      let acc = 0;
+      for (const g of SEGMENTS) {
+        const v = r[g.key];
+        if (!Number.isFinite(v) || v <= 0) continue;
+        const y1 = y(acc + v);
+        const hgt = y(acc) - y1;
+        el.push(`<rect x="${x.toFixed(1)}" y="${y1.toFixed(1)}" width="${bw.toFixed(1)}" height="${Math.max(hgt, 0.5).toFixed(1)}" fill="${g.color}"><title>${esc(`${name} ${g.key.replace('Ms', '')}: ${formatMs(v)}`)}</title></rect>`);
+        acc += v;
+      }
+      tallest = Math.max(tallest, acc);
+      if (multi && r.run === s.medianRun && acc > 0) {
+        el.push(`<rect x="${x.toFixed(1)}" y="${y(acc).toFixed(1)}" width="${bw.toFixed(1)}" height="${(y(0) - y(acc)).toFixed(1)}" fill="none" stroke="#222222" stroke-width="1.5"/>`);
+      }
+      if (r.failures.length > 0) {
+        el.push(`<g>${cross(x + bw / 2, y(acc) - 4)}<title>${esc(`${name} failed: ${r.failures.join('; ')}`)}</title></g>`);
+        tallest = Math.max(tallest, acc + (12 * top) / ph); // the cross sits above the bar
+      }
+    });
+    const med = stacked(s);
+    const at = (line: number) => (y(Math.max(tallest, Number.isFinite(med) ? med : 0)) - 6 - 13 * line).toFixed(1);
+    if (!multi) {
+      const label = !Number.isFinite(s.blackoutMs) ? 'failed' : s.ok ? formatMs(med) : `${formatMs(med)} (a run failed)`;
+      el.push(`<text x="${cx.toFixed(1)}" y="${at(0)}" text-anchor="middle" font-size="11">${esc(label)}</text>`);
+    } else if (!Number.isFinite(s.blackoutMs)) {
+      el.push(`<text x="${cx.toFixed(1)}" y="${at(0)}" text-anchor="middle" font-size="11">every run failed</text>`);
+    } else {
+      el.push(
+        `<text x="${cx.toFixed(1)}" y="${at(0)}" text-anchor="middle" font-size="11">${esc(`median ${formatMs(med)}`)}</text>`,
+        `<text x="${cx.toFixed(1)}" y="${at(1)}" text-anchor="middle" font-size="10" fill="#555">${esc(`range ${formatRange(s.blackoutRange)} ms`)}</text>`,
+      );
     }
-    const label = !Number.isFinite(s.blackoutMs) ? 'failed' : s.ok ? formatMs(total(s)) : `${formatMs(total(s))} (a run failed)`;
     el.push(
-      `<text x="${cx.toFixed(1)}" y="${(y(acc) - 6).toFixed(1)}" text-anchor="middle" font-size="11">${esc(label)}</text>`,
       `<text x="${cx.toFixed(1)}" y="${m.top + ph + 18}" text-anchor="middle" font-size="12">${esc(formatBytes(s.bytes))}</text>`,
       `<text x="${cx.toFixed(1)}" y="${m.top + ph + 32}" text-anchor="middle" font-size="10" fill="#555">${esc(
         Number.isFinite(s.copyGiBps) ? `copy ${((100 * s.copyMs) / s.blackoutMs).toFixed(0)}%` : '',
@@ -252,6 +302,11 @@ export function renderSvg(rep: ExperimentReport): string {
     '</svg>',
     '',
   ].join('\n');
+}
+
+/** A red cross centred on `cx`, its glyph's baseline at `y`: the mark of a failed run. */
+function cross(cx: number, y: number): string {
+  return `<text x="${cx.toFixed(1)}" y="${y.toFixed(1)}" text-anchor="middle" font-size="13" font-weight="bold" fill="#c00000">\u00d7</text>`;
 }
 
 function tickLabel(v: number, step: number): string {
