@@ -245,7 +245,7 @@ const fixCommand = existsSync(resolve(packageRoot, '.git')) ? 'npm run build:nat
  * build in build/Release/ when there is one, else the package's prebuilt binary for this platform
  * (prebuilds/linux-x64/, one Node-API 8 binary for every Node version).
  */
-function findAddon(require: NodeRequire): string {
+function findAddon(require: NodeJS.Require): string {
   if (process.env.KVM_GMEM_ADDON) return resolve(process.env.KVM_GMEM_ADDON);
   try {
     return (require('node-gyp-build') as { resolve(dir: string): string }).resolve(packageRoot);
