@@ -50,14 +50,16 @@ describe('selftest runner', () => {
     expect(lines).toContain('# it did not hold');
     expect(lines).toContain('not ok 2 a.fail');
     expect(lines.some((l) => /^# the call: expected EEXIST, got EINVAL/.test(l))).toBe(true);
-    expect(lines).toContain('not ok 4 a.error # ERROR oops');
+    // An error: the reason before the result (KTAP) and in the YAML block after it (TAP).
+    const err = lines.indexOf('not ok 4 a.error');
+    expect(lines.slice(err - 1, err + 5)).toEqual(['# ERROR: oops', 'not ok 4 a.error', '  ---', '  result: "error"', '  error: "oops"', '  ...']);
     expect(lines).toContain('ok 5 a.skip # SKIP not here');
     expect(lines).toContain('ok 6 a.preskip # SKIP decided before');
     expect(lines.at(-1)).toBe('# Totals: pass:1 fail:2 xfail:0 xpass:0 skip:2 error:1');
     expect(rep.exitCode).toBe(1);
   });
 
-  it('a case that outlives its timeout is a timeout (not ok # TIMEOUT), and its signal aborts', async (ctx) => {
+  it('a case that outlives its timeout is a timeout, and its signal aborts', async (ctx) => {
     openKvm(ctx).close();
     let aborted = false;
     const o = await runCase(mk('slow', (c) => new Promise<void>((resolve) => {
@@ -137,7 +139,10 @@ describe('selftest runner', () => {
     const lines: string[] = [];
     const rep = await runSelftests([spin, mk('c.after', () => {})], probeHost(), { out: (l) => lines.push(l) });
     expect(rep.cases.map((c) => c.result)).toEqual(['timeout', 'pass']);
-    expect(lines).toContain('not ok 1 c.spin # TIMEOUT timed out after 1000 ms');
+    const spun = lines.indexOf('not ok 1 c.spin');
+    expect(lines.slice(spun - 1, spun + 5)).toEqual([
+      '# TIMEOUT: timed out after 1000 ms', 'not ok 1 c.spin', '  ---', '  result: "timeout"', '  error: "timed out after 1000 ms"', '  ...',
+    ]);
     expect(lines.at(-1)).toMatch(/^# Totals: pass:1 fail:1 /);
   });
 

@@ -132,5 +132,11 @@ export function describeHost(h: HostFacts): string {
   if (!h.available) return `kernel ${h.kernel}; ${h.unavailableReason ?? 'KVM is not usable'}`;
   const types = h.vmTypes.map((t) => `${t.name} (gmem flags 0x${t.gmemFlags.toString(16)})`).join(', ');
   const module = h.paging.module ? ` (${h.paging.module})` : '';
-  return `kernel ${h.kernel}; vm types ${types}; paging ${h.paging.mode}${module}; NUMA nodes ${h.numaNodes.join(',')}`;
+  return `kernel ${h.kernel}; vm types ${types}; paging ${h.paging.mode}${module}; ${describeNuma(h.numaNodes)}`;
+}
+
+/** The online NUMA nodes, counted then listed by id: `NUMA 1 node (id 0)`, `NUMA 2 nodes (ids 0,1)`. */
+export function describeNuma(nodes: readonly number[]): string {
+  if (nodes.length === 0) return 'NUMA 0 nodes';
+  return nodes.length === 1 ? `NUMA 1 node (id ${nodes[0]!})` : `NUMA ${nodes.length} nodes (ids ${nodes.join(',')})`;
 }

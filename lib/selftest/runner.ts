@@ -1,7 +1,7 @@
 /**
  * The selftest runner behind `kvm-gmem selftest`: runs a plan of cases one after the other,
- * applies the expectation file, and reports as KTAP (or JSON), with a progress line per case on
- * a second stream.
+ * applies the expectation file, and reports as KTAP (see ktap.ts for the format) or JSON, with a
+ * progress line per case on a second stream.
  * @module
  */
 import { runCase, type CaseOutcome, type SelftestCase } from './harness.js';
@@ -9,7 +9,7 @@ import { expectationFor, failureMatches, type Expectation, type ExpectationFile 
 import type { HostFacts } from './host.js';
 import { describeHost } from './host.js';
 import {
-  diagnostic, emptyTotals, exitCode, KTAP_HEADER, planLine, resultLine, totalsLine, type CaseResult, type Totals,
+  caseLines, diagnostic, emptyTotals, exitCode, KTAP_HEADER, planLine, totalsLine, type CaseResult, type Totals,
 } from './ktap.js';
 
 /** One case's report. */
@@ -121,11 +121,7 @@ export async function runSelftests(cases: readonly SelftestCase[], host: HostFac
       ...(fin.failure !== undefined ? { failure: fin.failure } : {}),
     };
     reports.push(report);
-    for (const d of outcome.diagnostics) out(diagnostic(d));
-    if (fin.result === 'fail' && fin.reason) out(diagnostic(fin.reason));
-    if (fin.result === 'xfail' && fin.failure) out(diagnostic(`failed as expected: ${fin.failure}`));
-    // A skip, error or timeout reason goes in the directive; a fail's message went in a diagnostic above.
-    out(resultLine(n, c.name, fin.result, fin.result === 'fail' ? undefined : fin.reason));
+    for (const line of caseLines(report)) out(line);
     progress(`[${n}/${cases.length}] ${c.name} ${fin.result}${fin.result === 'pass' ? '' : `: ${fin.reason ?? ''}`} (${Math.round(outcome.durationMs)} ms)`);
   }
   out(totalsLine(totals));
