@@ -1,4 +1,5 @@
 // Kvm: the system fd. Checked against /proc/self/fd, fdinfo and the kernel's answers.
+import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Cap, GuestMemfdFlag, Kvm, KvmError, KvmStateError, VmType } from '../lib/index.js';
 import { countFds, fdLink, isCloexec, needCap, openKvm, thrown } from './kvm-host.js';
@@ -18,8 +19,12 @@ describe('Kvm.open', () => {
     expect(e.code).toBe('ENOENT');
     expect(e.errno).toBe(-2);
     expect(e.syscall).toBe('open');
-    expect(e.message).toMatch(/modprobe kvm_intel or kvm_amd/);
+    // The hint says what is wrong on this host: where the device is, or why there is none.
     expect(e.message).toContain('/nonexistent/kvm');
+    expect(e.message.endsWith(`. ${(e as KvmError).hint!}`)).toBe(true);
+    expect((e as KvmError).hint).toMatch(existsSync('/dev/kvm')
+      ? /^there is no \/nonexistent\/kvm \(the KVM device of this host is \/dev\/kvm\)$/
+      : /(^\/nonexistent\/kvm does not exist and this kernel has no KVM device: kvm is (not )?loaded|^the kernel has a KVM device)/);
   });
 
   it('refuses a device that is not KVM (KVM_GET_API_VERSION fails) and leaks no fd', () => {

@@ -5,7 +5,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { arch, release } from 'node:os';
 import { Cap, GuestMemfdFlag, VmType, decodeBits, type CapName } from '../core/constants.js';
-import { KvmError } from '../core/errors.js';
+import { KvmError, diagnoseKvmDevice, type KvmDeviceFacts } from '../core/errors.js';
 import { Kvm, KVM_DEVICE } from '../kvm/kvm.js';
 import type { Vm } from '../kvm/vm.js';
 
@@ -32,7 +32,16 @@ export interface HostInfo {
   /** Whether this process could open the device. */
   canOpen: boolean;
   /** Why it could not, with what to do, when canOpen is false. */
-  openError?: { code: string; message: string };
+  openError?: {
+    /** The errno name ('ENOENT', 'EACCES'...). */
+    code: string;
+    /** The error's message (with the hint at its end). */
+    message: string;
+    /** What is wrong on this host and the command that fixes it, when known. */
+    hint?: string;
+    /** What the hint was made from: the node, the KVM modules, the CPU, this user's groups. */
+    device?: KvmDeviceFacts;
+  };
   /** KVM_GET_API_VERSION. */
   apiVersion?: number;
   /** Every named capability. */
@@ -130,7 +139,11 @@ export function hostInfo(device: string = KVM_DEVICE): HostInfo {
     kvm = Kvm.open(device);
   } catch (e) {
     const err = e as Error & { code?: string };
-    info.openError = { code: err.code ?? 'ERROR', message: err.message };
+    info.openError = {
+      code: err.code ?? 'ERROR', message: err.message,
+      ...(e instanceof KvmError && e.hint !== undefined ? { hint: e.hint } : {}),
+      ...(e instanceof KvmError && e.syscall === 'open' ? { device: diagnoseKvmDevice(device, e.code).facts } : {}),
+    };
     return info;
   }
   using k = kvm;
@@ -178,7 +191,11 @@ export function formatHostInfo(info: HostInfo): string {
   lines.push(`kernel        ${info.kernel} (${info.arch})`);
   lines.push(`device        ${info.device}: ${info.canOpen ? 'opened by this process' : 'cannot be opened'}`);
   if (!info.canOpen) {
-    lines.push(`              ${info.openError?.message ?? 'unknown error'}`);
+    const err = info.openError;
+    const hint = err?.hint;
+    const message = err?.message ?? 'unknown error';
+    lines.push(`              ${hint !== undefined && message.endsWith(`. ${hint}`) ? message.slice(0, -hint.length - 2) : message}`);
+    if (hint !== undefined) lines.push(`hint          ${hint}`);
     return lines.join('\n') + '\n';
   }
   lines.push(`api version   ${info.apiVersion ?? 'unknown'}`);

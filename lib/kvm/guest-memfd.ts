@@ -4,7 +4,7 @@
  * @module
  */
 import { FallocMode, GuestMemfdFlag, PAGE_SIZE } from '../core/constants.js';
-import { argTypeError, argRangeError } from '../core/errors.js';
+import { argTypeError, argRangeError, explain } from '../core/errors.js';
 import type { ReceivedFd } from '../ipc/message.js';
 import type { FdFacts } from '../core/fd-identity.js';
 import { dupOption, fdArgument, takeOver } from './adopt.js';
@@ -173,7 +173,7 @@ export class GuestMemfd extends FdResource {
   allocate(offset: number | bigint, length: number | bigint): void {
     const o = off(offset, 'offset');
     const l = off(length, 'length');
-    native.fallocate(this.open(), FallocMode.KEEP_SIZE, o, l);
+    this.#fallocate(FallocMode.KEEP_SIZE, o, l, false);
   }
 
   /**
@@ -185,7 +185,16 @@ export class GuestMemfd extends FdResource {
   punchHole(offset: number | bigint, length: number | bigint): void {
     const o = off(offset, 'offset');
     const l = off(length, 'length');
-    native.fallocate(this.open(), FallocMode.KEEP_SIZE | FallocMode.PUNCH_HOLE, o, l);
+    this.#fallocate(FallocMode.KEEP_SIZE | FallocMode.PUNCH_HOLE, o, l, true);
+  }
+
+  #fallocate(mode: number, offset: bigint, length: bigint, punch: boolean): void {
+    const fd = this.open();
+    try {
+      native.fallocate(fd, mode, offset, length);
+    } catch (e) {
+      throw explain(e, { call: 'fallocate', punch, offset, length, size: this.size });
+    }
   }
 
   /**
@@ -200,8 +209,8 @@ export class GuestMemfd extends FdResource {
    *
    * With `options.align`, the address is a multiple of it (a PROT_NONE reservation of
    * length + align is made, the file mapped inside it with MAP_FIXED, the slack unmapped).
-   * @throws KvmError (syscall 'mmap'): ENODEV without GuestMemfdFlag.MMAP, EINVAL when
-   * unaligned, ENOMEM; RangeError for a length of 0, over 4 GiB, past the end of the file
+   * @throws KvmError (syscall 'mmap'): ENODEV without GuestMemfdFlag.MMAP (its `hint` says so),
+   * EINVAL when unaligned, ENOMEM; RangeError for a length of 0, over 4 GiB, past the end of the file
    * (unless `beyondEnd`; a host access there would raise SIGBUS), or a bad `align`;
    * TypeError for bad options; ERR_KVM_CLOSED after close()
    */
@@ -227,7 +236,14 @@ export class GuestMemfd extends FdResource {
         : undefined;
     const flags = beyondEnd ? MapSharedFlag.BEYOND_END : 0;
     checkMappingRoom();
-    return Mapping.fromNative(native.mapShared(this.open(), o, l, flags, align), o, privateReason, pastEofReason);
+    const fd = this.open();
+    let mapped: ReturnType<typeof native.mapShared>;
+    try {
+      mapped = native.mapShared(fd, o, l, flags, align);
+    } catch (e) {
+      throw explain(e, { call: 'map-guest-memfd', flags: this.flags, offset: o });
+    }
+    return Mapping.fromNative(mapped, o, privateReason, pastEofReason);
   }
 }
 

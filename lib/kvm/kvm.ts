@@ -3,8 +3,8 @@
  * @module
  */
 import { decodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmError, argTypeError } from '../core/errors.js';
-import { VmType } from '../core/constants.js';
+import { argTypeError, explain } from '../core/errors.js';
+import { Cap, VmType } from '../core/constants.js';
 import { native } from '../core/native.js';
 import { u32 } from '../core/numbers.js';
 import { FdResource } from '../core/resource.js';
@@ -12,16 +12,6 @@ import { supportedCpuidOf, Vm } from './vm.js';
 
 /** The default path of the KVM device. */
 export const KVM_DEVICE = '/dev/kvm';
-
-const HINTS: Record<string, string> = {
-  ENOENT:
-    'No KVM device: load the KVM module (modprobe kvm_intel or kvm_amd), enable virtualization ' +
-    'in the firmware, or pass the device through to this container',
-  EACCES: 'Permission denied: add this user to the group that owns /dev/kvm (usually "kvm") or run as root',
-  EPERM: 'Operation not permitted: a security policy (container, seccomp, LSM) blocks /dev/kvm',
-  ENXIO: 'The KVM device exists but no KVM module is bound to it: load kvm_intel or kvm_amd',
-  ENODEV: 'The KVM device exists but no KVM module is bound to it: load kvm_intel or kvm_amd',
-};
 
 /**
  * The KVM system fd. Open it with `Kvm.open()`; create VMs with `createVm()`.
@@ -45,14 +35,16 @@ export class Kvm extends FdResource {
       this.apiVersion = native.getApiVersion(fd);
     } catch (e) {
       this.close();
-      throw e;
+      throw explain(e, { call: 'api-version', path });
     }
   }
 
   /**
    * Opens the KVM device (open O_RDWR|O_CLOEXEC) and reads its API version.
-   * @throws KvmError (syscall 'open') whose message says what to do: ENOENT (no module or
-   * device), EACCES (permissions), ENXIO/ENODEV (module not loaded); KvmError (ioctl
+   * @throws KvmError (syscall 'open') whose `hint` says what is wrong on this host and what to
+   * do: ENOENT (no device: which KVM modules are loaded, whether the CPU offers VT-x/AMD-V),
+   * EACCES (the device's owner, group and mode, and whether this user is in that group),
+   * ENXIO/ENODEV (no module answers the device), EPERM (a policy refuses it); KvmError (ioctl
    * KVM_GET_API_VERSION) if the path is not a KVM device
    */
   static open(path: string = KVM_DEVICE): Kvm {
@@ -61,9 +53,7 @@ export class Kvm extends FdResource {
     try {
       fd = native.open(path);
     } catch (e) {
-      const hint = e instanceof KvmError ? HINTS[e.code] : undefined;
-      if (hint) throw (e as KvmError).withHint(`${hint} (path: ${path})`);
-      throw e;
+      throw explain(e, { call: 'open-device', path });
     }
     return new Kvm(fd, path);
   }
@@ -83,13 +73,20 @@ export class Kvm extends FdResource {
    * is closed: it keeps the vCPU mapping size (ioctl KVM_GET_VCPU_MMAP_SIZE, asked here) for the
    * vCPUs it will create.
    * @param type a VmType value (default VmType.DEFAULT); supported types are bits of Cap.VM_TYPES
-   * @throws KvmError EINVAL for an unsupported type, ENOMEM/EMFILE when out of resources
+   * @throws KvmError EINVAL for an unsupported type (the hint names the types this host offers),
+   * ENOMEM/EMFILE when out of resources
    */
   createVm(type: number = VmType.DEFAULT): Vm {
     const t = u32(type, 'type');
     const fd = this.open();
     const runSize = native.getVcpuMmapSize(fd);
-    return Vm.fromCreated(native.createVm(fd, t), t, runSize, supportedCpuidOf(this));
+    let vmFd: number;
+    try {
+      vmFd = native.createVm(fd, t);
+    } catch (e) {
+      throw explain(e, { call: 'create-vm', type: t, vmTypes: () => native.checkExtension(fd, Cap.VM_TYPES) });
+    }
+    return Vm.fromCreated(vmFd, t, runSize, supportedCpuidOf(this));
   }
 
   /**

@@ -3,8 +3,8 @@
  * @module
  */
 import type { CpuidEntry } from './cpuid.js';
-import { MemslotFlag, VmType } from '../core/constants.js';
-import { argTypeError, argRangeError } from '../core/errors.js';
+import { Cap, MemslotFlag, VmType } from '../core/constants.js';
+import { argTypeError, argRangeError, explain } from '../core/errors.js';
 import type { FdFacts } from '../core/fd-identity.js';
 import type { ReceivedFd } from '../ipc/message.js';
 import { dupOption, fdArgument, takeOver } from './adopt.js';
@@ -251,7 +251,12 @@ export class Vm extends FdResource {
     const vcpuId = u32(id, 'id');
     const vmFd = this.open();
     const parked = this.#parked.get(vcpuId);
-    const fd = parked?.fd ?? native.createVcpu(vmFd, vcpuId);
+    let fd: number;
+    try {
+      fd = parked?.fd ?? native.createVcpu(vmFd, vcpuId);
+    } catch (e) {
+      throw explain(e, { call: 'create-vcpu', id: vcpuId, maxVcpuId: () => native.checkExtension(vmFd, Cap.MAX_VCPU_ID) });
+    }
     let vcpu: Vcpu;
     try {
       vcpu = Vcpu.fromCreated(fd, vcpuId, this, this.#runSize);
@@ -304,7 +309,17 @@ export class Vm extends FdResource {
     const o = options(opts, 'options');
     const size = checkU64(o.size, 'size');
     const flags = checkU64(o.flags ?? 0, 'flags');
-    const fd = native.createGuestMemfd(this.open(), size, flags);
+    const vmFd = this.open();
+    let fd: number;
+    try {
+      fd = native.createGuestMemfd(vmFd, size, flags);
+    } catch (e) {
+      throw explain(e, {
+        call: 'create-guest-memfd', size: BigInt(size), flags: BigInt(flags),
+        supportedFlags: () => BigInt(native.checkExtension(vmFd, Cap.GUEST_MEMFD_FLAGS)),
+        guestMemfdCap: () => native.checkExtension(vmFd, Cap.GUEST_MEMFD),
+      });
+    }
     return GuestMemfd.fromCreated(fd, BigInt(size), BigInt(flags));
   }
 
@@ -317,7 +332,8 @@ export class Vm extends FdResource {
    * @throws KvmError: EEXIST when the guest range overlaps another slot; EINVAL for unaligned
    * values, an fd that is not a guest_memfd of this VM, a range past the file's end, a
    * guest_memfd range already bound, GUEST_MEMFD with READONLY or LOG_DIRTY_PAGES, or moving a
-   * guest_memfd slot; EBADF for a closed fd. KvmStateError ERR_KVM_CLOSED if this Vm, the
+   * guest_memfd slot; EBADF for a closed fd. The error's `hint` names the cause it finds in the
+   * arguments and this Vm's memslots (e.g. the slot overlapped, the misaligned field). KvmStateError ERR_KVM_CLOSED if this Vm, the
    * GuestMemfd ("guestMemfd") or the Mapping ("userspaceAddr") is closed. TypeError/RangeError
    * for bad numbers, or a Mapping shorter than the slot.
    */
@@ -367,8 +383,22 @@ export class Vm extends FdResource {
       }
     }
     const holds = rangeHolders(uaddr, size);
-    if (via === 'region2') native.setUserMemoryRegion2(this.open(), slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
-    else native.setUserMemoryRegion(this.open(), slot, flags, gpa, size, uaddr);
+    const vmFd = this.open();
+    try {
+      if (via === 'region2') native.setUserMemoryRegion2(vmFd, slot, flags, gpa, size, uaddr, gmemOffset, gmemFd);
+      else native.setUserMemoryRegion(vmFd, slot, flags, gpa, size, uaddr);
+    } catch (e) {
+      throw explain(e, {
+        call: 'set-memslot', via, slots: this.#slots,
+        region: { slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: gmemOffset, ...(gm !== undefined ? { guestMemfd: gm } : {}) },
+        ...(gm instanceof GuestMemfd ? { guestMemfdSize: gm.size } : {}),
+        caps: () => ({
+          memslots: native.checkExtension(vmFd, Cap.NR_MEMSLOTS),
+          addressSpaces: native.checkExtension(vmFd, Cap.MULTI_ADDRESS_SPACE),
+          guestMemfd: native.checkExtension(vmFd, Cap.GUEST_MEMFD),
+        }),
+      });
+    }
     this.#record({
       slot, flags, guestPhysAddr: gpa, memorySize: size, userspaceAddr: uaddr, guestMemfdOffset: gmemOffset, via,
       ...(gm !== undefined ? { guestMemfd: gm } : {}), ...(mapping ? { mapping } : {}),
@@ -384,8 +414,12 @@ export class Vm extends FdResource {
   deleteMemoryRegion(slot: number): void {
     const s = u32(slot, 'slot');
     const fd = this.open();
-    if (this.#slots.get(s)?.via === 'region2') native.setUserMemoryRegion2(fd, s, 0, 0n, 0n, 0n, 0n, 0);
-    else native.setUserMemoryRegion(fd, s, 0, 0n, 0n, 0n);
+    try {
+      if (this.#slots.get(s)?.via === 'region2') native.setUserMemoryRegion2(fd, s, 0, 0n, 0n, 0n, 0n, 0);
+      else native.setUserMemoryRegion(fd, s, 0, 0n, 0n, 0n);
+    } catch (e) {
+      throw explain(e, { call: 'delete-memslot', slot: s, slots: this.#slots });
+    }
     this.#slots.delete(s);
     this.#holds.delete(s);
   }

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { types } from 'node:util';
-import { GuestMemoryFaultError, KvmStateError, argTypeError, argRangeError } from '../core/errors.js';
+import { GuestMemoryFaultError, KvmStateError, argTypeError, argRangeError, explain } from '../core/errors.js';
 import { native, type NativeFault, type NativeMapping } from '../core/native.js';
 import { checkU64, describe, options, u32, u64 } from '../core/numbers.js';
 
@@ -281,7 +281,11 @@ export class Mapping implements Disposable {
     const a = int32(advice, 'advice');
     const o = this.#offset(offset);
     const l = length === undefined ? this.length - o : this.#length(length, o);
-    native.madvise(buffer, o, l, a);
+    try {
+      native.madvise(buffer, o, l, a);
+    } catch (e) {
+      throw explain(e, { call: 'madvise', offset: o, length: l });
+    }
   }
 
   /**

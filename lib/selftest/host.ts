@@ -82,8 +82,8 @@ export function probeHost(device: string = KVM_DEVICE): HostFacts {
   try {
     kvm = Kvm.open(device);
   } catch (e) {
-    const err = e as Error & { code?: string };
-    facts.unavailableReason = `${device} cannot be opened (${err.code ?? err.message}): no usable KVM on this host`;
+    const err = e as Error & { code?: string; hint?: string };
+    facts.unavailableReason = `${device} cannot be opened (${err.code ?? err.message}): ${err.hint ?? 'no usable KVM on this host'}`;
     facts.vmTypes = [{ type: VmType.DEFAULT, name: 'DEFAULT', gmemFlags: 0n, gmemMemslots: false }];
     return facts;
   }
