@@ -1,12 +1,12 @@
 // `kvm-gmem selftest`, run as a user runs it: the built CLI in a child process, stdout a pipe.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { probeHost } from '../lib/selftest/host.js';
 import { planSelftests } from '../lib/selftest/plan.js';
-import { CLI, EXPECTED_FAILURES } from './paths.js';
+import { CLI, EXPECTED_FAILURES, ROOT } from './paths.js';
 import { openKvm, hangBound } from './kvm-host.js';
 
 const env = { ...process.env };
@@ -40,7 +40,9 @@ describe('kvm-gmem selftest', () => {
   it('--list --json describes each case: group, the upstream function or seed it mirrors, a summary', () => {
     const r = selftest(['--list', '--json', '--filter', 'test_file_size']);
     expect(r.status).toBe(0);
-    const list = JSON.parse(r.stdout) as { name: string; group: string; source: string; summary: string }[];
+    const out = JSON.parse(r.stdout) as { command: string; cases: { name: string; group: string; source: string; summary: string }[] };
+    expect(out.command).toBe('selftest');
+    const list = out.cases;
     expect(list.length).toBeGreaterThan(0);
     for (const c of list) {
       expect(c.group).toBe('guest_memfd_test');
@@ -114,10 +116,12 @@ describe('kvm-gmem selftest', () => {
     const r = selftest(['--json', '--filter', 'test_guest_memfd_flags']);
     expect(r.status).toBe(0);
     const rep = JSON.parse(r.stdout) as {
+      command: string; version: string;
       host: { available: boolean; vmTypes: { name: string }[] };
       cases: { name: string; result: string; diagnostics: string[] }[];
       totals: { pass: number }; exitCode: number;
     };
+    expect(rep).toMatchObject({ command: 'selftest', version: (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version });
     expect(rep.host.available).toBe(true);
     expect(rep.cases).toHaveLength(rep.host.vmTypes.length);
     expect(rep.cases[0]!.result).toBe('pass');
@@ -140,6 +144,19 @@ describe('kvm-gmem selftest', () => {
     expect(errored.length).toBeGreaterThan(0);
     for (const l of errored) expect(l).toMatch(/^not ok \d+ [^#]*$/);
     expect(req.stdout.split('\n').filter((l) => l.startsWith('# ERROR: KVM_GMEM_REQUIRE_KVM=1 but '))).toHaveLength(errored.length);
+  });
+
+  it('applies the expectation list shipped with the package by default, from any directory; --expect none applies none', () => {
+    // The package ships the list (package.json "files") where the command finds it: next to dist/.
+    const files = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { files: string[] }).files;
+    expect(files).toContain('lib/selftest/expected-failures.txt');
+    const elsewhere = mkdtempSync(join(tmpdir(), 'kvm-gmem-project-'));
+    const r = spawnSync(process.execPath, [CLI, 'selftest', '--filter', 'test_file_size'], { encoding: 'utf8', env, cwd: elsewhere, timeout: hangBound(120_000) });
+    expect(r.stdout).toMatch(new RegExp(`^# expectations: ${EXPECTED_FAILURES.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: \\d+ of \\d+ entries apply to this host`, 'm'));
+    const none = spawnSync(process.execPath, [CLI, 'selftest', '--expect', 'none', '--filter', 'test_file_size'], { encoding: 'utf8', env, cwd: elsewhere, timeout: hangBound(120_000) });
+    expect(none.stdout).toMatch(/^TAP version 13$/m);
+    expect(none.stdout).not.toMatch(/^# expectations:/m);
+    expect(none.status).toBe(r.status);
   });
 
   it('usage errors exit 2 with a message: unknown option, no matching case, a bad expectation file', () => {

@@ -7,10 +7,14 @@ import { parseArgs } from 'node:util';
 import { loadExpectations, type ExpectationFile } from '../selftest/expect.js';
 import { probeHost } from '../selftest/host.js';
 import { filterCases, planSelftests } from '../selftest/plan.js';
-import { reportJson, runSelftests } from '../selftest/runner.js';
+import { runSelftests } from '../selftest/runner.js';
 import { ExitCode, UsageError } from './exit.js';
+import { jsonOutput, packageVersion } from './json.js';
 
-/** The expectation file shipped with the package: what `selftest` applies unless told otherwise. */
+/**
+ * The expectation file shipped with the package (package.json "files" lists it), found from this
+ * module in dist/cli/ or lib/cli/: what `selftest` applies unless `--expect` says otherwise.
+ */
 export const DEFAULT_EXPECTATIONS = fileURLToPath(new URL('../../lib/selftest/expected-failures.txt', import.meta.url));
 
 /** Runs the command; returns the exit code. */
@@ -28,17 +32,14 @@ export async function selftestCommand(argv: string[]): Promise<number> {
   });
   const host = probeHost(values.device);
   const cases = filterCases(planSelftests(host), values.filter);
-  if (cases.length === 0) {
-    process.stderr.write(`kvm-gmem selftest: no case matches --filter ${JSON.stringify(values.filter)} (see --list)\n`);
-    return ExitCode.USAGE;
-  }
+  if (cases.length === 0) throw new UsageError(`no case matches --filter ${JSON.stringify(values.filter)} (see --list)`);
   if (values.list) {
     if (values.json) {
       const list = cases.map((c) => ({
         name: c.name, group: c.group, source: c.source, summary: c.summary,
         ...(c.skipReason !== undefined ? { skipReason: c.skipReason } : {}),
       }));
-      process.stdout.write(JSON.stringify(list, null, 2) + '\n');
+      process.stdout.write(jsonOutput('selftest', ExitCode.OK, { cases: list }));
     } else {
       for (const c of cases) process.stdout.write(`${c.name}\n`);
     }
@@ -61,8 +62,9 @@ export async function selftestCommand(argv: string[]): Promise<number> {
     ...(expectations ? { expectations } : {}),
     ...(values.device !== undefined ? { device: values.device } : {}),
     requireKvm: process.env.KVM_GMEM_REQUIRE_KVM === '1',
+    tool: `kvm-gmem selftest ${packageVersion()}`,
   });
-  if (values.json) process.stdout.write(reportJson(report) + '\n');
+  if (values.json) process.stdout.write(jsonOutput('selftest', report.exitCode, report));
   if (progressToStderr) {
     const t = report.totals;
     process.stderr.write(
