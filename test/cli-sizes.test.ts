@@ -1,6 +1,7 @@
 // Sizes on the command line: units (binary), a bare number in MiB as before, clear usage errors.
 import { spawnSync } from 'node:child_process';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { upgradeExperimentCommand } from '../experiments/upgrade/command.js';
 import { UsageError } from '../lib/cli/exit.js';
 import { parseSize, parseSizeList, wholeMiB } from '../lib/cli/sizes.js';
 import { CLI } from './paths.js';
@@ -63,5 +64,39 @@ describe('kvm-gmem --vm-memory', () => {
       expect(r.status, r.stderr).toBe(3);
       expect(r.stderr).toMatch(/--kernel \/nonexistent\/vmlinuz: no such file|not found on PATH/);
     }
+  });
+});
+
+describe('npm run upgrade-experiment -- --sizes', () => {
+  /** Runs the experiment's command line in this process; only usage errors here, so nothing runs. */
+  async function usage(...args: string[]): Promise<{ code: number; stderr: string }> {
+    let stderr = '';
+    const spy = vi.spyOn(process.stderr, 'write').mockImplementation((chunk: string | Uint8Array) => {
+      stderr += String(chunk);
+      return true;
+    });
+    try {
+      return { code: await upgradeExperimentCommand(args), stderr };
+    } finally {
+      spy.mockRestore();
+    }
+  }
+
+  it('takes units: 64MiB,256MiB and 1GiB get as far as the range check, as bare MiB do', async () => {
+    // Before: "--sizes must be a comma-separated list of whole MiB; got '64MiB,256MiB'". Each list
+    // ends with 3 MiB (odd), refused by the range check after every size was read.
+    for (const list of ['64MiB,256MiB,3', '1GiB,2M,3', '64,3', '1G,3MiB']) {
+      const r = await usage('--sizes', list);
+      expect(r.code, list).toBe(2);
+      expect(r.stderr, list).toMatch(/^upgrade-experiment: memory sizes must be even numbers of MiB from 2 to 4032/);
+    }
+  });
+
+  it('a bad size is a usage error that says how to write it', async () => {
+    const mb = await usage('--sizes', '64MB');
+    expect(mb.code).toBe(2);
+    expect(mb.stderr).toBe("upgrade-experiment: --sizes: '64MB' is not a size (write 64MiB: units are binary); expected a whole number with M/MiB or G/GiB, or bare MiB\n");
+    expect((await usage('--sizes', '1.5GiB')).stderr).toMatch(/'1\.5GiB' is not a size/);
+    expect((await usage('--sizes', ',')).stderr).toMatch(/--sizes must be a comma-separated list of sizes/);
   });
 });

@@ -43,7 +43,8 @@ socket to a new VMM, which records what the kernel allows with them, copies the 
 of its own, restores the vCPU and resumes the guest; the old VMM exits, the guest runs on.
 
 options:
-  --sizes LIST          guest memory sizes in MiB, comma-separated, even, 2 to ${MAX_SIZE_MIB}
+  --sizes LIST          guest memory sizes, comma-separated: 64MiB, 1GiB (or 64M, 1G; a bare
+                        number is MiB), even MiB from 2 to ${MAX_SIZE_MIB}
                         (default ${DEFAULT_SIZES_MIB.join(',')})
   --runs N              handovers per size; each row of the table shows the run with the
                         median blackout and the range of all runs, the chart every run
@@ -67,12 +68,19 @@ and kept counting after the old VMM exited), 1 when one failed or the chart coul
 2 for bad usage.
 `;
 
+/** `--sizes` in MiB: each a whole number with M/MiB or G/GiB (binary, as `kvm-gmem --vm-memory`), or bare MiB. */
 function parseSizes(text: string): number[] {
-  const sizes = text.split(',').map((s) => s.trim()).filter((s) => s !== '').map(Number);
-  if (sizes.length === 0 || sizes.some((s) => !Number.isInteger(s))) {
-    throw new RangeError(`--sizes must be a comma-separated list of whole MiB; got '${text}'`);
-  }
-  return sizes;
+  const parts = text.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  if (parts.length === 0) throw new RangeError(`--sizes must be a comma-separated list of sizes (64MiB,1GiB); got '${text}'`);
+  return parts.map((p) => {
+    const m = /^(\d+)\s*(?:([mg])(ib)?)?$/i.exec(p);
+    if (!m) {
+      const decimal = /^(\d+)\s*([mg])b$/i.exec(p);
+      const hint = decimal ? ` (write ${decimal[1]!}${decimal[2]!.toUpperCase()}iB: units are binary)` : '';
+      throw new RangeError(`--sizes: '${p}' is not a size${hint}; expected a whole number with M/MiB or G/GiB, or bare MiB`);
+    }
+    return Number(m[1]) * (m[2]?.toUpperCase() === 'G' ? 1024 : 1);
+  });
 }
 
 function parseInt10(text: string | undefined, name: string): number | undefined {
