@@ -2,8 +2,6 @@
  * The `--help` texts of the `kvm-gmem` command and its subcommands.
  * @module
  */
-import { SIZE_SYNTAX } from './sizes.js';
-
 /** The VM options: any command takes them, `exec` needs them. */
 export const VM_OPTIONS = `VM options: boot another kernel with virtme-ng (this system's files shared read-only), load
 KVM inside, run the command there, print its output and exit with its status as if it had run here
@@ -14,7 +12,9 @@ KVM inside, run the command there, print its output and exit with its status as 
   --kvm-param NAME=VALUE          a parameter for it, e.g. npt=0 (repeatable)
   --vm-accel auto|kvm|tcg         KVM with nested virtualization, or QEMU's emulation (TCG);
                                   auto: KVM where this host's /dev/kvm can nest, else TCG
-  --vm-memory SIZE                the VM's memory (default 4GiB); SIZE is ${SIZE_SYNTAX.replace('; ', ';\n                                  ')}
+  --vm-memory SIZE                the VM's memory (default 4GiB): 4GiB, 512MiB (or 4G, 512M;
+                                  binary units, B K M G T with or without iB); a bare
+                                  number is MiB
   --vm-cpus N                     the VM's CPUs (default 2)
   --vm-numa N                     split memory and CPUs into N NUMA nodes (default 1)
   --vm-timeout SECONDS            kill the VM after this long (default 1800)
