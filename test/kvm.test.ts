@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { Cap, GuestMemfdFlag, Kvm, KvmError, KvmStateError, VmType } from '../lib/index.js';
-import { countFds, fdLink, isCloexec, needCap, openKvm, thrown } from './kvm-host.js';
+import { countFds, expectKvmError, fdLink, isCloexec, needCap, openKvm, thrown } from './kvm-host.js';
 
 describe('Kvm.open', () => {
   it('opens /dev/kvm close-on-exec and reads API version 12', (ctx) => {
@@ -14,15 +14,15 @@ describe('Kvm.open', () => {
   });
 
   it('explains a missing device (ENOENT) with what to do', () => {
-    const e = thrown(() => Kvm.open('/nonexistent/kvm'));
+    const e = expectKvmError(() => Kvm.open('/nonexistent/kvm'), 'ENOENT');
     expect(e).toBeInstanceOf(KvmError);
     expect(e.code).toBe('ENOENT');
     expect(e.errno).toBe(-2);
     expect(e.syscall).toBe('open');
     // The hint says what is wrong on this host: where the device is, or why there is none.
     expect(e.message).toContain('/nonexistent/kvm');
-    expect(e.message.endsWith(`. ${(e as KvmError).hint!}`)).toBe(true);
-    expect((e as KvmError).hint).toMatch(existsSync('/dev/kvm')
+    expect(e.message.endsWith(`. ${e.hint!}`)).toBe(true);
+    expect(e.hint).toMatch(existsSync('/dev/kvm')
       ? /^there is no \/nonexistent\/kvm \(the KVM device of this host is \/dev\/kvm\)$/
       : /(^\/nonexistent\/kvm does not exist and this kernel has no KVM device: kvm is (not )?loaded|^the kernel has a KVM device)/);
   });
