@@ -16,7 +16,7 @@ function sources(dir: string): string[] {
 
 describe('error codes', () => {
   it('every ERR_ code in lib/ and native/ is a KvmErrorCode', () => {
-    const known = new Set<string>([...STATE_CODES, ...ARG_CODES, 'ERR_KVM_SIGBUS']);
+    const known = new Set<string>([...STATE_CODES, ...ARG_CODES, 'ERR_KVM_SIGBUS', 'ERR_KVM_ADDON_MISSING']);
     const found = new Set<string>();
     for (const f of [...sources(join(ROOT, 'lib')), ...sources(join(ROOT, 'native'))]) {
       for (const m of readFileSync(f, 'utf8').matchAll(/['"](ERR_[A-Z_]+)['"]/g)) found.add(m[1]!);
@@ -26,7 +26,8 @@ describe('error codes', () => {
     expect([...found].filter((c) => !known.has(c))).toEqual([]);
     const one: KvmErrorCode = 'ERR_KVM_CLOSED';
     const errno: KvmErrorCode = 'EINVAL';
-    expect([one, errno]).toHaveLength(2);
+    const addon: KvmErrorCode = 'ERR_KVM_ADDON_MISSING';
+    expect([one, errno, addon]).toHaveLength(3);
   });
 });
 

@@ -258,8 +258,12 @@ export type KvmArgCode = (typeof ARG_CODES)[number];
 /** An errno name, the `code` of a {@link KvmError} ('EINVAL', 'EEXIST'...). */
 export type ErrnoCode = `E${string}`;
 
-/** Every `code` an error thrown by this library can carry. */
-export type KvmErrorCode = ErrnoCode | KvmStateCode | KvmArgCode | 'ERR_KVM_SIGBUS';
+/**
+ * Every `code` an error thrown by this library can carry. 'ERR_KVM_ADDON_MISSING' is the Error
+ * that importing the library throws when its native addon cannot be loaded (the message names
+ * the command that fixes it).
+ */
+export type KvmErrorCode = ErrnoCode | KvmStateCode | KvmArgCode | 'ERR_KVM_SIGBUS' | 'ERR_KVM_ADDON_MISSING';
 
 /** A TypeError or RangeError about an argument, with its code. */
 export type KvmArgError = (TypeError | RangeError) & { readonly code: KvmArgCode };
