@@ -823,3 +823,12 @@ function getent(db: string, key: string): string[] {
     return [];
   }
 }
+
+/**
+ * The addon loader's error (lib/core/native.ts): a one-line message naming the command that fixes
+ * it, code 'ERR_KVM_ADDON_MISSING', and the loader's own error as `cause`.
+ * @internal
+ */
+export function addonError(message: string, cause: unknown): Error & { code: 'ERR_KVM_ADDON_MISSING' } {
+  return Object.assign(new Error(message, { cause }), { code: 'ERR_KVM_ADDON_MISSING' as const });
+}

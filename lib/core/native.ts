@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { dirname, resolve } from 'node:path';
-import { KvmStateError, errnoError, nativeArgError, type KvmStateCode } from './errors.js';
+import { KvmStateError, addonError, errnoError, nativeArgError, type KvmStateCode } from './errors.js';
 
 /** u64 as the addon accepts it: a non-negative safe integer or a bigint. */
 export type U64In = number | bigint;
@@ -290,7 +290,3 @@ function firstLine(e: unknown): string {
   return (e instanceof Error ? e.message : String(e)).split('\n')[0] ?? '';
 }
 
-/** The load failure: a short message naming the fix, code ERR_KVM_ADDON_MISSING, the loader's error as cause. */
-function addonError(message: string, cause: unknown): Error & { code: string } {
-  return Object.assign(new Error(message, { cause }), { code: 'ERR_KVM_ADDON_MISSING' });
-}
