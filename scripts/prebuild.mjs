@@ -8,9 +8,9 @@
 //
 // Plain Node: it runs where the package is packed, with devDependencies installed.
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { arch, platform } from 'node:os';
+import { arch, platform, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -21,17 +21,25 @@ const nodeGyp = join(dirname(require.resolve('node-gyp/package.json')), 'bin', '
 const out = join(root, 'prebuilds', `${platform()}-${arch()}`);
 
 rmSync(join(root, 'prebuilds'), { recursive: true, force: true });
+// Built in a copy of the sources: prebuildify's `node-gyp rebuild` would replace the checkout's
+// own build/ (and move its addon away) under a developer's running tests.
+const stage = mkdtempSync(join(tmpdir(), 'kvm-gmem-prebuild-'));
+for (const f of ['package.json', 'binding.gyp', 'native', 'guest']) cpSync(join(root, f), join(stage, f), { recursive: true });
+symlinkSync(join(root, 'node_modules'), join(stage, 'node_modules'));
 const env = { ...process.env, PREBUILD_NODE_GYP: nodeGyp, JOBS: process.env.JOBS ?? 'max' };
 // Node's own headers (a distribution's Node carries them) instead of a download: no network needed.
 const prefix = dirname(dirname(process.execPath));
 if (!env.npm_config_nodedir && existsSync(join(prefix, 'include', 'node', 'node_api.h'))) env.npm_config_nodedir = prefix;
 
 const r = spawnSync(process.execPath, [prebuildify, '--napi', '--strip', '--target', process.versions.node], {
-  cwd: root,
+  cwd: stage,
   env,
   stdio: 'inherit',
 });
+if (r.status === 0) {
+  cpSync(join(stage, 'prebuilds'), join(root, 'prebuilds'), { recursive: true });
+  cpSync(join(stage, 'build', 'Release', 'guest'), join(out, 'guest'), { recursive: true });
+}
+rmSync(stage, { recursive: true, force: true });
 if (r.status !== 0) process.exit(r.status ?? 1);
-
-cpSync(join(root, 'build', 'Release', 'guest'), join(out, 'guest'), { recursive: true, filter: (p) => !p.endsWith('.o') });
 console.log(`prebuild: ${readdirSync(out).join(', ')} in ${out}`);
