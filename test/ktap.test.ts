@@ -6,23 +6,15 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { Parser, type FinalResults, type Result } from 'tap-parser';
-import { KVM_DEVICE } from '../lib/index.js';
-import { check, type SelftestCase } from '../lib/selftest/harness.js';
+import { check } from '../lib/selftest/harness.js';
 import { parseExpectations } from '../lib/selftest/expect.js';
-import type { HostFacts } from '../lib/selftest/host.js';
 import { describeNuma } from '../lib/selftest/host.js';
 import { caseLines, KTAP_HEADER, planLine, totalsLine, emptyTotals } from '../lib/selftest/ktap.js';
 import { runSelftests, type CaseReport, type RunReport } from '../lib/selftest/runner.js';
 import { CLI } from './paths.js';
 import { hangBound, openKvm } from './kvm-host.js';
+import { host, mk } from './selftest-fixtures.js';
 
-const host = (available = true): HostFacts => ({
-  device: KVM_DEVICE, kernel: 'test', release: '6.18.44-test', available, guestMemfd: 1, userMemory2: 1, systemGmemFlags: 3n,
-  memoryAttributes: 0, vmTypesCap: 1, vmTypes: [], paging: { mode: 'shadow', source: 'test', module: 'kvm_pvm' }, numaNodes: [0],
-  pageSize: 4096, ...(available ? {} : { unavailableReason: 'no KVM here' }),
-});
-const mk = (name: string, run: SelftestCase['run'], extra: Partial<SelftestCase> = {}): SelftestCase =>
-  ({ name, group: 'lifecycle', source: 'test', summary: 'synthetic', run, ...extra });
 
 /** One result as tap-parser gives it. */
 interface Point {

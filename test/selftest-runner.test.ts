@@ -2,9 +2,9 @@
 // KTAP lines, totals and exit codes, cleanup and timeouts.
 import { describe, expect, it } from 'vitest';
 import { KvmError } from '../lib/index.js';
-import { check, checkErrno, runCase, type SelftestCase } from '../lib/selftest/harness.js';
+import { check, checkErrno, runCase } from '../lib/selftest/harness.js';
 import { expectationFor, parseExpectations, matchesPattern } from '../lib/selftest/expect.js';
-import { probeHost, type HostFacts } from '../lib/selftest/host.js';
+import { probeHost } from '../lib/selftest/host.js';
 import { selftestGuest } from '../lib/selftest/guest.js';
 import { UnexpectedExitError } from '../lib/guest/ucall.js';
 import { bootGuest } from '../lib/guest/boot.js';
@@ -12,16 +12,9 @@ import { fileOverlapErrno, kernelAtLeast } from './kvm-host.js';
 import { exitCode } from '../lib/selftest/ktap.js';
 import { runSelftests } from '../lib/selftest/runner.js';
 import { filterCases } from '../lib/selftest/plan.js';
-import { KVM_DEVICE } from '../lib/index.js';
 import { openKvm } from './kvm-host.js';
+import { host, mk } from './selftest-fixtures.js';
 
-const host = (available = true): HostFacts => ({
-  device: KVM_DEVICE, kernel: 'test', release: '6.18.44-test', available, guestMemfd: 1, userMemory2: 1, systemGmemFlags: 3n,
-  memoryAttributes: 0, vmTypesCap: 1, vmTypes: [], paging: { mode: 'shadow', source: 'test', module: 'kvm_pvm' }, numaNodes: [0],
-  pageSize: 4096, ...(available ? {} : { unavailableReason: 'no KVM here' }),
-});
-const mk = (name: string, run: SelftestCase['run'], extra: Partial<SelftestCase> = {}): SelftestCase =>
-  ({ name, group: 'lifecycle', source: 'test', summary: 'synthetic', run, ...extra });
 const kvmError = () => new KvmError({ errno: -22, syscall: 'ioctl', request: 'KVM_X', detail: 'x', description: 'Invalid argument' });
 
 describe('selftest runner', () => {
