@@ -152,3 +152,36 @@ describe('--json: one envelope for every command', () => {
     expect(expect404.out.error?.message).toMatch(/ENOENT/);
   });
 });
+
+describe('kvm-gmem without a loadable addon', () => {
+  // An addon file that is not there: what a missing or unloadable prebuilt binary looks like.
+  const noAddon = (...args: string[]) =>
+    spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...env, KVM_GMEM_ADDON: join(elsewhere, 'missing.node') }, cwd: elsewhere });
+
+  it('still answers --help, COMMAND --help and --version (they never load it)', () => {
+    // Before: each of these exited 3 with the load error.
+    expect(noAddon('--help').stdout).toBe(run('--help').stdout);
+    for (const c of ['info', 'selftest', 'exec']) {
+      const r = noAddon(c, '--help');
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toBe(run(c, '--help').stdout);
+    }
+    const v = noAddon('--version');
+    expect(v.status).toBe(0);
+    expect(v.stdout).toBe(`${version}\n`);
+  });
+
+  it('says so in one line naming the fix, exit 3, and in the --json envelope', () => {
+    const r = noAddon('info');
+    expect(r.status).toBe(3);
+    expect(r.stderr).toBe(
+      `kvm-gmem info: cannot load kvm-gmem's native addon ${join(elsewhere, 'missing.node')}: Cannot find module '${join(elsewhere, 'missing.node')}'. ` +
+        'Fix: unset KVM_GMEM_ADDON, or point it at a built kvm_gmem.node\n',
+    );
+    const j = noAddon('selftest', '--json');
+    expect(j.status).toBe(3);
+    const out = JSON.parse(j.stdout) as { command: string; exitCode: number; error: { kind: string; message: string } };
+    expect(out).toMatchObject({ command: 'selftest', version, exitCode: 3, error: { kind: 'runtime' } });
+    expect(out.error.message).toMatch(/^cannot load kvm-gmem's native addon .*Fix: unset KVM_GMEM_ADDON/);
+  });
+});

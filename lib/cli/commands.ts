@@ -12,12 +12,13 @@
  * @module
  */
 import { fileURLToPath } from 'node:url';
-import { runInKernelVm, type KernelVmOptions, type VmAccel } from '../host/kernel-vm.js';
+// Nothing here loads the addon: the commands that need it are imported when they run, so --help,
+// --version and usage errors work where it cannot load, and its load error gets the command's
+// own error output (--json included).
+import type { KernelVmOptions, VmAccel } from '../host/kernel-vm.js';
 import { ExitCode, UsageError, exitCodeOf } from './exit.js';
-import { EXEC_HELP, INFO_HELP, MAIN_HELP, selftestHelp } from './help.js';
-import { infoCommand } from './info.js';
+import { DEFAULT_EXPECTATIONS, EXEC_HELP, INFO_HELP, MAIN_HELP, selftestHelp } from './help.js';
 import { jsonError, packageVersion } from './json.js';
-import { DEFAULT_EXPECTATIONS, selftestCommand } from './selftest.js';
 import { parseSize, wholeMiB } from './sizes.js';
 
 /** Each command: its help text and what runs it. */
@@ -110,6 +111,7 @@ function takeVmOptions(argv: string[], leading = false): { rest: string[]; vm?: 
 
 /** Runs argv inside the VM and passes its stdout and exit status through. */
 async function inVm(vm: KernelVmOptions, argv: string[]): Promise<number> {
+  const { runInKernelVm } = await import('../host/kernel-vm.js');
   const r = await runInKernelVm(argv, { ...vm, stdout: (b) => void process.stdout.write(b) });
   return r.status;
 }
@@ -126,7 +128,7 @@ async function run(command: string, args: string[]): Promise<number> {
     return inVm(vm, cmd);
   }
   if (vm) return inVm(vm, [process.execPath, fileURLToPath(new URL('./main.js', import.meta.url)), command, ...rest]);
-  return command === 'info' ? infoCommand(rest) : selftestCommand(rest);
+  return command === 'info' ? (await import('./info.js')).infoCommand(rest) : (await import('./selftest.js')).selftestCommand(rest);
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,7 +1,15 @@
 /**
- * The `--help` texts of the `kvm-gmem` command and its subcommands.
+ * The `--help` texts of the `kvm-gmem` command and its subcommands, and the shipped file they name.
  * @module
  */
+import { fileURLToPath } from 'node:url';
+
+/**
+ * The expectation file shipped with the package (package.json "files" lists it), found from this
+ * module in dist/cli/ or lib/cli/: what `selftest` applies unless `--expect` says otherwise.
+ */
+export const DEFAULT_EXPECTATIONS = fileURLToPath(new URL('../../lib/selftest/expected-failures.txt', import.meta.url));
+
 /** The VM options: any command takes them, `exec` needs them. */
 export const VM_OPTIONS = `VM options: boot another kernel with virtme-ng (this system's files shared read-only), load
 KVM inside, run the command there, print its output and exit with its status as if it had run here
@@ -40,7 +48,7 @@ commands:
              guest_memfd flags, memslots, paging), or why this process cannot open the device
   selftest   the kernel's guest_memfd selftests mirrored case by case, plus lifecycle cases;
              KTAP on stdout
-  exec       run any command on another kernel, in a VM (e.g. npx vitest run)
+  exec       run any command on another kernel, in a VM (e.g. node my-vmm.js)
 
 Every command also takes the VM options (see kvm-gmem exec --help): with --kernel IMAGE it
 runs on that kernel.
@@ -111,7 +119,7 @@ exit status: 0 every case passed (or failed as expected), 1 a case failed or pas
 export const EXEC_HELP = `usage: kvm-gmem exec --kernel IMAGE [VM options] [--] COMMAND [ARG...]
 
 Runs COMMAND on the kernel IMAGE, in a VM, e.g.
-  kvm-gmem exec --kernel /boot/vmlinuz-6.18.0 --vm-numa 2 -- npx vitest run test/kvm.test.ts
+  kvm-gmem exec --kernel /boot/vmlinuz-6.18.0 --vm-numa 2 -- node my-vmm.js
 Everything from COMMAND on is the command's (its own --help included).
 
 ${VM_OPTIONS}

@@ -2,7 +2,6 @@
  * `kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE|none] [--device PATH]`.
  * @module
  */
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadExpectations, type ExpectationFile } from '../selftest/expect.js';
 import { probeHost } from '../selftest/host.js';
@@ -10,12 +9,8 @@ import { filterCases, planSelftests } from '../selftest/plan.js';
 import { runSelftests } from '../selftest/runner.js';
 import { ExitCode, UsageError } from './exit.js';
 import { jsonOutput, packageVersion } from './json.js';
+import { DEFAULT_EXPECTATIONS } from './help.js';
 
-/**
- * The expectation file shipped with the package (package.json "files" lists it), found from this
- * module in dist/cli/ or lib/cli/: what `selftest` applies unless `--expect` says otherwise.
- */
-export const DEFAULT_EXPECTATIONS = fileURLToPath(new URL('../../lib/selftest/expected-failures.txt', import.meta.url));
 
 /** Runs the command; returns the exit code. */
 export async function selftestCommand(argv: string[]): Promise<number> {

@@ -237,8 +237,12 @@ export interface NativeAddon {
 /** The package's root directory (this file is dist/core/native.js). */
 const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-/** The command that makes a loadable addon: a checkout builds its own; a user's install rebuilds. */
-const fixCommand = existsSync(resolve(packageRoot, '.git')) ? 'npm run build:native' : 'npm rebuild kvm-gmem';
+/** What makes a loadable addon: the file $KVM_GMEM_ADDON names, a checkout's own build, or a rebuild of the install. */
+const fixCommand = process.env.KVM_GMEM_ADDON
+  ? 'unset KVM_GMEM_ADDON, or point it at a built kvm_gmem.node'
+  : existsSync(resolve(packageRoot, '.git'))
+    ? 'npm run build:native'
+    : 'npm rebuild kvm-gmem';
 
 /**
  * The addon file this process loads: $KVM_GMEM_ADDON, else what node-gyp-build picks: a source
@@ -251,7 +255,7 @@ function findAddon(require: NodeJS.Require): string {
     return (require('node-gyp-build') as { resolve(dir: string): string }).resolve(packageRoot);
   } catch (e) {
     throw addonError(
-      `kvm-gmem: no native addon for ${process.platform}-${process.arch} in ${packageRoot} ` +
+      `no kvm-gmem native addon for ${process.platform}-${process.arch} in ${packageRoot} ` +
         `(no prebuilt binary, no build). Fix: ${fixCommand}`,
       e,
     );
@@ -272,7 +276,7 @@ function load(): NativeAddon {
   try {
     addon = require(path) as NativeAddon;
   } catch (e) {
-    throw addonError(`kvm-gmem: cannot load the native addon ${path}: ${firstLine(e)}. Fix: ${fixCommand}`, e);
+    throw addonError(`cannot load kvm-gmem's native addon ${path}: ${firstLine(e)}. Fix: ${fixCommand}`, e);
   }
   addon.setErrorFactory((errno, syscall, request, detail, description) =>
     errnoError(errno, syscall, detail, request || undefined, undefined, description),
