@@ -64,7 +64,7 @@ describe('the VM options on the command line', () => {
     expect(accel.stderr).toMatch(/--vm-accel must be auto, kvm or tcg/);
     const exec = cli(['exec', '--kernel', '/x']);
     expect(exec.status).toBe(2);
-    expect(exec.stderr).toMatch(/exec needs a command after --/);
+    expect(exec.stderr).toMatch(/^kvm-gmem exec: no command to run: put it after the VM options \(and --\)$/m);
     for (const args of [['selftest', '--kernel', '--vm-cpus', '2'], ['selftest', '--kernel='], ['info', '--kernel', '--']]) {
       const r = cli(args);
       expect(r.status, args.join(' ')).toBe(2);
