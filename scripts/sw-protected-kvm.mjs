@@ -244,6 +244,7 @@ if (existsSync(done) && readFileSync(done, 'utf8').trim() === version && existsS
   process.exit(0);
 }
 
+progress(`kernel ${release} (${version}); building into ${out}`);
 // A build for another version (or an interrupted one) goes; downloaded packages of this version stay.
 const debs = join(out, 'debs');
 if (existsSync(out)) for (const f of readdirSync(out)) if (f !== 'debs') rmSync(join(out, f), { recursive: true, force: true });
@@ -251,7 +252,6 @@ mkdirSync(debs, { recursive: true });
 for (const f of readdirSync(debs)) if (!f.includes(`_${version.replace(/:/g, '%3a')}_`)) rmSync(join(debs, f));
 const log = join(out, 'build.log');
 writeFileSync(log, '');
-progress(`kernel ${release} (${version}); building into ${out}`);
 
 /** Runs a shell command for `step`, its output appended to the log; fails the step on error. */
 async function sh(step, cmd, hint) {
@@ -278,6 +278,8 @@ for (const pkg of want) {
       `Debian moved on: run \`npx zx scripts/debian-kernel.mjs fetch\` for its newest kernel and pass that (or fetch ${pkg}_${version} from snapshot.debian.org into ${debs})`);
   }
 }
+// A package an interrupted download left behind is fetched again.
+for (const f of readdirSync(debs)) if ((await $`dpkg-deb --info ${join(debs, f)}`.nothrow()).exitCode !== 0) rmSync(join(debs, f));
 const missingDebs = want.filter((p) => !readdirSync(debs).some((f) => f.startsWith(`${p}_`)));
 if (missingDebs.length > 0) {
   progress(`download: ${missingDebs.map((p) => `${p}=${version}`).join(' ')} from ${suite}`);
