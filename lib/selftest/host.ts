@@ -25,6 +25,16 @@ export interface VmTypeFacts {
    * guest_memfd).
    */
   gmemMemslots: boolean;
+  /**
+   * KVM_CAP_MEMORY_ATTRIBUTES on such a VM: the attributes KVM_SET_MEMORY_ATTRIBUTES accepts
+   * there (PRIVATE = 0x8 only on types with private memory). /dev/kvm reports every attribute
+   * KVM knows whatever the type, so private-memory cases ask here.
+   */
+  memoryAttributes: bigint;
+  /** KVM_CAP_PRE_FAULT_MEMORY on such a VM (x86: nonzero only with TDP). */
+  preFaultMemory: number;
+  /** KVM_CAP_EXIT_HYPERCALL on such a VM: the hypercalls it can forward (bit 12 = MAP_GPA_RANGE). */
+  exitHypercall: bigint;
   /** Why no VM of this type could be created, if none could. */
   createError?: string;
 }
@@ -84,7 +94,7 @@ export function probeHost(device: string = KVM_DEVICE): HostFacts {
   } catch (e) {
     const err = e as Error & { code?: string; hint?: string };
     facts.unavailableReason = `${device} cannot be opened (${err.code ?? err.message}): ${err.hint ?? 'no usable KVM on this host'}`;
-    facts.vmTypes = [{ type: VmType.DEFAULT, name: 'DEFAULT', gmemFlags: 0n, gmemMemslots: false }];
+    facts.vmTypes = [noVmFacts(VmType.DEFAULT)];
     return facts;
   }
   using k = kvm;
@@ -98,11 +108,14 @@ export function probeHost(device: string = KVM_DEVICE): HostFacts {
   const types = facts.vmTypesCap === 0 ? 1 << VmType.DEFAULT : facts.vmTypesCap;
   for (let t = 0; t < 32; t++) {
     if (!(types & (1 << t))) continue;
-    const vt: VmTypeFacts = { type: t, name: vmTypeName(t), gmemFlags: 0n, gmemMemslots: false };
+    const vt = noVmFacts(t);
     try {
       using vm = k.createVm(t);
       vt.gmemFlags = BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS));
       vt.gmemMemslots = vm.checkExtension(Cap.GUEST_MEMFD) !== 0;
+      vt.memoryAttributes = BigInt(vm.checkExtension(Cap.MEMORY_ATTRIBUTES));
+      vt.preFaultMemory = vm.checkExtension(Cap.PRE_FAULT_MEMORY);
+      vt.exitHypercall = BigInt(vm.checkExtension(201) /* KVM_CAP_EXIT_HYPERCALL */);
     } catch (e) {
       vt.createError = (e as Error).message;
     }
@@ -116,6 +129,11 @@ export function probeHost(device: string = KVM_DEVICE): HostFacts {
     facts.available = true;
   }
   return facts;
+}
+
+/** A VM type's facts before (or without) a VM of it: nothing offered. */
+function noVmFacts(type: number): VmTypeFacts {
+  return { type, name: vmTypeName(type), gmemFlags: 0n, gmemMemslots: false, memoryAttributes: 0n, preFaultMemory: 0, exitHypercall: 0n };
 }
 
 function readNumber(path: string): number | undefined {
