@@ -39,15 +39,26 @@ describe('kvm-gmem info', () => {
     for (const [name, t] of Object.entries(VmType)) {
       if (types & (1 << t)) expect(info.vmTypes?.names).toContain(name);
     }
+    // Every other type offered has its own answers, asked on a VM of that type.
+    for (const [name, t] of Object.entries(VmType)) {
+      const offered = t !== VmType.DEFAULT && (types & (1 << t)) !== 0;
+      for (const c of info.capabilities) expect(name in c.byVmType, `${c.name} ${name}`).toBe(offered);
+      if (!offered) continue;
+      using other = kvm.createVm(t);
+      for (const c of info.capabilities) expect(c.byVmType[name], `${c.name} on ${name}`).toBe(other.checkExtension(c.number));
+    }
   });
 
   it('prints a readable report', (ctx) => {
-    openKvm(ctx).close();
+    using kvm = openKvm(ctx);
     const r = run('info');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^api version\s+12$/m);
     expect(r.stdout).toMatch(/^device\s+\/dev\/kvm: opened by this process$/m);
-    expect(r.stdout).toMatch(/^GUEST_MEMFD\s+234\s+\d+\s+\d+$/m);
+    // One column per VM type beyond the default one the host offers.
+    const more = Object.entries(VmType).filter(([, t]) => t !== VmType.DEFAULT && (kvm.checkExtension(Cap.VM_TYPES) & (1 << t)) !== 0);
+    expect(r.stdout).toMatch(new RegExp(`^GUEST_MEMFD\\s+234\\s+\\d+\\s+\\d+${'\\s+\\d+'.repeat(more.length)}$`, 'm'));
+    expect(r.stdout).toMatch(new RegExp(`^capability\\s+num\\s+system\\s+vm${more.map(([n]) => `\\s+${n}`).join('')}$`, 'm'));
     expect(r.stdout).toMatch(/^gmem flags\s+/m);
   });
 

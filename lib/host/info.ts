@@ -19,6 +19,12 @@ export interface CapabilityInfo {
   system: number | null;
   /** KVM_CHECK_EXTENSION on a default VM, or null if no VM could be created. */
   vm: number | null;
+  /**
+   * KVM_CHECK_EXTENSION on a VM of each other type the host offers, by VmType name (e.g.
+   * `{ SW_PROTECTED: 8 }` for MEMORY_ATTRIBUTES): some answers depend on the type, and /dev/kvm
+   * gives the union. null where no VM of that type could be created.
+   */
+  byVmType: Record<string, number | null>;
 }
 
 /** The host report. */
@@ -54,6 +60,8 @@ export interface HostInfo {
   memslots?: number;
   /** Why the per-VM column is empty, if it is. */
   vmError?: string;
+  /** Why a column of another VM type is empty, by VmType name. */
+  vmTypeErrors?: Record<string, string>;
   /** How KVM maps guest memory here (see {@link hostPaging}). */
   paging: HostPaging;
 }
@@ -155,12 +163,27 @@ export function hostInfo(device: string = KVM_DEVICE): HostInfo {
   } catch (e) {
     info.vmError = e instanceof KvmError ? e.message : String(e);
   }
+  // Every other VM type the host offers gets its own column.
+  const others = new Map<string, Vm | null>();
+  const offered = ask(() => k.checkExtension(Cap.VM_TYPES)) ?? 0;
+  for (const [typeName, t] of Object.entries(VmType)) {
+    if (t === VmType.DEFAULT || !(offered & (1 << t))) continue;
+    try {
+      others.set(typeName, k.createVm(t));
+    } catch (e) {
+      others.set(typeName, null);
+      (info.vmTypeErrors ??= {})[typeName] = e instanceof KvmError ? e.message : String(e);
+    }
+  }
   try {
     for (const [name, number] of Object.entries(Cap) as [CapName, number][]) {
-      info.capabilities.push({ name, number, system: ask(() => k.checkExtension(number)), vm: vm ? ask(() => vm.checkExtension(number)) : null });
+      const byVmType: Record<string, number | null> = {};
+      for (const [typeName, other] of others) byVmType[typeName] = other ? ask(() => other.checkExtension(number)) : null;
+      info.capabilities.push({ name, number, system: ask(() => k.checkExtension(number)), vm: vm ? ask(() => vm.checkExtension(number)) : null, byVmType });
     }
   } finally {
     vm?.close();
+    for (const other of others.values()) other?.close();
   }
   const value = (name: CapName, where: 'system' | 'vm') =>
     info.capabilities.find((c) => c.name === name)?.[where] ?? null;
@@ -207,11 +230,14 @@ export function formatHostInfo(info: HostInfo): string {
   if (info.memslots !== undefined) lines.push(`memslots      ${info.memslots}`);
   lines.push(`paging        ${info.paging.mode} (${info.paging.source})`);
   if (info.vmError) lines.push(`vm            could not create a default VM: ${info.vmError}`);
+  for (const [typeName, err] of Object.entries(info.vmTypeErrors ?? {})) lines.push(`vm            could not create a ${typeName} VM: ${err}`);
+  const typeNames = Object.keys(info.capabilities[0]?.byVmType ?? {});
   lines.push('');
-  lines.push('capability                 num    system        vm');
+  lines.push(`capability                 num    system        vm${typeNames.map((n) => ` ${n.padStart(Math.max(9, n.length))}`).join('')}`);
   for (const c of info.capabilities) {
-    const show = (v: number | null) => (v === null ? '-' : String(v));
-    lines.push(`${c.name.padEnd(24)} ${String(c.number).padStart(5)} ${show(c.system).padStart(9)} ${show(c.vm).padStart(9)}`);
+    const show = (v: number | null | undefined) => (v === null || v === undefined ? '-' : String(v));
+    const more = typeNames.map((n) => ` ${show(c.byVmType[n]).padStart(Math.max(9, n.length))}`).join('');
+    lines.push(`${c.name.padEnd(24)} ${String(c.number).padStart(5)} ${show(c.system).padStart(9)} ${show(c.vm).padStart(9)}${more}`);
   }
   return lines.join('\n') + '\n';
 }
