@@ -115,7 +115,7 @@ export function probeHost(device: string = KVM_DEVICE): HostFacts {
       vt.gmemMemslots = vm.checkExtension(Cap.GUEST_MEMFD) !== 0;
       vt.memoryAttributes = BigInt(vm.checkExtension(Cap.MEMORY_ATTRIBUTES));
       vt.preFaultMemory = vm.checkExtension(Cap.PRE_FAULT_MEMORY);
-      vt.exitHypercall = BigInt(vm.checkExtension(201) /* KVM_CAP_EXIT_HYPERCALL */);
+      vt.exitHypercall = BigInt(vm.checkExtension(Cap.EXIT_HYPERCALL));
     } catch (e) {
       vt.createError = (e as Error).message;
     }
