@@ -3,7 +3,10 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { Cap, GuestMemfdFlag, PAGE_SIZE } from '../lib/index.js';
+import { Cap, GuestMemfdFlag, GuestMemoryFaultError, KvmError, MemoryAttribute, PAGE_SIZE, VmType, type Kvm } from '../lib/index.js';
+import { lifecycleCases } from '../lib/selftest/lifecycle/index.js';
+import type { VmTypeFacts } from '../lib/selftest/host.js';
+import { host as fakeHost } from './selftest-fixtures.js';
 import { countFds, openFds, openKvm } from './kvm-host.js';
 
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
@@ -28,6 +31,102 @@ describe('a guest_memfd keeps its VM alive', () => {
     expect(after.bytes[MiB]).toBe(0); // punched after the VM fd was gone
     expect(after.bytes[MiB + PAGE_SIZE]).toBe(0x11);
     expect(g.stat().size).toBe(BigInt(4 * MiB));
+  });
+});
+
+// The lifecycle cases on private memory (lib/selftest/lifecycle/private-*.ts, memory-fault-*.ts)
+// run as selftests (test/selftest.test.ts registers every case); here, how they are planned, and
+// the kernel facts they stand on, through the public API.
+describe('private memory (SW_PROTECTED VMs)', () => {
+  const PRIVATE = [
+    'lifecycle.private_memory_not_host_mappable', 'lifecycle.private_memory_survives_vm_fd_close',
+    'lifecycle.private_memory_gone_with_last_reference', 'lifecycle.memory_fault_names_gpa_size_private',
+  ];
+  const needsMmap = new Set([PRIVATE[0], PRIVATE[2], PRIVATE[3]]);
+  const type = (t: number, extra: Partial<VmTypeFacts> = {}): VmTypeFacts => ({
+    type: t, name: t === VmType.DEFAULT ? 'DEFAULT' : 'SW_PROTECTED', gmemFlags: 3n, gmemMemslots: true,
+    memoryAttributes: 0n, preFaultMemory: 1, exitHypercall: 0x1000n, ...extra,
+  });
+  const skips = (vmTypes: VmTypeFacts[], vmTypesCap: number, available = true) => {
+    const cases = lifecycleCases({ ...fakeHost(available), vmTypes, vmTypesCap });
+    return Object.fromEntries(cases.filter((c) => PRIVATE.includes(c.name)).map((c) => [c.name, c.skipReason]));
+  };
+
+  it.runIf(process.arch === 'x64')('each private case is planned after the others, on SW_PROTECTED, and skips naming the missing capability', () => {
+    const all = lifecycleCases({ ...fakeHost(), vmTypes: [type(0)], vmTypesCap: 1 });
+    expect(all.slice(-4).map((c) => c.name)).toEqual(PRIVATE);
+    for (const c of all.slice(-4)) expect(c.vmType).toBe('SW_PROTECTED');
+    for (const c of all.slice(0, -4)) expect(c.skipReason).toBeUndefined(); // the default type has MMAP|INIT_SHARED
+
+    for (const r of Object.values(skips([type(0)], 1))) expect(r).toMatch(/^KVM_CAP_VM_TYPES 0x1 lacks KVM_X86_SW_PROTECTED_VM/);
+    for (const r of Object.values(skips([type(0), type(1, { createError: 'EINVAL' })], 3))) expect(r).toMatch(/no SW_PROTECTED VM can be created: EINVAL/);
+    for (const r of Object.values(skips([type(0), type(1, { memoryAttributes: 0n })], 3))) {
+      expect(r).toMatch(/^KVM_CAP_MEMORY_ATTRIBUTES on a SW_PROTECTED VM is 0x0, without KVM_MEMORY_ATTRIBUTE_PRIVATE/);
+    }
+    for (const r of Object.values(skips([type(0), type(1, { memoryAttributes: 8n, gmemMemslots: false })], 3))) {
+      expect(r).toMatch(/^KVM_CAP_GUEST_MEMFD is 0 on a SW_PROTECTED VM/);
+    }
+    for (const [name, r] of Object.entries(skips([type(0), type(1, { memoryAttributes: 8n, gmemFlags: 0n })], 3))) {
+      if (needsMmap.has(name)) expect(r, name).toMatch(/^KVM_CAP_GUEST_MEMFD_FLAGS on a SW_PROTECTED VM is 0x0, without GUEST_MEMFD_FLAG_MMAP/);
+      else expect(r, name).toBeUndefined();
+    }
+    for (const r of Object.values(skips([type(0), type(1, { memoryAttributes: 8n, gmemFlags: 1n })], 3))) expect(r).toBeUndefined();
+    // Without usable KVM the harness gives its own reason: none is set here.
+    for (const r of Object.values(skips([type(0)], 0, false))) expect(r).toBeUndefined();
+  });
+
+  /** A SW_PROTECTED VM with PRIVATE attributes, or a skip naming what the host lacks. */
+  function swProtectedVm(ctx: Parameters<typeof openKvm>[0], kvm: Kvm) {
+    if (process.arch !== 'x64') ctx.skip('KVM_X86_SW_PROTECTED_VM is an x86 VM type');
+    const types = kvm.checkExtension(Cap.VM_TYPES);
+    if (!(types & (1 << VmType.SW_PROTECTED))) ctx.skip(`KVM_CAP_VM_TYPES 0x${types.toString(16)} lacks KVM_X86_SW_PROTECTED_VM`);
+    const vm = kvm.createVm(VmType.SW_PROTECTED);
+    const attrs = BigInt(vm.checkExtension(Cap.MEMORY_ATTRIBUTES));
+    if (!(attrs & MemoryAttribute.PRIVATE)) {
+      vm.close();
+      ctx.skip(`KVM_CAP_MEMORY_ATTRIBUTES on a SW_PROTECTED VM is 0x${attrs.toString(16)}, without PRIVATE`);
+    }
+    if (!(BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS)) & GuestMemfdFlag.MMAP)) {
+      vm.close();
+      ctx.skip('KVM_CAP_GUEST_MEMFD_FLAGS on a SW_PROTECTED VM lacks GUEST_MEMFD_FLAG_MMAP');
+    }
+    return vm;
+  }
+
+  it('its guest_memfd cannot be mapped with flags 0 (ENODEV); with MMAP it maps, but a host access faults (SIGBUS)', (ctx) => {
+    using kvm = openKvm(ctx);
+    using vm = swProtectedVm(ctx, kvm);
+    using g0 = vm.createGuestMemfd({ size: MiB });
+    expect(() => g0.map()).toThrow(expect.objectContaining({ code: 'ENODEV', syscall: 'mmap' }) as KvmError);
+    using g = vm.createGuestMemfd({ size: MiB, flags: GuestMemfdFlag.MMAP });
+    using m = g.map();
+    expect(() => m.bytes).toThrow(expect.objectContaining({ code: 'ERR_KVM_PRIVATE_MEMORY' }) as Error);
+    let err: unknown;
+    try {
+      m.read(PAGE_SIZE + 8, 8);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(GuestMemoryFaultError);
+    expect(err).toMatchObject({ fileOffset: BigInt(PAGE_SIZE + 8), bytesDone: 0, side: 'mapping' });
+    expect(() => m.fill(1, 0, PAGE_SIZE)).toThrow(GuestMemoryFaultError);
+  });
+
+  it('its guest_memfd keeps the VM: after vm.close() it allocates and punches, and its memory is still not the host\'s', (ctx) => {
+    using kvm = openKvm(ctx);
+    const vm = swProtectedVm(ctx, kvm);
+    using g = vm.createGuestMemfd({ size: 4 * MiB, flags: GuestMemfdFlag.MMAP });
+    vm.setUserMemoryRegion2({ slot: 1, guestPhysAddr: 1 << 30, memorySize: 4 * MiB, userspaceAddr: 0, guestMemfd: g });
+    vm.setMemoryAttributes(1 << 30, 4 * MiB, MemoryAttribute.PRIVATE);
+    vm.close();
+    expect(countFds('kvm-vm')).toBe(0);
+    g.allocate(0, 4 * MiB);
+    g.punchHole(MiB, PAGE_SIZE);
+    g.punchHole(0, 4 * MiB);
+    g.allocate(0, 4 * MiB);
+    expect(g.stat().size).toBe(BigInt(4 * MiB));
+    using m = g.map();
+    expect(() => m.read(0, 1)).toThrow(GuestMemoryFaultError);
   });
 });
 

@@ -10,10 +10,10 @@
  * @module
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { GuestMemfdFlag } from '../../core/constants.js';
+import { GuestMemfdFlag, MemoryAttribute, VmType } from '../../core/constants.js';
 import type { MmioExit, VcpuExit } from '../../kvm/exits.js';
 import type { GuestMemfd } from '../../kvm/guest-memfd.js';
 import type { Vm } from '../../kvm/vm.js';
@@ -22,6 +22,7 @@ import { GuestAssertionError } from '../../guest/ucall.js';
 import type { ChildRequest } from '../child.js';
 import { MiB, selftestGuest, type Memtest, type SelftestGuest } from '../guest.js';
 import { check, checkEq, SelftestFailure, type CaseContext, type SelftestCase } from '../harness.js';
+import type { HostFacts } from '../host.js';
 
 /** A lifecycle case as its file defines it; index.ts adds the group and the host's skip reason. */
 export type LifecycleCase = Omit<SelftestCase, 'group' | 'skipReason'>;
@@ -52,6 +53,51 @@ export const THREAD = {
   /** Ackerley Tng, 7 Aug 2023, quoting kvm_gmem_release() and kvm_gmem_bind(). */
   gmemReleaseAndBind: 'https://lore.kernel.org/r/diqzv8dq3116.fsf@ackerleytng-ctop.c.googlers.com',
 } as const;
+
+/**
+ * Why the private-memory cases cannot run here, naming the missing capability; undefined when
+ * they can (or when the host has no usable KVM at all, which the harness reports itself). They
+ * need a SW_PROTECTED VM (x86) whose KVM_CAP_MEMORY_ATTRIBUTES, asked on such a VM, has PRIVATE
+ * (/dev/kvm reports PRIVATE whatever the type) and which accepts guest_memfd memslots; with
+ * `needMmap`, also GUEST_MEMFD_FLAG_MMAP there.
+ */
+export function privateMemoryMissing(host: HostFacts, needMmap: boolean): string | undefined {
+  if (!host.available) return undefined;
+  if (process.arch !== 'x64') return `KVM_X86_SW_PROTECTED_VM is an x86 VM type; this is ${process.arch}`;
+  const t = host.vmTypes.find((v) => v.type === VmType.SW_PROTECTED);
+  if (t === undefined) {
+    return `KVM_CAP_VM_TYPES ${hex(host.vmTypesCap)} lacks KVM_X86_SW_PROTECTED_VM (bit 1): these cases need a VM type with private memory (CONFIG_KVM_SW_PROTECTED_VM and the TDP MMU)`;
+  }
+  if (t.createError !== undefined) return `no SW_PROTECTED VM can be created: ${t.createError}`;
+  if ((t.memoryAttributes & MemoryAttribute.PRIVATE) === 0n) {
+    return `KVM_CAP_MEMORY_ATTRIBUTES on a SW_PROTECTED VM is ${hex(t.memoryAttributes)}, without KVM_MEMORY_ATTRIBUTE_PRIVATE (0x8)`;
+  }
+  if (!t.gmemMemslots) return 'KVM_CAP_GUEST_MEMFD is 0 on a SW_PROTECTED VM: it accepts no guest_memfd memslots';
+  if (needMmap && (t.gmemFlags & GuestMemfdFlag.MMAP) === 0n) {
+    return `KVM_CAP_GUEST_MEMFD_FLAGS on a SW_PROTECTED VM is ${hex(t.gmemFlags)}, without GUEST_MEMFD_FLAG_MMAP (0x1): this case maps (or binds alone) a mappable guest_memfd`;
+  }
+  return undefined;
+}
+
+/** Where debugfs shows KVM's per-VM directories (mounted by root; absent on many hosts). */
+export const KVM_DEBUGFS = '/sys/kernel/debug/kvm';
+
+/**
+ * The VM's own debugfs directory, `<pid>-<vm fd>` under {@link KVM_DEBUGFS}, if it exists now
+ * (call it while the VM fd is open). KVM removes it when it destroys the VM, i.e. when the last
+ * reference to the VM goes (kvm_destroy_vm), not when the VM fd is closed.
+ */
+export function vmDebugfsDir(vm: Vm): string | undefined {
+  const dir = join(KVM_DEBUGFS, `${process.pid}-${vm.fd}`);
+  return existsSync(dir) ? dir : undefined;
+}
+
+/** A field of /proc/meminfo in bytes (its kB values times 1024), or undefined if it is not there. */
+export function meminfo(field: string): number | undefined {
+  const line = readFileSync('/proc/meminfo', 'utf8').split('\n').find((l) => l.startsWith(`${field}:`));
+  const kb = line === undefined ? NaN : Number(/(\d+)\s*kB/.exec(line)?.[1]);
+  return Number.isSafeInteger(kb) ? kb * 1024 : undefined;
+}
 
 /** `0x...` for messages. */
 export function hex(v: number | bigint): string {

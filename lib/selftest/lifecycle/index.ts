@@ -1,6 +1,8 @@
 /**
  * The lifecycle group: what happens to guest_memfd memory, its memslots and its VM as each of
- * them is closed, deleted, re-bound, punched or handed to another process. These cases mirror no
+ * them is closed, deleted, re-bound, punched or handed to another process, and, on a VM type with
+ * private memory (SW_PROTECTED), what the host can see of private memory, how long it lives and
+ * how its faults are reported. These cases mirror no
  * upstream selftest; each pins down a behaviour argued in the guest_memfd design threads (the
  * messages are in its `source`), as this library's users rely on it. One file per case.
  * @module
@@ -9,15 +11,19 @@ import { VmType } from '../../core/constants.js';
 import type { SelftestCase } from '../harness.js';
 import type { HostFacts } from '../host.js';
 import { closeGuestMemfdWhileBound } from './close-guest-memfd-while-bound.js';
-import { SHARED, type LifecycleCase } from './common.js';
+import { privateMemoryMissing, SHARED, type LifecycleCase } from './common.js';
 import { deleteMemslotKeepsData } from './delete-memslot-keeps-data.js';
 import { guestMemfdBoundToOneVm } from './guest-memfd-bound-to-one-vm.js';
 import { guestMemfdKeepsVmAlive } from './guest-memfd-keeps-vm-alive.js';
 import { guestMemfdMemslotImmutable } from './guest-memfd-memslot-immutable.js';
+import { memoryFaultNamesGpaSizePrivate } from './memory-fault-names-gpa-size-private.js';
 import { overlappingGuestMemfdRanges } from './overlapping-guest-memfd-ranges.js';
+import { privateMemoryGoneWithLastReference } from './private-memory-gone-with-last-reference.js';
+import { privateMemoryNotHostMappable } from './private-memory-not-host-mappable.js';
+import { privateMemorySurvivesVmFdClose } from './private-memory-survives-vm-fd-close.js';
 import { punchAllocateWhileMappedAndBound } from './punch-allocate-while-mapped-and-bound.js';
 
-/** The cases in the order they run. */
+/** The cases on shared guest_memfd memory of a default VM, in the order they run. */
 const CASES: readonly LifecycleCase[] = [
   guestMemfdKeepsVmAlive,
   closeGuestMemfdWhileBound,
@@ -28,10 +34,26 @@ const CASES: readonly LifecycleCase[] = [
   punchAllocateWhileMappedAndBound,
 ];
 
+/**
+ * The private-memory cases (SW_PROTECTED VMs), in the order they run after those, each with
+ * whether it needs GUEST_MEMFD_FLAG_MMAP on that VM type.
+ */
+const PRIVATE_CASES: readonly (readonly [LifecycleCase, boolean])[] = [
+  [privateMemoryNotHostMappable, true],
+  [privateMemorySurvivesVmFdClose, false],
+  [privateMemoryGoneWithLastReference, true],
+  [memoryFaultNamesGpaSizePrivate, true],
+];
+
 /** The lifecycle cases, given what the host offers. */
 export function lifecycleCases(host: HostFacts): SelftestCase[] {
-  const skipReason = sharedGmemMissing(host);
-  return CASES.map((c) => ({ ...c, group: 'lifecycle', ...(skipReason !== undefined ? { skipReason } : {}) }));
+  const withSkip = (c: LifecycleCase, skipReason: string | undefined): SelftestCase =>
+    ({ ...c, group: 'lifecycle', ...(skipReason !== undefined ? { skipReason } : {}) });
+  const shared = sharedGmemMissing(host);
+  return [
+    ...CASES.map((c) => withSkip(c, shared)),
+    ...PRIVATE_CASES.map(([c, needMmap]) => withSkip(c, privateMemoryMissing(host, needMmap))),
+  ];
 }
 
 /**
