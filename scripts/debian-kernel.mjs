@@ -13,6 +13,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { $, argv } from 'zx';
+import { aptOptions as privateAptOptions, debianMirror } from './debian-apt.mjs';
 
 const HELP = `usage: zx scripts/debian-kernel.mjs tools|fetch [--suite sid] [--cache DIR] [--json]`;
 if (argv.help || argv.h) {
@@ -29,45 +30,11 @@ function fail(message) {
   process.exit(1);
 }
 
-/** The Debian archive URI and keyring the machine's own apt sources use (deb822 or one-line). */
-function debianMirror() {
-  const files = [];
-  for (const dir of ['/etc/apt/sources.list.d']) {
-    if (existsSync(dir)) for (const f of readdirSync(dir)) files.push(join(dir, f));
-  }
-  if (existsSync('/etc/apt/sources.list')) files.push('/etc/apt/sources.list');
-  for (const f of files) {
-    const text = readFileSync(f, 'utf8');
-    if (f.endsWith('.sources')) {
-      for (const stanza of text.split(/\n\s*\n/)) {
-        const field = (k) => new RegExp(`^${k}:\\s*(.+)$`, 'mi').exec(stanza)?.[1]?.trim();
-        const uri = field('URIs')?.split(/\s+/)[0];
-        const keyring = field('Signed-By');
-        if (uri && /\/debian\/?$/.test(uri) && (field('Components') ?? '').split(/\s+/).includes('main')) return { uri, keyring };
-      }
-    } else {
-      for (const line of text.split('\n')) {
-        const m = /^deb\s+(?:\[([^\]]*)\]\s+)?(\S+\/debian\/?)\s+\S+\s+.*\bmain\b/.exec(line.trim());
-        if (m) return { uri: m[2], keyring: /signed-by=(\S+)/.exec(m[1] ?? '')?.[1] };
-      }
-    }
-  }
-  fail('no Debian archive with "main" in this machine\'s apt sources: cannot read Debian\'s newest suite');
-}
-
-/** apt-get/apt-cache options for a private view of `suite`. */
+/** apt-get/apt-cache options for a private view of `suite` under the cache. */
 function aptOptions() {
-  const dir = join(cache, 'apt', suite);
-  for (const d of ['lists/partial', 'archives/partial']) mkdirSync(join(dir, d), { recursive: true });
-  const { uri, keyring } = debianMirror();
-  const signed = keyring ?? '/usr/share/keyrings/debian-archive-keyring.gpg';
-  writeFileSync(join(dir, 'sources.list'), `deb [signed-by=${signed}] ${uri} ${suite} main\n`);
-  return [
-    '-o', `Dir::Etc::SourceList=${join(dir, 'sources.list')}`, '-o', 'Dir::Etc::SourceParts=/dev/null',
-    '-o', `Dir::State::Lists=${join(dir, 'lists')}`, '-o', `Dir::Cache=${dir}`,
-    '-o', `Dir::Cache::archives=${join(dir, 'archives')}`, '-o', 'Dir::State::Status=/var/lib/dpkg/status',
-    '-o', 'APT::Sandbox::User=root', // the cache is root's own: apt's _apt user could not write it
-  ];
+  const mirror = debianMirror();
+  if (mirror === undefined) fail('no Debian archive with "main" in this machine\'s apt sources: cannot read Debian\'s newest suite');
+  return privateAptOptions(cache, suite, mirror);
 }
 
 async function update(opts) {

@@ -17,6 +17,7 @@ import { availableParallelism, homedir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { $, argv } from 'zx';
+import { aptOptions as privateAptOptions, debianMirror } from './debian-apt.mjs';
 
 const HELP = `usage: zx scripts/sw-protected-kvm.mjs [--kernel IMAGE] [options]
 
@@ -64,41 +65,11 @@ function failStep(step, what, detail, hint) {
   fail([`step '${step}' failed: ${what}`, detail.trimEnd(), hint ? `what to do: ${hint}` : ''].filter(Boolean).join('\n'));
 }
 
-/** The Debian archive URI and keyring the machine's own apt sources use (deb822 or one-line). */
-function debianMirror() {
-  const files = [];
-  if (existsSync('/etc/apt/sources.list.d')) for (const f of readdirSync('/etc/apt/sources.list.d')) files.push(join('/etc/apt/sources.list.d', f));
-  if (existsSync('/etc/apt/sources.list')) files.push('/etc/apt/sources.list');
-  for (const f of files) {
-    const text = readFileSync(f, 'utf8');
-    if (f.endsWith('.sources')) {
-      for (const stanza of text.split(/\n\s*\n/)) {
-        const field = (k) => new RegExp(`^${k}:\\s*(.+)$`, 'mi').exec(stanza)?.[1]?.trim();
-        const uri = field('URIs')?.split(/\s+/)[0];
-        if (uri && /\/debian\/?$/.test(uri) && (field('Components') ?? '').split(/\s+/).includes('main')) return { uri, keyring: field('Signed-By') };
-      }
-    } else {
-      for (const line of text.split('\n')) {
-        const m = /^deb\s+(?:\[([^\]]*)\]\s+)?(\S+\/debian\/?)\s+\S+\s+.*\bmain\b/.exec(line.trim());
-        if (m) return { uri: m[2], keyring: /signed-by=(\S+)/.exec(m[1] ?? '')?.[1] };
-      }
-    }
-  }
-  failStep('download', 'no Debian archive with "main" in this machine\'s apt sources', '', 'run it on Debian (the packages come from Debian\'s archive)');
-}
-
 /** apt-get/apt-cache options for a private view of `suite` under the cache. */
 function aptOptions() {
-  const dir = join(cache, 'apt', suite);
-  for (const d of ['lists/partial', 'archives/partial']) mkdirSync(join(dir, d), { recursive: true });
-  const { uri, keyring } = debianMirror();
-  writeFileSync(join(dir, 'sources.list'), `deb [signed-by=${keyring ?? '/usr/share/keyrings/debian-archive-keyring.gpg'}] ${uri} ${suite} main\n`);
-  return [
-    '-o', `Dir::Etc::SourceList=${join(dir, 'sources.list')}`, '-o', 'Dir::Etc::SourceParts=/dev/null',
-    '-o', `Dir::State::Lists=${join(dir, 'lists')}`, '-o', `Dir::Cache=${dir}`,
-    '-o', `Dir::Cache::archives=${join(dir, 'archives')}`, '-o', 'Dir::State::Status=/var/lib/dpkg/status',
-    '-o', 'APT::Sandbox::User=root', // the cache is root's own: apt's _apt user could not write it
-  ];
+  const mirror = debianMirror();
+  if (mirror === undefined) failStep('download', 'no Debian archive with "main" in this machine\'s apt sources', '', 'run it on Debian (the packages come from Debian\'s archive)');
+  return privateAptOptions(cache, suite, mirror);
 }
 
 let aptUpdated = false;
