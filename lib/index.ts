@@ -16,17 +16,20 @@
  */
 export { Kvm, KVM_DEVICE } from './kvm/kvm.js';
 export { Vm } from './kvm/vm.js';
-export type { GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr, VmAdoptOptions, VcpuAdoptOptions } from './kvm/vm.js';
+export type {
+  GuestMemfdOptions, MemoryRegion, MemoryRegion2, Memslot, UserspaceAddr, VmAdoptOptions, VcpuAdoptOptions,
+  MemoryAttributeRange, GuestMemfdRange, ConvertMemoryOptions,
+} from './kvm/vm.js';
 export { GuestMemfd } from './kvm/guest-memfd.js';
 export type { GuestMemfdStat, MapOptions, AdoptOptions } from './kvm/guest-memfd.js';
 export { Vcpu } from './kvm/vcpu.js';
 export type { RunAsyncOptions } from './kvm/vcpu.js';
 export { CpuidFlag, CPUID_ENTRY_SIZE, MAX_CPUID_ENTRIES } from './kvm/cpuid.js';
 export type { CpuidEntry } from './kvm/cpuid.js';
-export { RunLayout } from './kvm/exits.js';
+export { RunLayout, mapGpaRange } from './kvm/exits.js';
 export type {
   VcpuExit, ExitReasonName, IoExit, MmioExit, HltExit, ShutdownExit, FailEntryExit, InternalErrorExit,
-  SystemEventExit, MemoryFaultExit, IntrExit, OtherExit,
+  SystemEventExit, MemoryFaultExit, HypercallExit, MapGpaRange, IntrExit, OtherExit,
 } from './kvm/exits.js';
 export type { Regs, RegsInput, Sregs, Segment, DTable, Fpu } from './kvm/x86-state.js';
 export { Mapping, MAX_MAPPING_LENGTH, MAX_LIVE_MAPPINGS } from './memory/mapping.js';
@@ -40,5 +43,6 @@ export type {
 export {
   Cap, GuestMemfdFlag, MemslotFlag, VmType, FallocMode, PAGE_SIZE, decodeBits,
   ExitReason, exitReasonName, MemoryFaultFlag, SystemEventType, InternalErrorSuberror, Madvise, MemPolicy,
+  MemoryAttribute, Hypercall, MapGpaRangeAttr, HypercallExitFlag, HypercallError,
 } from './core/constants.js';
 export type { CapName } from './core/constants.js';

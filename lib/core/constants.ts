@@ -32,6 +32,11 @@ export const Cap = {
   MAX_VCPU_ID: 128,
   /** KVM_CAP_IMMEDIATE_EXIT: kvm_run.immediate_exit. */
   IMMEDIATE_EXIT: 136,
+  /**
+   * KVM_CAP_EXIT_HYPERCALL: bitmask of hypercalls (1 << Hypercall.*) KVM can forward to userspace
+   * as KVM_EXIT_HYPERCALL; enable with `vm.enableCap(Cap.EXIT_HYPERCALL, [mask])`.
+   */
+  EXIT_HYPERCALL: 201,
   /** KVM_CAP_USER_MEMORY2: KVM_SET_USER_MEMORY_REGION2. */
   USER_MEMORY2: 231,
   /** KVM_CAP_MEMORY_FAULT_INFO: KVM_EXIT_MEMORY_FAULT details. */
@@ -120,6 +125,54 @@ export function exitReasonName(n: number): string | undefined {
 export const MemoryFaultFlag = {
   /** KVM_MEMORY_EXIT_FLAG_PRIVATE: the guest accessed the gpa as private memory. */
   PRIVATE: 1n << 3n,
+} as const;
+
+/**
+ * Attributes for `vm.setMemoryAttributes()` (KVM_MEMORY_ATTRIBUTE_*, a u64 bitmask). A VM accepts
+ * the bits its own KVM_CAP_MEMORY_ATTRIBUTES reports (ask the VM: /dev/kvm answers for all types).
+ */
+export const MemoryAttribute = {
+  /** KVM_MEMORY_ATTRIBUTE_PRIVATE: the guest accesses the range as private (guest_memfd) memory. */
+  PRIVATE: 1n << 3n,
+} as const;
+
+/** KVM_HC_* hypercall numbers (include/uapi/linux/kvm_para.h) that KVM can forward to userspace. */
+export const Hypercall = {
+  /** KVM_HC_MAP_GPA_RANGE: the guest asks to convert [gpa, gpa + npages * 4096) private or shared. */
+  MAP_GPA_RANGE: 12,
+} as const;
+
+/** KVM_MAP_GPA_RANGE_* bits of a MAP_GPA_RANGE hypercall's attributes (args[2]). */
+export const MapGpaRangeAttr = {
+  /** KVM_MAP_GPA_RANGE_PAGE_SZ_4K: the guest maps with 4 KiB pages. */
+  PAGE_SZ_4K: 0n,
+  /** KVM_MAP_GPA_RANGE_PAGE_SZ_2M. */
+  PAGE_SZ_2M: 1n << 0n,
+  /** KVM_MAP_GPA_RANGE_PAGE_SZ_1G. */
+  PAGE_SZ_1G: 1n << 1n,
+  /** KVM_MAP_GPA_RANGE_ENCRYPTED: to private. */
+  ENCRYPTED: 1n << 4n,
+  /** KVM_MAP_GPA_RANGE_DECRYPTED: to shared (the ENCRYPTED bit clear). */
+  DECRYPTED: 0n,
+} as const;
+
+/** kvm_run.hypercall.flags bits (a u64). */
+export const HypercallExitFlag = {
+  /** KVM_EXIT_HYPERCALL_LONG_MODE: the guest made the hypercall in 64-bit mode. */
+  LONG_MODE: 1n << 0n,
+} as const;
+
+/**
+ * KVM_E* codes (include/uapi/linux/kvm_para.h) a hypercall returns to the guest, negated in RAX;
+ * an answer to a forwarded hypercall (`exit.ret[0]`) uses them the same way.
+ */
+export const HypercallError = {
+  /** KVM_EPERM: the guest is not allowed (e.g. CPL > 0). */
+  EPERM: 1,
+  /** KVM_EINVAL: bad arguments (unaligned gpa, zero pages); also userspace's "not convertible". */
+  EINVAL: 22,
+  /** KVM_ENOSYS: the hypercall is not handled (not enabled for userspace). */
+  ENOSYS: 1000,
 } as const;
 
 /** kvm_run.system_event.type values (KVM_SYSTEM_EVENT_*). */

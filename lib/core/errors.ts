@@ -18,7 +18,7 @@ import { accessSync, constants as fsConstants, existsSync, readFileSync, statSyn
 import { dirname, resolve } from 'node:path';
 import { userInfo } from 'node:os';
 import { getSystemErrorMap, getSystemErrorName } from 'node:util';
-import { GuestMemfdFlag, MemslotFlag, PAGE_SIZE, VmType, decodeBits } from './constants.js';
+import { GuestMemfdFlag, MemoryAttribute, MemslotFlag, PAGE_SIZE, VmType, decodeBits } from './constants.js';
 
 /** Everything a failed system call reports. */
 export interface KvmErrorInfo {
@@ -359,7 +359,19 @@ export type HintContext =
       readonly caps: () => { memslots: number; addressSpaces: number; guestMemfd: number };
     }
   | { readonly call: 'delete-memslot'; readonly slot: number; readonly slots: ReadonlyMap<number, SlotFacts> }
-  | { readonly call: 'madvise'; readonly offset: number; readonly length: number };
+  | { readonly call: 'madvise'; readonly offset: number; readonly length: number }
+  | {
+      readonly call: 'set-memory-attributes'; readonly gpa: bigint; readonly size: bigint; readonly attributes: bigint;
+      /** KVM_CAP_MEMORY_ATTRIBUTES asked on this VM (the VM's answer, not /dev/kvm's). */
+      readonly offered: () => bigint;
+    }
+  | {
+      readonly call: 'enable-cap'; readonly cap: number; readonly capName: string | undefined;
+      readonly flags: number; readonly args: readonly bigint[];
+      /** KVM_CHECK_EXTENSION of the capability on the same fd. */
+      readonly offered: () => number;
+    }
+  | { readonly call: 'pre-fault-memory'; readonly gpa: bigint; readonly size: bigint; readonly slots: ReadonlyMap<number, SlotFacts> };
 
 /**
  * `e` with the hint for its cause when `e` is a KvmError whose cause is known from `ctx`;
@@ -435,6 +447,73 @@ function hintFor(code: string, ctx: HintContext): string | undefined {
       return code === 'EINVAL' && !aligned(BigInt(ctx.offset))
         ? `offset ${hex(ctx.offset)} is not a multiple of the page size (${PAGE_SIZE})`
         : undefined;
+    case 'set-memory-attributes':
+      return attributesHint(code, ctx, otherProcess);
+    case 'enable-cap':
+      return enableCapHint(code, ctx, otherProcess);
+    case 'pre-fault-memory':
+      return preFaultHint(code, ctx);
+  }
+}
+
+// KVM_SET_MEMORY_ATTRIBUTES refuses attribute bits the VM's own capability lacks, flags, and an
+// unaligned, empty or wrapping range, all with EINVAL:
+// https://docs.kernel.org/virt/kvm/api.html#kvm-set-memory-attributes
+function attributesHint(code: string, ctx: Extract<HintContext, { call: 'set-memory-attributes' }>, otherProcess: string): string | undefined {
+  if (code === 'EIO') return otherProcess;
+  if (code === 'ENOTTY') return 'this kernel has no KVM_SET_MEMORY_ATTRIBUTES (it needs KVM_GENERIC_MEMORY_ATTRIBUTES, Linux 6.8+)';
+  if (code !== 'EINVAL') return undefined;
+  const why: string[] = [];
+  if (ctx.size === 0n) why.push('the size is 0');
+  if (!aligned(ctx.gpa)) why.push(`gpa ${hex(ctx.gpa)} is not a multiple of the page size (${PAGE_SIZE})`);
+  if (!aligned(ctx.size)) why.push(`size ${hex(ctx.size)} is not a multiple of the page size (${PAGE_SIZE})`);
+  if (ctx.gpa + ctx.size >= 1n << 64n) why.push('gpa + size overflows 64 bits');
+  const offered = ctx.offered();
+  const refused = ctx.attributes & ~offered;
+  if (refused) {
+    why.push(`attributes ${decodeBits(refused, MemoryAttribute).join(' | ')} are not offered by this VM ` +
+      `(KVM_CAP_MEMORY_ATTRIBUTES on the VM = ${hex(offered)}; PRIVATE needs a VM type with private memory, ` +
+      'e.g. VmType.SW_PROTECTED)');
+  }
+  return why.length ? why.join('; ') : undefined;
+}
+
+function enableCapHint(code: string, ctx: Extract<HintContext, { call: 'enable-cap' }>, otherProcess: string): string | undefined {
+  if (code === 'EIO') return otherProcess;
+  if (code !== 'EINVAL') return undefined;
+  const name = ctx.capName ? `Cap.${ctx.capName}` : `capability ${ctx.cap}`;
+  if (ctx.flags !== 0) return `flags ${hex(ctx.flags)} are not 0 (x86 takes no KVM_ENABLE_CAP flags)`;
+  const offered = ctx.offered();
+  if (offered === 0) return `${name} is not offered here (KVM_CHECK_EXTENSION says 0)`;
+  const asked = ctx.args[0] ?? 0n;
+  return `${name} offers ${hex(offered)} (KVM_CHECK_EXTENSION); asked ${hex(asked)}` +
+    (asked & ~BigInt(offered) ? `, whose bits ${hex(asked & ~BigInt(offered))} it lacks` : '');
+}
+
+// The errnos api.rst documents for KVM_PRE_FAULT_MEMORY:
+// https://docs.kernel.org/virt/kvm/api.html#kvm-pre-fault-memory
+function preFaultHint(code: string, ctx: Extract<HintContext, { call: 'pre-fault-memory' }>): string | undefined {
+  switch (code) {
+    case 'ENOENT':
+      return `gpa ${hex(ctx.gpa)} is not in any memslot (${slotList(ctx.slots)})`;
+    case 'EOPNOTSUPP':
+      return 'KVM maps guest memory with shadow paging here (or the vCPU is in a nested guest): pre-faulting needs ' +
+        'two-dimensional paging (EPT/NPT; KVM_CAP_PRE_FAULT_MEMORY is 0 then)';
+    case 'ENOTTY':
+      return 'this kernel has no KVM_PRE_FAULT_MEMORY (Linux 6.11+)';
+    case 'EFAULT':
+      return `the range at ${hex(ctx.gpa)} is private (KVM_SET_MEMORY_ATTRIBUTES) but its memslot has no guest_memfd, ` +
+        'or its guest_memfd page cannot be had';
+    case 'EINVAL': {
+      const why: string[] = [];
+      if (ctx.size === 0n) why.push('the size is 0');
+      if (!aligned(ctx.gpa)) why.push(`gpa ${hex(ctx.gpa)} is not a multiple of the page size (${PAGE_SIZE})`);
+      if (!aligned(ctx.size)) why.push(`size ${hex(ctx.size)} is not a multiple of the page size (${PAGE_SIZE})`);
+      if (ctx.gpa + ctx.size >= 1n << 64n) why.push('gpa + size overflows 64 bits');
+      return why.length ? why.join('; ') : undefined;
+    }
+    default:
+      return undefined;
   }
 }
 

@@ -76,6 +76,10 @@ export interface NativeVcpuRunner {
   run(): number;
   /** KVM_RUN on the vCPU's own thread: resolves to 0 or its errno. `polled`: the caller will poll(). */
   runAsync(polled?: boolean): Promise<number>;
+  /** KVM_PRE_FAULT_MEMORY on the vCPU's own thread: resolves to 0 or its errno; shares the busy state and kick with runAsync. */
+  preFaultAsync(gpa: U64In, size: U64In, flags: U64In): Promise<number>;
+  /** Writes [gpa, size] as the last preFaultAsync() left them into out. */
+  preFaultRange(out: BigUint64Array): void;
   /** Settles a polled run whose result is in; `giveUp` hands delivery back to the event loop. Whether to poll again. */
   poll(giveUp?: boolean): boolean;
   /** immediate_exit + signal; whether a runAsync() was in flight. */
@@ -208,6 +212,14 @@ export interface NativeAddon {
   getFpu(fd: number, bytes: Uint8Array): void;
   setFpu(fd: number, bytes: Uint8Array): void;
   uapiLayout(): NativeLayout;
+  /** KVM_PRE_FAULT_MEMORY on a vCPU: 0 or the errno; out always gets the remaining [gpa, size]. */
+  preFaultMemory(vcpuFd: number, gpa: U64In, size: U64In, flags: U64In, out: BigUint64Array): number;
+  /** KVM_SET_MEMORY_ATTRIBUTES on a VM. */
+  setMemoryAttributes(vmFd: number, gpa: U64In, size: U64In, attributes: U64In, flags: U64In): void;
+  /** KVM_ENABLE_CAP on a VM or vCPU fd, four u64 arguments. */
+  enableCap(fd: number, cap: number, flags: number, a0: U64In, a1: U64In, a2: U64In, a3: U64In): void;
+  /** The CPUID instruction on the calling thread's CPU: [eax, ebx, ecx, edx]. */
+  hostCpuid(leaf: number, subleaf: number): Uint32Array;
   /** KVM_GET_SUPPORTED_CPUID on /dev/kvm: struct kvm_cpuid_entry2 bytes, 40 per entry. */
   getSupportedCpuid(kvmFd: number): Uint8Array;
   /** KVM_GET_CPUID2 on a vCPU: entry bytes (none before KVM_SET_CPUID2). */

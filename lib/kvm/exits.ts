@@ -3,10 +3,13 @@
  *
  * The views an exit carries (`io.data`, `mmio.data`) point into the vCPU's shared kvm_run
  * mapping, without copying: they are valid until the vCPU runs again. Fill them to answer an
- * IN or an MMIO read; KVM completes the instruction with those bytes on the next run.
+ * IN or an MMIO read; KVM completes the instruction with those bytes on the next run. A
+ * hypercall's `ret` is the same kind of view: set `ret[0]` to answer it.
  * @module
  */
-import { ExitReason, MemoryFaultFlag, exitReasonName } from '../core/constants.js';
+import {
+  ExitReason, Hypercall, HypercallExitFlag, MapGpaRangeAttr, MemoryFaultFlag, PAGE_SIZE, exitReasonName,
+} from '../core/constants.js';
 
 /** Byte offsets in struct kvm_run (x86_64), checked against native/uapi/kvm.h by a test. */
 export const RunLayout = {
@@ -18,6 +21,7 @@ export const RunLayout = {
   'internal.suberror': 32, 'internal.ndata': 36, 'internal.data': 40,
   'system_event.type': 32, 'system_event.ndata': 36, 'system_event.data': 40,
   'memory_fault.flags': 32, 'memory_fault.gpa': 40, 'memory_fault.size': 48,
+  'hypercall.nr': 32, 'hypercall.args': 40, 'hypercall.ret': 88, 'hypercall.flags': 96,
   kvm_valid_regs: 288, kvm_dirty_regs: 296,
 } as const;
 
@@ -85,16 +89,58 @@ export interface SystemEventExit extends ExitBase {
 /**
  * KVM_EXIT_MEMORY_FAULT: KVM could not resolve a guest access to guest_memfd-backed memory
  * (e.g. the gpa is private but the memory is not, or the guest_memfd is gone). KVM_RUN fails
- * with EFAULT and fills this; the library reports it as an exit, not an error.
+ * with EFAULT (or EHWPOISON for poisoned memory) and fills this; the library reports it as an
+ * exit, not an error. A VMM typically converts the range (`vm.convertMemory()`) and runs again.
  */
 export interface MemoryFaultExit extends ExitBase {
   reason: 'memory_fault';
+  /** Guest-physical address of the fault's first byte. */
   gpa: bigint;
+  /** Bytes of the fault (a page, 4096, for a 4 KiB fault on x86). */
   size: bigint;
   /** MemoryFaultFlag bits. */
   flags: bigint;
-  /** Whether MemoryFaultFlag.PRIVATE is set. */
+  /** Whether MemoryFaultFlag.PRIVATE is set: the guest accessed the range as private. */
   private: boolean;
+  /** The errno KVM_RUN failed with: 'EFAULT', or 'EHWPOISON' for memory with a hardware error. */
+  errno: 'EFAULT' | 'EHWPOISON';
+}
+
+/**
+ * KVM_EXIT_HYPERCALL: a hypercall the guest made (VMCALL/VMMCALL) that KVM forwards to userspace
+ * because `vm.enableCap(Cap.EXIT_HYPERCALL, [1 << nr])` asked for it (today only
+ * Hypercall.MAP_GPA_RANGE). Answer by setting `ret[0]` before running again: KVM puts it in the
+ * guest's RAX (0 for success, or a negated HypercallError value as the guest sees it).
+ */
+export interface HypercallExit extends ExitBase {
+  reason: 'hypercall';
+  /** The hypercall number (a {@link Hypercall} value), from the guest's RAX. */
+  nr: bigint;
+  /** The six argument slots (for MAP_GPA_RANGE: gpa, pages, attributes, then unused). */
+  args: bigint[];
+  /** HypercallExitFlag bits. */
+  flags: bigint;
+  /** Whether HypercallExitFlag.LONG_MODE is set (a 64-bit guest; otherwise arguments are 32-bit). */
+  longMode: boolean;
+  /**
+   * A one-element view of kvm_run.hypercall.ret in the vCPU's kvm_run page, valid until the next
+   * run: set `ret[0]` to the answer (KVM presets 0).
+   */
+  ret: BigUint64Array;
+}
+
+/** A MAP_GPA_RANGE hypercall decoded by {@link mapGpaRange}. */
+export interface MapGpaRange {
+  /** Guest-physical address of the range's first byte. */
+  gpa: bigint;
+  /** The range's length in bytes (the guest passes pages of 4 KiB). */
+  size: bigint;
+  /** The raw MapGpaRangeAttr bits (args[2], passed through by KVM unchecked). */
+  attributes: bigint;
+  /** Whether the guest asks for private memory (MapGpaRangeAttr.ENCRYPTED). */
+  private: boolean;
+  /** The page size the attributes name: 4096, 2 MiB or 1 GiB (4096 for an unknown value). */
+  pageSize: number;
 }
 
 /**
@@ -113,13 +159,36 @@ export interface OtherExit extends ExitBase {
 /** Why KVM_RUN came back: a union on `reason`. */
 export type VcpuExit =
   | IoExit | MmioExit | HltExit | ShutdownExit | FailEntryExit | InternalErrorExit
-  | SystemEventExit | MemoryFaultExit | IntrExit | OtherExit;
+  | SystemEventExit | MemoryFaultExit | HypercallExit | IntrExit | OtherExit;
 
 /** The values of `VcpuExit['reason']`. */
 export type ExitReasonName = VcpuExit['reason'];
 
 const EINTR = 4;
 const EFAULT = 14;
+// KVM_RUN reports a memory fault with EFAULT or EHWPOISON, and only then is exit_reason valid:
+// https://docs.kernel.org/virt/kvm/api.html#kvm-exit-memory-fault
+const EHWPOISON = 133;
+const PAGE_SZ_MASK = MapGpaRangeAttr.PAGE_SZ_2M | MapGpaRangeAttr.PAGE_SZ_1G;
+
+/**
+ * The conversion a KVM_HC_MAP_GPA_RANGE hypercall asks for, or undefined for any other exit or
+ * hypercall number. The guest gives the length in 4 KiB pages (args[1]); `size` is in bytes.
+ */
+export function mapGpaRange(exit: VcpuExit): MapGpaRange | undefined {
+  if (exit.reason !== 'hypercall' || exit.nr !== BigInt(Hypercall.MAP_GPA_RANGE)) return undefined;
+  const attributes = exit.args[2] ?? 0n;
+  const sz = attributes & PAGE_SZ_MASK;
+  const pageSize = sz === MapGpaRangeAttr.PAGE_SZ_2M ? 2 << 20 : sz === MapGpaRangeAttr.PAGE_SZ_1G ? 1 << 30 : PAGE_SIZE;
+  return {
+    gpa: exit.args[0] ?? 0n,
+    // u64 like the kernel's: a page count the guest made up cannot make a negative or huge-wrapped size.
+    size: BigInt.asUintN(64, (exit.args[1] ?? 0n) * BigInt(PAGE_SIZE)),
+    attributes,
+    private: (attributes & MapGpaRangeAttr.ENCRYPTED) !== 0n,
+    pageSize,
+  };
+}
 
 function words(v: DataView, at: number, n: number): bigint[] {
   const out: bigint[] = [];
@@ -130,6 +199,7 @@ function words(v: DataView, at: number, n: number): bigint[] {
 /** Views into one vCPU's kvm_run kept from exit to exit (a port-I/O loop makes the same one). */
 export interface ExitViews {
   io?: Uint8Array;
+  hypercallRet?: BigUint64Array;
 }
 
 /**
@@ -140,12 +210,13 @@ export interface ExitViews {
 export function decodeExit(v: DataView, buffer: ArrayBuffer, status: number, views: ExitViews = {}): VcpuExit | undefined {
   const exitReason = v.getUint32(RunLayout.exit_reason, true);
   if (status === EINTR) return { reason: 'intr', exitReason };
-  if (status === EFAULT && exitReason === ExitReason.MEMORY_FAULT) {
+  if ((status === EFAULT || status === EHWPOISON) && exitReason === ExitReason.MEMORY_FAULT) {
     const flags = v.getBigUint64(RunLayout['memory_fault.flags'], true);
     return {
       reason: 'memory_fault', exitReason, flags, private: (flags & MemoryFaultFlag.PRIVATE) !== 0n,
       gpa: v.getBigUint64(RunLayout['memory_fault.gpa'], true),
       size: v.getBigUint64(RunLayout['memory_fault.size'], true),
+      errno: status === EFAULT ? 'EFAULT' : 'EHWPOISON',
     };
   }
   if (status !== 0) return undefined;
@@ -194,6 +265,19 @@ export function decodeExit(v: DataView, buffer: ArrayBuffer, status: number, vie
         reason: 'system_event', exitReason, type: v.getUint32(RunLayout['system_event.type'], true),
         data: words(v, RunLayout['system_event.data'], v.getUint32(RunLayout['system_event.ndata'], true)),
       };
+    case ExitReason.HYPERCALL: {
+      const flags = v.getBigUint64(RunLayout['hypercall.flags'], true);
+      let ret = views.hypercallRet;
+      if (ret === undefined || ret.buffer !== buffer) {
+        ret = new BigUint64Array(buffer, RunLayout['hypercall.ret'], 1);
+        views.hypercallRet = ret;
+      }
+      return {
+        reason: 'hypercall', exitReason, nr: v.getBigUint64(RunLayout['hypercall.nr'], true),
+        args: words(v, RunLayout['hypercall.args'], 6), flags,
+        longMode: (flags & HypercallExitFlag.LONG_MODE) !== 0n, ret,
+      };
+    }
     case ExitReason.INTR:
       return { reason: 'intr', exitReason };
     default:

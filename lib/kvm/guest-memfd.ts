@@ -243,8 +243,23 @@ export class GuestMemfd extends FdResource {
     } catch (e) {
       throw explain(e, { call: 'map-guest-memfd', flags: this.flags, offset: o });
     }
-    return Mapping.fromNative(mapped, o, privateReason, pastEofReason);
+    const m = Mapping.fromNative(mapped, o, privateReason, pastEofReason);
+    mappedFrom.set(m, this);
+    return m;
   }
+}
+
+// Which GuestMemfd each guest_memfd Mapping maps: vm.convertMemory() must not discard the
+// "shared side" of a memslot whose host memory is the slot's own guest_memfd (that would punch
+// the private memory it just converted to), and drops other file-backed memory with MADV_REMOVE.
+const mappedFrom = new WeakMap<Mapping, GuestMemfd>();
+
+/**
+ * The GuestMemfd a Mapping was made from by `GuestMemfd.map()`, or undefined (anonymous memory).
+ * @internal
+ */
+export function guestMemfdOfMapping(m: Mapping): GuestMemfd | undefined {
+  return mappedFrom.get(m);
 }
 
 /**

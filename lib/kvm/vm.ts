@@ -3,12 +3,12 @@
  * @module
  */
 import type { CpuidEntry } from './cpuid.js';
-import { Cap, MemslotFlag, VmType } from '../core/constants.js';
+import { Cap, Madvise, MemoryAttribute, MemslotFlag, VmType } from '../core/constants.js';
 import { argTypeError, argRangeError, explain } from '../core/errors.js';
 import type { FdFacts } from '../core/fd-identity.js';
 import type { ReceivedFd } from '../ipc/message.js';
 import { dupOption, fdArgument, takeOver } from './adopt.js';
-import { GuestMemfd } from './guest-memfd.js';
+import { GuestMemfd, guestMemfdOfMapping } from './guest-memfd.js';
 import { Kvm } from './kvm.js';
 import { mappingRange, rangeHolders, type Mapping } from '../memory/mapping.js';
 import { native } from '../core/native.js';
@@ -120,6 +120,39 @@ export interface Memslot {
   via: 'region' | 'region2';
 }
 
+/** A range of guest-physical addresses and the memory attributes this Vm set on it. */
+export interface MemoryAttributeRange {
+  /** First guest-physical address of the range. */
+  start: bigint;
+  /** One past the last address. */
+  end: bigint;
+  /** MemoryAttribute bits (0n: shared, the default). */
+  attributes: bigint;
+}
+
+/** A piece of a guest-physical range that a guest_memfd memslot backs (see `vm.guestMemfdRanges()`). */
+export interface GuestMemfdRange {
+  /** The memslot's id. */
+  slot: number;
+  /** The memslot's guest_memfd. */
+  guestMemfd: GuestMemfd;
+  /** Where the piece starts in the guest_memfd (the slot's guestMemfdOffset plus the piece's offset in the slot). */
+  offset: bigint;
+  /** The piece's length in bytes. */
+  length: bigint;
+  /** The piece's first guest-physical address. */
+  gpa: bigint;
+}
+
+/** Options of `vm.convertMemory()`. */
+export interface ConvertMemoryOptions {
+  /**
+   * Free the backing of the side the range leaves (default true): the guest_memfd pages when it
+   * becomes shared, the host memory of the memslot's userspace mapping when it becomes private.
+   */
+  discard?: boolean;
+}
+
 /**
  * A VM. Created by `kvm.createVm()`.
  *
@@ -141,6 +174,12 @@ export class Vm extends FdResource {
   // kvm_run's mapping): KVM cannot destroy a vCPU, so the fd waits here for the next
   // createVcpu() of that id instead of leaving the id taken for good.
   readonly #parked = new Map<number, Parked>();
+  // What KVM_SET_MEMORY_ATTRIBUTES accepted, as sorted, disjoint, non-zero ranges. KVM has no
+  // "get" call and keeps attributes per GFN independently of memslots, so this record is kept
+  // through memslot deletion: https://docs.kernel.org/virt/kvm/api.html#kvm-set-memory-attributes
+  #attributes: MemoryAttributeRange[] = [];
+  // KVM_CAP_MEMORY_ATTRIBUTES asked on this VM (the answer depends on the VM type), for hints.
+  #attributesCap: bigint | undefined;
 
   private constructor(fd: number, type: number, runSize: number, supportedCpuid: () => CpuidEntry[]) {
     super(fd, 'Vm');
@@ -295,6 +334,188 @@ export class Vm extends FdResource {
    */
   checkExtension(cap: number): number {
     return native.checkExtension(this.open(), u32(cap, 'cap'));
+  }
+
+  /**
+   * Enables a capability on this VM (ioctl KVM_ENABLE_CAP), e.g.
+   * `vm.enableCap(Cap.EXIT_HYPERCALL, [1n << BigInt(Hypercall.MAP_GPA_RANGE)])` to have
+   * MAP_GPA_RANGE hypercalls exit to userspace as `{ reason: 'hypercall' }`.
+   * @param cap a Cap value
+   * @param args up to four u64 arguments (struct kvm_enable_cap.args; missing ones are 0)
+   * @param flags struct kvm_enable_cap.flags (x86 takes 0)
+   * @throws KvmError: EINVAL for a capability the VM cannot enable or arguments it refuses (the
+   * `hint` gives what `checkExtension(cap)` offers); TypeError/RangeError for bad numbers or more
+   * than four args; ERR_KVM_CLOSED after close()
+   */
+  enableCap(cap: number, args: readonly (number | bigint)[] = [], flags = 0): void {
+    const c = u32(cap, 'cap');
+    if (!Array.isArray(args)) throw argTypeError(`The "args" argument must be an array; received ${describe(args)}`);
+    if (args.length > 4) throw argRangeError(`The "args" argument must have at most 4 elements; received ${args.length}`);
+    const a = [0, 1, 2, 3].map((i) => (i < args.length ? u64(args[i], `args[${i}]`) : 0n)) as [bigint, bigint, bigint, bigint];
+    const f = u32(flags, 'flags');
+    const fd = this.open();
+    try {
+      native.enableCap(fd, c, f, ...a);
+    } catch (e) {
+      throw explain(e, {
+        call: 'enable-cap', cap: c, capName: Object.entries(Cap).find(([, v]) => v === c)?.[0], flags: f, args: a,
+        offered: () => native.checkExtension(fd, c),
+      });
+    }
+  }
+
+  /**
+   * Sets the memory attributes of [gpa, gpa + size) (ioctl KVM_SET_MEMORY_ATTRIBUTES, flags 0):
+   * every attribute of the range is overwritten, so 0n makes it shared again. With
+   * MemoryAttribute.PRIVATE the guest's accesses go to the guest_memfd of the range's memslot;
+   * KVM does not look at memslots here, so a range with no guest_memfd slot, or no slot at all,
+   * may be made private (the guest's access then exits as a memory fault). A VM accepts the bits
+   * its own `checkExtension(Cap.MEMORY_ATTRIBUTES)` reports (PRIVATE only on VM types with private
+   * memory, e.g. VmType.SW_PROTECTED). Successful calls are recorded: see {@link memoryAttributes}.
+   * @throws KvmError: EINVAL for attributes this VM does not offer, a range that is empty,
+   * unaligned or wraps (the `hint` names which, with the VM's KVM_CAP_MEMORY_ATTRIBUTES); ENOTTY
+   * on kernels without the call; ENOMEM; TypeError/RangeError for bad numbers; ERR_KVM_CLOSED
+   * after close()
+   */
+  setMemoryAttributes(gpa: number | bigint, size: number | bigint, attributes: number | bigint): void {
+    const g = u64(gpa, 'gpa');
+    const sz = u64(size, 'size');
+    const at = u64(attributes, 'attributes');
+    const fd = this.open();
+    try {
+      native.setMemoryAttributes(fd, g, sz, at, 0);
+    } catch (e) {
+      throw explain(e, {
+        call: 'set-memory-attributes', gpa: g, size: sz, attributes: at,
+        offered: () => (this.#attributesCap ??= BigInt(native.checkExtension(fd, Cap.MEMORY_ATTRIBUTES))),
+      });
+    }
+    this.#recordAttributes(g, g + sz, at);
+  }
+
+  /**
+   * The memory attributes this Vm object has set with setMemoryAttributes() (and convertMemory()):
+   * the library's own record, not the kernel's, since KVM has no call to read them back
+   * (https://docs.kernel.org/virt/kvm/api.html#kvm-set-memory-attributes: "userspace is
+   * responsible for explicitly tracking the state"). Attributes belong to guest frames, not to
+   * memslots, so deleting a memslot keeps them. Another Vm object on the same VM (an adopted
+   * duplicate) has its own record.
+   * @param gpa with `size`, the window to report; without, every range whose attributes are not 0
+   * @param size the window's length
+   * @returns sorted, disjoint ranges; for a window, ranges covering all of it (attributes 0n where nothing was set)
+   * @throws TypeError/RangeError for bad numbers, or a `gpa` without `size`
+   */
+  memoryAttributes(gpa?: number | bigint, size?: number | bigint): readonly MemoryAttributeRange[] {
+    if (gpa === undefined && size === undefined) return this.#attributes.map((r) => ({ ...r }));
+    if (gpa === undefined || size === undefined) throw argTypeError('The "gpa" and "size" arguments must be given together');
+    const start = u64(gpa, 'gpa');
+    const end = start + u64(size, 'size');
+    const out: MemoryAttributeRange[] = [];
+    let at = start;
+    for (const r of this.#attributes) {
+      if (r.end <= at) continue;
+      if (r.start >= end) break;
+      if (r.start > at) out.push({ start: at, end: r.start, attributes: 0n });
+      const e = r.end < end ? r.end : end;
+      out.push({ start: r.start > at ? r.start : at, end: e, attributes: r.attributes });
+      at = e;
+    }
+    if (at < end) out.push({ start: at, end, attributes: 0n });
+    return out;
+  }
+
+  /**
+   * Where [gpa, gpa + size) lives in guest_memfd: one piece per memslot it crosses, walking this
+   * Vm's memslots the way the kernel selftests' vm_guest_mem_fallocate() does. For fallocate or
+   * punch-hole on the guest_memfd behind a guest-physical range.
+   * @throws RangeError (code 'ERR_KVM_NOT_GUEST_MEMFD') if some address of the range is in no
+   * memslot set by this Vm, in one without a guest_memfd, or in one whose guest_memfd was given
+   * as a bare fd number; TypeError/RangeError for bad numbers
+   */
+  guestMemfdRanges(gpa: number | bigint, size: number | bigint): GuestMemfdRange[] {
+    const start = u64(gpa, 'gpa');
+    const end = start + u64(size, 'size');
+    const out: GuestMemfdRange[] = [];
+    for (let at = start; at < end;) {
+      const s = [...this.#slots.values()].find((m) => m.guestPhysAddr <= at && at < m.guestPhysAddr + m.memorySize);
+      const why = s === undefined ? 'is in no memslot of this Vm'
+        : !(s.flags & MemslotFlag.GUEST_MEMFD) || s.guestMemfd === undefined ? `is in memslot ${s.slot}, which has no guest_memfd`
+        : !(s.guestMemfd instanceof GuestMemfd) ? `is in memslot ${s.slot}, whose guest_memfd was given as fd number ${s.guestMemfd}`
+        : undefined;
+      if (why !== undefined || s === undefined || !(s.guestMemfd instanceof GuestMemfd)) {
+        throw argRangeError(`guest-physical address 0x${at.toString(16)} of [0x${start.toString(16)}, 0x${end.toString(16)}) ${why ?? ''}`, 'ERR_KVM_NOT_GUEST_MEMFD');
+      }
+      const inSlot = at - s.guestPhysAddr;
+      const slotEnd = s.guestPhysAddr + s.memorySize;
+      const length = (end < slotEnd ? end : slotEnd) - at;
+      out.push({ slot: s.slot, guestMemfd: s.guestMemfd, offset: s.guestMemfdOffset + inSlot, length, gpa: at });
+      at += length;
+    }
+    return out;
+  }
+
+  /**
+   * Converts [gpa, gpa + size) to private or shared memory, as a VMM does on a memory-fault exit
+   * or a MAP_GPA_RANGE hypercall: sets the attributes (setMemoryAttributes), then, with
+   * `discard` (the default), frees the backing of the side the range left: to shared, the
+   * guest_memfd pages are punched out (GuestMemfd.punchHole); to private, the memslot's host
+   * memory is dropped (MADV_DONTNEED on anonymous memory, MADV_REMOVE on a mapping of another
+   * guest_memfd). Host memory is dropped only where the memslot was given a Mapping of this
+   * library: a bare address is left alone (the library does not know what it is). Nothing is
+   * discarded for a memslot whose host memory maps its own guest_memfd (both sides are one file).
+   * Every address must be in a guest_memfd memslot of this Vm ({@link guestMemfdRanges}),
+   * checked before anything changes.
+   * @throws RangeError (code 'ERR_KVM_NOT_GUEST_MEMFD') for a range not all in guest_memfd
+   * memslots; TypeError/RangeError for bad arguments; KvmError from KVM_SET_MEMORY_ATTRIBUTES,
+   * fallocate or madvise (the attributes are set once a discard fails); ERR_KVM_CLOSED if this
+   * Vm, a GuestMemfd or a Mapping is closed
+   */
+  convertMemory(gpa: number | bigint, size: number | bigint, to: 'private' | 'shared', opts: ConvertMemoryOptions = {}): void {
+    const g = u64(gpa, 'gpa');
+    const sz = u64(size, 'size');
+    if (to !== 'private' && to !== 'shared') throw argTypeError(`The "to" argument must be 'private' or 'shared'; received ${describe(to)}`);
+    const discard = options(opts, 'options').discard ?? true;
+    if (typeof discard !== 'boolean') throw argTypeError(`The "options.discard" option must be a boolean; received ${describe(discard)}`);
+    const pieces = this.guestMemfdRanges(g, sz);
+    this.setMemoryAttributes(g, sz, to === 'private' ? MemoryAttribute.PRIVATE : 0n);
+    if (!discard) return;
+    // Attributes first, then the discard, as QEMU's kvm_convert_memory() does: once the guest's
+    // accesses go to the new side, the old side's pages are unreachable and can be freed.
+    for (const p of pieces) {
+      const slot = this.#slots.get(p.slot);
+      const m = slot?.mapping;
+      const file = m === undefined ? undefined : guestMemfdOfMapping(m);
+      // One file on both sides (the slot's host memory maps its own guest_memfd): nothing to free.
+      if (file !== undefined && sameFile(file, p.guestMemfd)) continue;
+      if (to === 'shared') {
+        p.guestMemfd.punchHole(p.offset, p.length);
+        continue;
+      }
+      if (slot === undefined || m === undefined) continue;
+      const offset = slot.userspaceAddr - m.address + (p.gpa - slot.guestPhysAddr);
+      m.advise(file !== undefined ? Madvise.REMOVE : Madvise.DONTNEED, offset, p.length);
+    }
+  }
+
+  #recordAttributes(start: bigint, end: bigint, attributes: bigint): void {
+    const out: MemoryAttributeRange[] = [];
+    for (const r of this.#attributes) {
+      if (r.end <= start || r.start >= end) {
+        out.push(r);
+        continue;
+      }
+      if (r.start < start) out.push({ start: r.start, end: start, attributes: r.attributes });
+      if (r.end > end) out.push({ start: end, end: r.end, attributes: r.attributes });
+    }
+    if (attributes !== 0n && end > start) out.push({ start, end, attributes });
+    out.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+    const merged: MemoryAttributeRange[] = [];
+    for (const r of out) {
+      const last = merged[merged.length - 1];
+      if (last && last.end === r.start && last.attributes === r.attributes) last.end = r.end;
+      else merged.push({ ...r });
+    }
+    this.#attributes = merged;
   }
 
   /**
@@ -459,6 +680,16 @@ export function supportedCpuidOf(kvm: Kvm): () => CpuidEntry[] {
     using again = Kvm.open(kvm.path);
     return again.getSupportedCpuid();
   };
+}
+
+/** Whether two GuestMemfd objects are the same file (an adopted duplicate is another object). */
+function sameFile(a: GuestMemfd, b: GuestMemfd): boolean {
+  if (a === b) return true;
+  try {
+    return a.stat().ino === b.stat().ino && a.stat().dev === b.stat().dev;
+  } catch {
+    return false;
+  }
 }
 
 /**

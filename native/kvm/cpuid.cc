@@ -1,6 +1,8 @@
 // CPUID tables: what KVM can offer (KVM_GET_SUPPORTED_CPUID on /dev/kvm) and what one vCPU
 // shows its guest (KVM_SET_CPUID2 / KVM_GET_CPUID2). Entries cross into JavaScript as the
-// kernel's struct kvm_cpuid_entry2 bytes, 40 per entry; lib names the fields.
+// kernel's struct kvm_cpuid_entry2 bytes, 40 per entry; lib names the fields. And the host CPU's
+// own CPUID, which KVM's tables are derived from (vendor, physical address bits).
+#include <cpuid.h>
 #include <sys/ioctl.h>
 
 #include <cerrno>
@@ -79,9 +81,29 @@ static Napi::Value SetCpuid2(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// hostCpuid(leaf, subleaf) -> Uint32Array [eax, ebx, ecx, edx] of the CPU this thread runs on.
+// The upstream selftests compute the guest's largest GPA from the host's CPUID (vendor, family,
+// MAXPHYADDR), not from KVM's table, so the mirrors need the raw instruction. A leaf above the
+// CPU's maximum returns what the CPU returns for it (Intel: the highest basic leaf's values).
+static Napi::Value HostCpuid(const Napi::CallbackInfo& info) {
+  uint32_t leaf = ArgU32(info, 0, "leaf");
+  uint32_t subleaf = ArgU32(info, 1, "subleaf");
+  unsigned int a = 0, b = 0, c = 0, d = 0;
+  __cpuid_count(leaf, subleaf, a, b, c, d);
+  Napi::Uint32Array out = Napi::Uint32Array::New(info.Env(), 4);
+  out[0] = a;
+  out[1] = b;
+  out[2] = c;
+  out[3] = d;
+  return out;
+}
+
 void InitCpuid(Napi::Env env, Napi::Object exports) {
   ExportFunctions(env, exports,
-                  {{"getSupportedCpuid", GetSupportedCpuid}, {"getCpuid2", GetCpuid2}, {"setCpuid2", SetCpuid2}});
+                  {{"getSupportedCpuid", GetSupportedCpuid},
+                   {"getCpuid2", GetCpuid2},
+                   {"setCpuid2", SetCpuid2},
+                   {"hostCpuid", HostCpuid}});
 }
 
 }  // namespace kg

@@ -1,4 +1,4 @@
-// The vCPU fd: creation and register state. Running it lives in vcpu_runner.cc.
+// The vCPU fd: creation, register state and pre-faulting. Running it lives in vcpu_runner.cc.
 //
 // Register state crosses into JavaScript as the kernel's struct bytes (a Uint8Array of exactly
 // the struct's size); lib names the fields, at the offsets uapiLayout() exports from the same
@@ -54,6 +54,30 @@ static Napi::Value StructIoctl(const Napi::CallbackInfo& info) {
     ThrowSys(info.Env(), errno, "ioctl", call->requestName, Fmt("vcpu fd %d", fd));
   }
   return info.Env().Undefined();
+}
+
+// preFaultMemory(vcpuFd, gpa, size, flags, out: BigUint64Array(2)) -> 0 or the errno.
+// KVM_PRE_FAULT_MEMORY may stop early (a signal, a racing memslot change) and always passes the
+// remaining range back, on failure too: so the errno is returned, not thrown, and out gets
+// [gpa, size] in every case, for lib to loop or to build its error with the remaining range.
+// https://docs.kernel.org/virt/kvm/api.html#kvm-pre-fault-memory
+static Napi::Value PreFaultMemory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0, "vcpuFd");
+  kvm_pre_fault_memory r{};
+  r.gpa = ArgU64(info, 1, "gpa");
+  r.size = ArgU64(info, 2, "size");
+  r.flags = ArgU64(info, 3, "flags");
+  if (info.Length() <= 4 || !info[4].IsTypedArray() ||
+      info[4].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array ||
+      info[4].As<Napi::TypedArray>().ElementLength() != 2) {
+    ThrowArg(env, ArgError::kType, "The \"out\" argument must be a BigUint64Array of 2 elements");
+  }
+  auto out = info[4].As<Napi::BigUint64Array>();
+  int err = ioctl(fd, KVM_PRE_FAULT_MEMORY, &r) < 0 ? errno : 0;
+  out[0] = r.gpa;
+  out[1] = r.size;
+  return Napi::Number::New(env, err);
 }
 
 // The struct sizes and offsets the TypeScript side decodes with, straight from uapi/kvm.h.
@@ -122,13 +146,18 @@ static Napi::Value UapiLayout(const Napi::CallbackInfo& info) {
                         {"memory_fault.flags", U + offsetof(kvm_run_memory_fault, flags)},
                         {"memory_fault.gpa", U + offsetof(kvm_run_memory_fault, gpa)},
                         {"memory_fault.size", U + offsetof(kvm_run_memory_fault, size)},
+                        {"hypercall.nr", U + offsetof(kvm_run_hypercall, nr)},
+                        {"hypercall.args", U + offsetof(kvm_run_hypercall, args)},
+                        {"hypercall.ret", U + offsetof(kvm_run_hypercall, ret)},
+                        {"hypercall.flags", U + offsetof(kvm_run_hypercall, flags)},
                         {"kvm_valid_regs", KVM_RUN_VALID_REGS},
                         {"kvm_dirty_regs", KVM_RUN_DIRTY_REGS}}));
   return o;
 }
 
 void InitVcpu(Napi::Env env, Napi::Object exports) {
-  ExportFunctions(env, exports, {{"createVcpu", CreateVcpu}, {"uapiLayout", UapiLayout}});
+  ExportFunctions(env, exports,
+                  {{"createVcpu", CreateVcpu}, {"uapiLayout", UapiLayout}, {"preFaultMemory", PreFaultMemory}});
   for (const StructCall& c : kStructCalls) {
     exports.Set(c.name, Napi::Function::New(env, StructIoctl, c.name, const_cast<StructCall*>(&c)));
   }

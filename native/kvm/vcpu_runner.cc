@@ -19,6 +19,11 @@
 //             -> poll(giveUp) first:   CAS to kSleeping, and the thread will post;
 //   kSleeping -> the thread finishes: posts through the thread-safe function.
 //
+// The thread serves a second kind of request the same way: KVM_PRE_FAULT_MEMORY
+// (preFaultAsync), a vCPU ioctl that takes the vCPU's mutex like KVM_RUN and may run long, so it
+// shares the busy state (one request at a time) and the kick (a pending signal makes it stop
+// with EINTR, or with the range done so far). It never uses the polled hand-back.
+//
 // Kicking: set kvm_run.immediate_exit, then send the thread a signal. If the thread is inside
 // KVM_RUN the pending signal makes KVM return EINTR; if it has not entered yet, immediate_exit
 // makes KVM return EINTR at once. Either way the run ends with EINTR (KVM_EXIT_INTR).
@@ -137,6 +142,8 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
                        {
                            InstanceMethod<&VcpuRunner::Run>("run"),
                            InstanceMethod<&VcpuRunner::RunAsync>("runAsync"),
+                           InstanceMethod<&VcpuRunner::PreFaultAsync>("preFaultAsync"),
+                           InstanceMethod<&VcpuRunner::PreFaultRange>("preFaultRange"),
                            InstanceMethod<&VcpuRunner::Kick>("kick"),
                            InstanceMethod<&VcpuRunner::Poll>("poll"),
                            InstanceMethod<&VcpuRunner::Close>("close"),
@@ -325,6 +332,7 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
     EnsureThread(env, "kvm-gmem vCPU", "the vCPU thread");
     SetImmediateExit(0);
     Napi::Promise promise = Begin(env);
+    kind_.store(kRun, std::memory_order_relaxed);
     handoff_.store(polled ? kPolled : kSleeping);
     request_.store(true);
     {
@@ -333,6 +341,44 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
       if (sleeping_) cv_.notify_one();
     }
     return promise;
+  }
+
+  // preFaultAsync(gpa, size, flags) -> Promise<0 | errno>: one KVM_PRE_FAULT_MEMORY on the vCPU's
+  // thread. The range the kernel passed back is read with preFaultRange() once it settled.
+  Napi::Value PreFaultAsync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckIdle(env, "preFaultAsync");
+    kvm_pre_fault_memory r{};
+    r.gpa = ArgU64(info, 0, "gpa");
+    r.size = ArgU64(info, 1, "size");
+    r.flags = ArgU64(info, 2, "flags");
+    EnsureThread(env, "kvm-gmem vCPU", "the vCPU thread");
+    preFault_ = r;  // the thread is idle (not busy): nothing reads it now
+    Napi::Promise promise = Begin(env);
+    kind_.store(kPreFault, std::memory_order_relaxed);
+    handoff_.store(kSleeping);
+    request_.store(true);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (sleeping_) cv_.notify_one();
+    }
+    return promise;
+  }
+
+  // preFaultRange(out: BigUint64Array(2)): [gpa, size] as the last preFaultAsync() left them
+  // (the kernel writes the remaining range back on success and failure alike).
+  Napi::Value PreFaultRange(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_biguint64_array ||
+        info[0].As<Napi::TypedArray>().ElementLength() != 2) {
+      ThrowArg(env, ArgError::kType, "The \"out\" argument must be a BigUint64Array of 2 elements");
+    }
+    if (busy_) ThrowState(env, "ERR_KVM_VCPU_RUNNING", "preFaultRange: a request is in flight");
+    auto out = info[0].As<Napi::BigUint64Array>();
+    out[0] = preFault_.gpa;
+    out[1] = preFault_.size;
+    return env.Undefined();
   }
 
   // poll(giveUp) -> whether to keep polling. Settles the run if its result is there; with
@@ -401,7 +447,8 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
       // A request is always served, even when quitting: its promise must settle (the kick that
       // came with the quit makes KVM_RUN return EINTR at once).
       if (!WaitForRequest()) return;
-      int rc = ioctl(fd_, KVM_RUN, 0);
+      int rc = kind_.load(std::memory_order_relaxed) == kPreFault ? ioctl(fd_, KVM_PRE_FAULT_MEMORY, &preFault_)
+                                                                  : ioctl(fd_, KVM_RUN, 0);
       int err = rc < 0 ? errno : 0;
       result_.store(err);
       int expected = kPolled;
@@ -456,6 +503,12 @@ class VcpuRunner : public ThreadedWrap<VcpuRunner> {
   std::atomic<int> handoff_{kIdle};
   std::atomic<int> result_{0};
   std::atomic<bool> request_{false};
+  // What the request is; written before request_ (release), read after it (acquire).
+  static constexpr int kRun = 0, kPreFault = 1;
+  std::atomic<int> kind_{kRun};
+  // The pre-fault request's struct: written by the main thread while idle, by the kernel on the
+  // vCPU thread during the request, read by the main thread after it settled.
+  kvm_pre_fault_memory preFault_{};
   bool sleeping_ = false;  // under mu_
 
   // A synchronous run on a worker's thread, and the watchdog's kicks of it.

@@ -1,4 +1,4 @@
-// The VM fd: guest_memfd creation and memslots (legacy and region2).
+// The VM fd: guest_memfd creation, memslots (legacy and region2), memory attributes, capabilities.
 #include <sys/ioctl.h>
 
 #include <cerrno>
@@ -90,11 +90,51 @@ static Napi::Value SetUserMemoryRegion(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// KVM_SET_MEMORY_ATTRIBUTES(vmFd, gpa, size, attributes, flags). Every value goes to the kernel
+// as given: which attributes a VM takes, and the alignment, are the kernel's to judge (EINVAL).
+static Napi::Value SetMemoryAttributes(const Napi::CallbackInfo& info) {
+  int vmfd = ArgFd(info, 0, "vmFd");
+  kvm_memory_attributes a{};
+  a.address = ArgU64(info, 1, "gpa");
+  a.size = ArgU64(info, 2, "size");
+  a.attributes = ArgU64(info, 3, "attributes");
+  a.flags = ArgU64(info, 4, "flags");
+  if (ioctl(vmfd, KVM_SET_MEMORY_ATTRIBUTES, &a) != 0) {
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "ioctl", "KVM_SET_MEMORY_ATTRIBUTES",
+             Fmt("vm fd %d, address=0x%" PRIx64 ", size=0x%" PRIx64 ", attributes=0x%" PRIx64 ", flags=0x%" PRIx64,
+                 vmfd, a.address, a.size, a.attributes, a.flags));
+  }
+  return info.Env().Undefined();
+}
+
+// KVM_ENABLE_CAP(fd, cap, flags, a0, a1, a2, a3) on a VM or vCPU fd (the kernel decides which
+// capabilities each takes).
+static Napi::Value EnableCap(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0, "fd");
+  kvm_enable_cap c{};
+  c.cap = ArgU32(info, 1, "cap");
+  c.flags = ArgU32(info, 2, "flags");
+  for (size_t i = 0; i < 4; i++) {
+    static const char* const names[] = {"a0", "a1", "a2", "a3"};
+    c.args[i] = ArgU64(info, 3 + i, names[i]);
+  }
+  if (ioctl(fd, KVM_ENABLE_CAP, &c) != 0) {
+    int err = errno;  // before Fmt, which may change it
+    ThrowSys(info.Env(), err, "ioctl", "KVM_ENABLE_CAP",
+             Fmt("fd %d, cap=%u, flags=0x%x, args=[0x%" PRIx64 ", 0x%" PRIx64 ", 0x%" PRIx64 ", 0x%" PRIx64 "]", fd,
+                 c.cap, c.flags, c.args[0], c.args[1], c.args[2], c.args[3]));
+  }
+  return info.Env().Undefined();
+}
+
 void InitVm(Napi::Env env, Napi::Object exports) {
   ExportFunctions(env, exports,
                   {{"createGuestMemfd", CreateGuestMemfd},
                    {"setUserMemoryRegion2", SetUserMemoryRegion2},
-                   {"setUserMemoryRegion", SetUserMemoryRegion}});
+                   {"setUserMemoryRegion", SetUserMemoryRegion},
+                   {"setMemoryAttributes", SetMemoryAttributes},
+                   {"enableCap", EnableCap}});
 }
 
 }  // namespace kg

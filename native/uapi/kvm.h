@@ -95,6 +95,76 @@ static_assert(KVM_CREATE_GUEST_MEMFD == 0xc040aed4ul, "KVM_CREATE_GUEST_MEMFD nu
 static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40a0ae49ul, "KVM_SET_USER_MEMORY_REGION2 number");
 static_assert(KVM_SET_USER_MEMORY_REGION == 0x4020ae46ul, "KVM_SET_USER_MEMORY_REGION number");
 
+// ---- Private memory (x86_64) ----
+// KVM_SET_MEMORY_ATTRIBUTES (VM ioctl, KVM_CAP_MEMORY_ATTRIBUTES, Linux 6.8): overwrites the
+// attributes of [address, address + size); the kernel has no "get", so lib keeps its own record.
+// https://docs.kernel.org/virt/kvm/api.html#kvm-set-memory-attributes
+struct kvm_memory_attributes {
+  uint64_t address;
+  uint64_t size;
+  uint64_t attributes;
+  uint64_t flags;
+};
+static_assert(sizeof(kvm_memory_attributes) == 32, "kvm_memory_attributes size");
+static_assert(offsetof(kvm_memory_attributes, address) == 0, "address offset");
+static_assert(offsetof(kvm_memory_attributes, size) == 8, "size offset");
+static_assert(offsetof(kvm_memory_attributes, attributes) == 16, "attributes offset");
+static_assert(offsetof(kvm_memory_attributes, flags) == 24, "flags offset");
+constexpr unsigned long KVM_SET_MEMORY_ATTRIBUTES = _IOW(KVMIO, 0xd2, kvm_memory_attributes);
+constexpr uint64_t KVM_MEMORY_ATTRIBUTE_PRIVATE = 1ull << 3;
+
+// KVM_PRE_FAULT_MEMORY (vCPU ioctl, KVM_CAP_PRE_FAULT_MEMORY, Linux 6.11): gpa/size are in/out,
+// the kernel writes the remaining range back whether the call succeeded or not.
+// https://docs.kernel.org/virt/kvm/api.html#kvm-pre-fault-memory
+struct kvm_pre_fault_memory {
+  uint64_t gpa;
+  uint64_t size;
+  uint64_t flags;
+  uint64_t padding[5];
+};
+static_assert(sizeof(kvm_pre_fault_memory) == 64, "kvm_pre_fault_memory size");
+static_assert(offsetof(kvm_pre_fault_memory, gpa) == 0, "gpa offset");
+static_assert(offsetof(kvm_pre_fault_memory, size) == 8, "size offset");
+static_assert(offsetof(kvm_pre_fault_memory, flags) == 16, "flags offset");
+static_assert(offsetof(kvm_pre_fault_memory, padding) == 24, "padding offset");
+constexpr unsigned long KVM_PRE_FAULT_MEMORY = _IOWR(KVMIO, 0xd5, kvm_pre_fault_memory);
+
+// KVM_ENABLE_CAP (VM or vCPU ioctl): a capability number and up to four u64 arguments.
+struct kvm_enable_cap {
+  uint32_t cap;
+  uint32_t flags;
+  uint64_t args[4];
+  uint8_t pad[64];
+};
+static_assert(sizeof(kvm_enable_cap) == 104, "kvm_enable_cap size");
+static_assert(offsetof(kvm_enable_cap, cap) == 0, "cap offset");
+static_assert(offsetof(kvm_enable_cap, flags) == 4, "flags offset");
+static_assert(offsetof(kvm_enable_cap, args) == 8, "args offset");
+static_assert(offsetof(kvm_enable_cap, pad) == 40, "pad offset");
+constexpr unsigned long KVM_ENABLE_CAP = _IOW(KVMIO, 0xa3, kvm_enable_cap);
+
+constexpr long KVM_CAP_EXIT_HYPERCALL = 201;
+constexpr long KVM_CAP_MEMORY_ATTRIBUTES = 233;
+constexpr long KVM_CAP_PRE_FAULT_MEMORY = 236;
+constexpr uint32_t KVM_X86_SW_PROTECTED_VM = 1;
+// KVM_HC_MAP_GPA_RANGE (include/uapi/linux/kvm_para.h) and the KVM_E* codes a guest sees negated
+// in RAX after a hypercall.
+constexpr uint64_t KVM_HC_MAP_GPA_RANGE = 12;
+constexpr uint64_t KVM_EPERM = 1;
+constexpr uint64_t KVM_EINVAL = 22;
+constexpr uint64_t KVM_ENOSYS = 1000;
+// The errno KVM_RUN fails with for a memory fault on poisoned memory (asm-generic/errno.h).
+constexpr int KG_EHWPOISON = 133;
+
+static_assert(KVM_SET_MEMORY_ATTRIBUTES == 0x4020aed2ul, "KVM_SET_MEMORY_ATTRIBUTES number");
+static_assert(KVM_PRE_FAULT_MEMORY == 0xc040aed5ul, "KVM_PRE_FAULT_MEMORY number");
+static_assert(KVM_ENABLE_CAP == 0x4068aea3ul, "KVM_ENABLE_CAP number");
+static_assert(KVM_MEMORY_ATTRIBUTE_PRIVATE == 0x8, "KVM_MEMORY_ATTRIBUTE_PRIVATE");
+static_assert(KVM_CAP_EXIT_HYPERCALL == 201 && KVM_CAP_MEMORY_ATTRIBUTES == 233 && KVM_CAP_PRE_FAULT_MEMORY == 236,
+              "private-memory capability numbers");
+static_assert(KVM_HC_MAP_GPA_RANGE == 12 && KVM_EPERM == 1 && KVM_EINVAL == 22 && KVM_ENOSYS == 1000,
+              "hypercall numbers");
+
 // ---- vCPUs (x86_64) ----
 
 // VM ioctl: creates vCPU `id`; the fd comes back with O_CLOEXEC set by the kernel.
@@ -287,8 +357,30 @@ struct kvm_run_memory_fault {  // KVM_EXIT_MEMORY_FAULT (with KVM_RUN failing EF
 };
 static_assert(sizeof(kvm_run_memory_fault) == 24, "memory_fault layout");
 
+// KVM_EXIT_HYPERCALL: a hypercall KVM_CAP_EXIT_HYPERCALL forwards. Userspace answers by writing
+// `ret` before the next KVM_RUN, which hands it to the guest in RAX.
+// https://docs.kernel.org/virt/kvm/api.html#kvm-cap-exit-hypercall
+struct kvm_run_hypercall {
+  uint64_t nr;
+  uint64_t args[6];
+  uint64_t ret;
+  uint64_t flags;  // older headers: u32 longmode + u32 pad, at the same offset
+};
+static_assert(sizeof(kvm_run_hypercall) == 72, "hypercall member size");
+static_assert(offsetof(kvm_run_hypercall, args) == 8 && offsetof(kvm_run_hypercall, ret) == 56 &&
+                  offsetof(kvm_run_hypercall, flags) == 64,
+              "hypercall layout");
+static_assert(KVM_RUN_EXIT_UNION + offsetof(kvm_run_hypercall, nr) == 32 &&
+                  KVM_RUN_EXIT_UNION + offsetof(kvm_run_hypercall, args) == 40 &&
+                  KVM_RUN_EXIT_UNION + offsetof(kvm_run_hypercall, ret) == 88 &&
+                  KVM_RUN_EXIT_UNION + offsetof(kvm_run_hypercall, flags) == 96,
+              "kvm_run.hypercall offsets");
+constexpr uint64_t KVM_EXIT_HYPERCALL_LONG_MODE = 1ull << 0;
+
 // Exit reasons this addon itself looks at (lib's constants name all of them).
+constexpr uint32_t KVM_EXIT_HYPERCALL = 3;
 constexpr uint32_t KVM_EXIT_INTR = 10;
 constexpr uint32_t KVM_EXIT_MEMORY_FAULT = 39;
+static_assert(KVM_EXIT_HYPERCALL == 3 && KVM_EXIT_MEMORY_FAULT == 39, "exit reason numbers");
 
 }  // namespace kg
