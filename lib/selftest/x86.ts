@@ -8,10 +8,14 @@
  * test can feed them any CPU.
  * @module
  */
+import { native } from '../core/native.js';
 import type { CpuidEntry } from '../kvm/cpuid.js';
 
 /** A CPUID instruction: [eax, ebx, ecx, edx] for `leaf` and `subleaf`. */
 export type CpuidFn = (leaf: number, subleaf: number) => ArrayLike<number>;
+
+/** The CPUID instruction on the host CPU itself (upstream's this_cpu_*() read it the same way). */
+export const hostCpuid: CpuidFn = (leaf, subleaf) => native.hostCpuid(leaf, subleaf);
 
 /** One field of a CPUID leaf (struct kvm_x86_cpu_property). */
 interface Property {
