@@ -49,7 +49,9 @@
         "guest/devices.S",
         "guest/fault.S",
         "guest/halt.S",
-        "guest/upgrade.S"
+        "guest/upgrade.S",
+        "guest/readpages.S",
+        "guest/private_mem_conversions.S"
       ],
       "rules": [
         {

@@ -173,9 +173,9 @@ ucall_area:
 	GUEST_UCALL UCALL_DONE
 	.endm
 
-	/* UCALL_ABORT: msg = the string at \label, args = up to three values (nargs = how many). */
-	.macro GUEST_ABORT label:req, a0, a1, a2
-	UCALL_SET_ARGS \a0, \a1, \a2
+	/* UCALL_ABORT: msg = the string at \label, args = up to six values (nargs = how many). */
+	.macro GUEST_ABORT label:req, a0, a1, a2, a3, a4, a5
+	UCALL_SET_ARGS \a0, \a1, \a2, \a3, \a4, \a5
 	UCALL_COPY_MSG \label
 	movq $UCALL_ABORT, (ucall_area + UCALL_OFF_CMD)(%rip)
 	UCALL_OUT

@@ -23,7 +23,9 @@ export type {
 export { GuestMemfd } from './kvm/guest-memfd.js';
 export type { GuestMemfdStat, MapOptions, AdoptOptions } from './kvm/guest-memfd.js';
 export { Vcpu } from './kvm/vcpu.js';
-export type { RunAsyncOptions } from './kvm/vcpu.js';
+export type {
+  RunAsyncOptions, GpaRange, PreFaultMemoryError, PreFaultMemoryOptions, PreFaultMemoryAsyncOptions,
+} from './kvm/vcpu.js';
 export { CpuidFlag, CPUID_ENTRY_SIZE, MAX_CPUID_ENTRIES } from './kvm/cpuid.js';
 export type { CpuidEntry } from './kvm/cpuid.js';
 export { RunLayout, mapGpaRange } from './kvm/exits.js';

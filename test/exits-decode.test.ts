@@ -24,7 +24,10 @@ describe('decodeExit (hand-written kvm_run pages)', () => {
     });
     expect(decodeExit(v, b, 14)).toEqual({
       reason: 'memory_fault', exitReason: ExitReason.MEMORY_FAULT, flags: MemoryFaultFlag.PRIVATE, private: true, gpa: 0x400000n, size: 0x1000n,
+      errno: 'EFAULT',
     });
+    // EHWPOISON (133) is the other errno a memory fault comes with.
+    expect(decodeExit(v, b, 133)).toMatchObject({ reason: 'memory_fault', errno: 'EHWPOISON', gpa: 0x400000n });
     expect(decodeExit(v, b, 22)).toBeUndefined();
     const other = page(ExitReason.MMIO, () => {});
     expect(decodeExit(other.v, other.b, 14)).toBeUndefined();

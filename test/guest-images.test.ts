@@ -190,6 +190,7 @@ describe('guest images are the sources, assembled', () => {
         '\tGUEST_PRINTF text',
         '\tGUEST_ABORT text',
         '\tGUEST_ABORT text, %rax, %rdx, $7',
+        '\tGUEST_ABORT text, %rax, %rdx, $7, %rcx, %r8, $-1',
         '\tCONSOLE_PUTS text',
         '\tGUEST_DONE',
         '\tjmp 1b',
@@ -218,6 +219,11 @@ describe('guest images, disassembled', () => {
     fault: [/^ +0:\t0f 0b +\tud2/m],
     halt: [/^ +0:\tf4 +\thlt/m],
     upgrade: [/\trep stos %rax,%es:\(%rdi\)/, /\trepz scas %es:\(%rdi\),%rax/, /\tincq +\(%r15\)/, /\tout +%eax,\(%dx\)/, /\thlt/],
+    readpages: [/\tmov +\(%rdi\),%rax/, /\tadd +\$0x1000,%rdi/, /\tout +%eax,\(%dx\)/, /\thlt/],
+    private_mem_conversions: [
+      /\tvmcall/, /\tvmmcall/, /\tmov +\$0xc,%eax/, /\tshr +\$0xc,%rcx/, /\trep stos %al,%es:\(%rdi\)/,
+      /\trepz scas %es:\(%rdi\),%rax/, /\tout +%eax,\(%dx\)/, /\thlt/,
+    ],
   };
 
   it.for(guestImageNames)('%s.bin has the instructions it is made of', (name, ctx) => {

@@ -21,6 +21,7 @@ const numeric: Record<string, number> = {
   createGuestMemfd: 3, setUserMemoryRegion2: 8, setUserMemoryRegion: 6, fstat: 1, inodeOf: 1, fallocate: 4,
   mapShared: 3, mapAnonymous: 1, createVcpu: 2, mmapProbe: 5, dupCloexec: 1,
   unixAccept: 1, socketType: 1, recvMsg: 3, fsMagic: 1, getSupportedCpuid: 1, getCpuid2: 1,
+  setMemoryAttributes: 5, enableCap: 7, hostCpuid: 2,
 };
 
 // Functions that act on a live mapping (their first argument): valid arguments for each, given
@@ -65,6 +66,7 @@ describe('native addon argument checks', () => {
     const tested = new Set([
       ...Object.keys(numeric), ...Object.keys(structs), ...Object.keys(onMapping), 'open', 'memfdCreate', 'unmap', 'mincore', 'setErrorFactory', 'setStateErrorFactory', 'setArgErrorFactory', 'limits',
       'uapiLayout', 'VcpuRunner', 'socketPair', 'unixListen', 'unixConnect', 'sendMsg', 'FdWatch', 'setCpuid2',
+      'preFaultMemory',
     ]);
     expect(Object.keys(native).filter((k) => !tested.has(k))).toEqual([]);
   });
@@ -92,6 +94,25 @@ describe('native addon argument checks', () => {
     }
     for (const n of [1, CPUID_ENTRY_SIZE - 1, CPUID_ENTRY_SIZE + 1]) expect(() => native.setCpuid2(closed, new Uint8Array(n))).toThrow(RangeError);
     expect(() => native.setCpuid2(closed, new Uint8Array(CPUID_ENTRY_SIZE))).toThrow(KvmError); // EBADF: the checks passed
+  });
+
+  it('preFaultMemory takes an fd, three u64s and a BigUint64Array(2) for the range passed back', () => {
+    const closed = 0x7ffffff0;
+    const out = () => new BigUint64Array(2);
+    for (let pos = 0; pos < 4; pos++) {
+      for (const v of hostile) {
+        const args: unknown[] = [closed, 0, 4096, 0, out()];
+        args[pos] = v;
+        expect(() => (native.preFaultMemory as (...a: unknown[]) => number)(...args), `arg ${pos} = ${String(v)}`).toThrow();
+      }
+    }
+    for (const bad of [...hostile, new BigUint64Array(1), new BigUint64Array(3), new BigInt64Array(2), new Uint32Array(4)]) {
+      expect(() => native.preFaultMemory(closed, 0, 4096, 0, bad as BigUint64Array)).toThrow(TypeError);
+    }
+    // The checks passed: the ioctl's errno comes back (EBADF), and the range is passed back as given.
+    const o = out();
+    expect(native.preFaultMemory(closed, 0x1000n, 0x2000n, 0, o)).toBe(9);
+    expect([...o]).toEqual([0x1000n, 0x2000n]);
   });
 
   it('open and memfdCreate take strings without NUL bytes', () => {

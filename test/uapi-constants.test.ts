@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import {
   ANON_INODE_FS_MAGIC, CPUID_ENTRY_SIZE, Cap, CpuidFlag, ExitReason, FallocMode, GUEST_MEMFD_MAGIC, GuestMemfdFlag,
   InternalErrorSuberror, Madvise, MemPolicy, MemoryFaultFlag, MemslotFlag, SystemEventType, VmType,
+  MemoryAttribute, Hypercall, MapGpaRangeAttr, HypercallExitFlag, HypercallError,
 } from '../lib/index.js';
 import { native } from '../lib/core/native.js';
 import { AF_UNIX, MSG_CTRUNC, MSG_TRUNC, SOCK_SEQPACKET } from '../lib/ipc/wire.js';
@@ -35,6 +36,11 @@ const CHECKS: Check[] = [
   ...table(GuestMemfdFlag, (k) => `GUEST_MEMFD_FLAG_${k}`),
   ...table(VmType, (k) => `KVM_X86_${k}_VM`),
   ...table(MemoryFaultFlag, (k) => `KVM_MEMORY_EXIT_FLAG_${k}`),
+  ...table(MemoryAttribute, (k) => `KVM_MEMORY_ATTRIBUTE_${k}`),
+  ...table(Hypercall, (k) => `KVM_HC_${k}`),
+  ...table(MapGpaRangeAttr, (k) => `KVM_MAP_GPA_RANGE_${k}`),
+  ...table(HypercallExitFlag, (k) => `KVM_EXIT_HYPERCALL_${k}`),
+  ...table(HypercallError, (k) => `KVM_${k}`),
   ...table(SystemEventType, (k) => `KVM_SYSTEM_EVENT_${k}`),
   ...table(InternalErrorSuberror, (k) => `KVM_INTERNAL_ERROR_${k}`),
   // The header's spelling (sic) since KVM_CPUID_FLAG_SIGNIFCANT_INDEX was added.
@@ -57,7 +63,9 @@ const CHECKS: Check[] = [
   ...Object.entries(native.uapiLayout()).flatMap(([struct, fields]) => Object.entries(fields).map(([f, v]) => {
     // 'exit' is where kvm_run's anonymous union of exit data starts: its first member, hw.
     const c = f === 'size' ? `sizeof(struct ${struct})` : `offsetof(struct ${struct}, ${f === 'exit' ? 'hw' : f})`;
-    return { name: c, ours: v, c, ...(f.startsWith('memory_fault.') ? { guard: 'KVM_EXIT_MEMORY_FAULT' } : {}) };
+    // Headers before the u64 flags (Linux 6.6) name that word `u32 longmode; u32 pad`: same offset.
+    const guard = f.startsWith('memory_fault.') ? 'KVM_EXIT_MEMORY_FAULT' : f === 'hypercall.flags' ? 'KVM_EXIT_HYPERCALL_LONG_MODE' : undefined;
+    return { name: c, ours: v, c, ...(guard ? { guard } : {}) };
   })),
 ];
 
@@ -69,7 +77,7 @@ function program(checks: readonly Check[]): string {
   });
   return [
     '#include <stddef.h>', '#include <stdio.h>', '#include <linux/falloc.h>', '#include <linux/kvm.h>',
-    '#include <linux/magic.h>', '#include <linux/mempolicy.h>', '#include <linux/mman.h>', '#include <linux/un.h>',
+    '#include <linux/magic.h>', '#include <linux/kvm_para.h>', '#include <linux/mempolicy.h>', '#include <linux/mman.h>', '#include <linux/un.h>',
     '#include <sys/socket.h>',
     'int main(void) {', ...lines, '  return 0;', '}', '',
   ].join('\n');

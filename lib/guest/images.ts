@@ -76,6 +76,28 @@ import { argTypeError, errnoError } from '../core/errors.js';
  *   {@link UcallCmd.DONE} and hlt forever; anything else goes on counting. Its whole state is in
  *   its registers and its memory, so it resumes in another VM from KVM_GET_REGS/KVM_GET_SREGS
  *   and a copy of its memory.
+ * - `'readpages'`: reads only (the guest of the kernel's pre_fault_memory_test, and
+ *   private_mem_kvm_exits_test's guest_repeatedly_read). RDI = guest address, RSI = page count.
+ *   RSI > 0: loads the u64 at RDI + i * 4096 for each i < RSI, then {@link UcallCmd.DONE} and hlt
+ *   forever. RSI = 0: loads the u64 at RDI forever, with no stack use and no ucall; only a fault
+ *   on the access (a `memory_fault` exit, a triple fault) or a signal ends the run.
+ * - `'private_mem_conversions'`: the guest of the kernel's x86/private_mem_conversions_test
+ *   (guest_code), ported step for step. RDI = base_gpa, the vCPU's data range
+ *   [base_gpa, base_gpa + 0x201000) (2 MiB + 4 KiB, mapped and in a guest_memfd memslot);
+ *   RSI = 1 to make hypercalls with `vmmcall` (AMD, Hygon), 0 with `vmcall` (Intel). It runs the
+ *   explicit-conversion test without and with fallocate, then the PUNCH_HOLE test imprecise and
+ *   precise, then {@link UcallCmd.DONE} and hlt forever. Conversions are KVM_HC_MAP_GPA_RANGE
+ *   hypercalls (RAX = 12, RBX = gpa, RCX = pages, RDX = flags, RSI = 0; a `hypercall` exit once
+ *   the VM enables KVM_CAP_EXIT_HYPERCALL for it) with the test's own flag bits: 1 set
+ *   attributes, 2 shared (else private), 4 fallocate (punch for shared, allocate for private).
+ *   The host answers 0; any other result is an {@link UcallCmd.ABORT} "private_mem_conversions:
+ *   map_gpa_range failed" with args = (result, gpa, size in bytes, flags): without the
+ *   capability KVM itself answers -1000 (-KVM_ENOSYS). Sync points are {@link UcallCmd.SYNC}s
+ *   (0 = SYNC_SHARED, gpa, size, current pattern, new pattern): the host checks its shared view
+ *   holds the current pattern and writes the new one; (1 = SYNC_PRIVATE, gpa, size, pattern): the
+ *   host checks its shared view still holds the pattern. A byte the guest reads back wrong is an
+ *   {@link UcallCmd.ABORT} "private_mem_conversions: byte mismatch" with args = (address,
+ *   actual byte, expected byte).
  */
 export type GuestImageName =
   | 'hello'
@@ -86,7 +108,9 @@ export type GuestImageName =
   | 'devices'
   | 'fault'
   | 'halt'
-  | 'upgrade';
+  | 'upgrade'
+  | 'readpages'
+  | 'private_mem_conversions';
 
 /** Every {@link GuestImageName}, in the order above. */
 export const guestImageNames: readonly GuestImageName[] = Object.freeze([
@@ -99,6 +123,8 @@ export const guestImageNames: readonly GuestImageName[] = Object.freeze([
   'fault',
   'halt',
   'upgrade',
+  'readpages',
+  'private_mem_conversions',
 ] as const);
 
 const cache = new Map<GuestImageName, Uint8Array>();

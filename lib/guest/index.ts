@@ -9,7 +9,7 @@
  * @module
  */
 export { X86, setupLongMode, loadImage, setEntry, bootGuest, pageTablesSize } from './boot.js';
-export type { LongModeOptions, EntryOptions, BootOptions } from './boot.js';
+export type { LongModeOptions, EntryOptions, BootOptions, ExtraMapping } from './boot.js';
 export {
   guestImage, guestImageNames, guestImagePath, UCALL_PORT, CONSOLE_PORT, BENCH_PORT, UcallCmd,
   UCALL_STRUCT_SIZE, UcallOffset, UCALL_MAX_ARGS, UCALL_MSG_LEN,

@@ -7,7 +7,8 @@
  * write a reply into its args, and runs the vCPU again.
  * @module
  */
-import type { VcpuExit } from '../kvm/exits.js';
+import { mapGpaRange, type HypercallExit, type VcpuExit } from '../kvm/exits.js';
+import { HypercallError } from '../core/constants.js';
 import {
   CONSOLE_PORT, UCALL_MAX_ARGS, UCALL_MSG_LEN, UCALL_PORT, UCALL_STRUCT_SIZE, UcallCmd, UcallOffset,
 } from './images.js';
@@ -116,9 +117,55 @@ export interface UcallLoopOptions extends RunAsyncOptions {
   onExit?: (exit: VcpuExit) => boolean;
   /** Give up with UnexpectedExitError after this many exits without a SYNC or DONE call. Default: no limit. */
   maxExits?: number;
+  /**
+   * Called first with every hypercall exit (KVM_EXIT_HYPERCALL, see `vm.enableCap()`): set
+   * `exit.ret[0]` and return true to run on; false passes it to `privateMemory`, then `onExit`.
+   */
+  onHypercall?: (exit: HypercallExit) => boolean;
+  /**
+   * Convert private memory as a VMM does, with `vcpu.vm.convertMemory()` (options: its
+   * `discard`): a memory-fault exit converts its range to what the guest accessed (private or
+   * shared) and runs again; a MAP_GPA_RANGE hypercall converts its range by the ENCRYPTED bit and
+   * answers 0, or HypercallError.EINVAL (22) when the range is not all in guest_memfd memslots.
+   * A memory fault outside guest_memfd memslots ends the loop with convertMemory()'s RangeError.
+   */
+  privateMemory?: true | { discard?: boolean };
+}
+
+/** convertMemory()'s options from `privateMemory`, or undefined when it is off. */
+function privateMemoryOptions(o: UcallLoopOptions): { discard?: boolean } | undefined {
+  const p = o.privateMemory;
+  if (p === undefined) return undefined;
+  if (p === true) return {};
+  if (typeof p !== 'object' || p === null) throw argTypeError('The "options.privateMemory" option must be true or an object');
+  return p.discard === undefined ? {} : { discard: p.discard };
+}
+
+/** Whether the private-memory exits of `exit` were handled (the vCPU runs on). */
+function handlePrivate(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): boolean {
+  if (exit.reason === 'hypercall' && o.onHypercall?.(exit)) return true;
+  const convert = privateMemoryOptions(o);
+  if (convert === undefined) return false;
+  if (exit.reason === 'memory_fault') {
+    vcpu.vm.convertMemory(exit.gpa, exit.size, exit.private ? 'private' : 'shared', convert);
+    return true;
+  }
+  const map = mapGpaRange(exit);
+  if (map === undefined || exit.reason !== 'hypercall') return false;
+  try {
+    vcpu.vm.convertMemory(map.gpa, map.size, map.private ? 'private' : 'shared', convert);
+    exit.ret[0] = 0n;
+  } catch (e) {
+    // Not convertible: the guest gets KVM_EINVAL, what KVM itself answers for a range it refuses
+    // (https://docs.kernel.org/virt/kvm/x86/hypercalls.html, KVM_HC_MAP_GPA_RANGE).
+    if (!(e instanceof RangeError) || (e as { code?: unknown }).code !== 'ERR_KVM_NOT_GUEST_MEMFD') throw e;
+    exit.ret[0] = BigInt(HypercallError.EINVAL);
+  }
+  return true;
 }
 
 function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefined {
+  if (handlePrivate(vcpu, exit, o)) return undefined;
   if (exit.reason === 'io' && exit.port === CONSOLE_PORT && exit.direction === 'out') {
     o.console?.(Buffer.from(exit.data).toString('latin1'));
     return undefined;
@@ -138,8 +185,9 @@ function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefi
 
 /**
  * Runs the vCPU until the guest makes a SYNC or DONE call, and returns it: the one ucall loop
- * of the library. On the way, console output and PRINTF calls go to `options.console`, other
- * exits to `options.onExit`.
+ * of the library. On the way, console output and PRINTF calls go to `options.console`,
+ * hypercalls to `options.onHypercall`, memory faults and MAP_GPA_RANGE hypercalls to
+ * `options.privateMemory` when set, other exits to `options.onExit`.
  * @throws (rejects) GuestAssertionError for an ABORT call; UnexpectedExitError for an exit
  * nobody handled (mmio, hlt, shutdown...) or after `maxExits`; what runAsync() throws
  */

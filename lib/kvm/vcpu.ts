@@ -4,10 +4,10 @@
  */
 import { availableParallelism } from 'node:os';
 import { decodeCpuid, encodeCpuid, type CpuidEntry } from './cpuid.js';
-import { KvmStateError, errnoError, argTypeError } from '../core/errors.js';
+import { KvmError, KvmStateError, errnoError, argTypeError, argRangeError, explain } from '../core/errors.js';
 import { decodeExit, type ExitViews, type VcpuExit } from './exits.js';
 import { native, type NativeVcpuRunner } from '../core/native.js';
-import { options } from '../core/numbers.js';
+import { describe, options, u64 } from '../core/numbers.js';
 import { FdResource } from '../core/resource.js';
 import type { Vm } from './vm.js';
 import {
@@ -24,6 +24,46 @@ export interface RunAsyncOptions {
   /** Aborting kicks the vCPU; the promise then rejects with the signal's reason (an AbortError). */
   signal?: AbortSignal;
 }
+
+/** A guest-physical range, as KVM_PRE_FAULT_MEMORY passes it back. */
+export interface GpaRange {
+  /** First guest-physical address. */
+  gpa: bigint;
+  /** Length in bytes. */
+  size: bigint;
+}
+
+/**
+ * The KvmError a failed KVM_PRE_FAULT_MEMORY throws (request 'KVM_PRE_FAULT_MEMORY'), with the
+ * range the kernel passed back.
+ */
+export type PreFaultMemoryError = KvmError & {
+  /** What was left to map when the call failed (the kernel writes it back on failure too). */
+  readonly remaining: GpaRange;
+  /** From the looping calls: the bytes mapped before the failure. */
+  readonly mapped?: bigint;
+};
+
+/** Options of `vcpu.preFaultMemory()`. */
+export interface PreFaultMemoryOptions {
+  /** Called after each call that made progress: bytes done so far, bytes left. */
+  onProgress?(done: bigint, left: bigint): void;
+  /**
+   * How many calls in a row may make no progress with EINTR or EAGAIN before the loop gives up
+   * with that error (default 1000).
+   */
+  maxRetries?: number;
+}
+
+/** Options of `vcpu.preFaultMemoryAsync()`. */
+export interface PreFaultMemoryAsyncOptions extends PreFaultMemoryOptions {
+  /** Aborting kicks the vCPU's thread; the promise rejects with the signal's reason (an AbortError). */
+  signal?: AbortSignal;
+}
+
+const EINTR = 4;
+const EAGAIN = 11;
+const DEFAULT_MAX_RETRIES = 1000;
 
 /**
  * A vCPU. Created by `vm.createVcpu(id)`.
@@ -60,7 +100,7 @@ export class Vcpu extends FdResource {
     this.#page = new DataView(this.#buffer);
   }
 
-  /** Whether a runAsync() is in flight. */
+  /** Whether a runAsync() (or a preFaultMemoryAsync() / preFaultMemoryOnceAsync()) is in flight. */
   get running(): boolean {
     return this.#inFlight;
   }
@@ -204,6 +244,142 @@ export class Vcpu extends FdResource {
   }
 
   /**
+   * Maps [gpa, gpa + size) into KVM's stage-2 page tables now, as if the vCPU had read it
+   * (ioctl KVM_PRE_FAULT_MEMORY), with exactly one call. The kernel may stop early (a signal, a
+   * memslot change) and passes back what is left: call again with it until its size is 0, or use
+   * {@link preFaultMemory}. A private gpa (MemoryAttribute.PRIVATE) is mapped from its guest_memfd.
+   * https://docs.kernel.org/virt/kvm/api.html#kvm-pre-fault-memory
+   * @returns the remaining range (size 0n when all of it was mapped)
+   * @throws {@link PreFaultMemoryError} (a KvmError with `remaining`): ENOENT for a gpa in no
+   * memslot, EINVAL for an empty, unaligned or wrapping range, EINTR/EAGAIN when it stopped before
+   * any page (try again), EFAULT, EOPNOTSUPP without two-dimensional paging, ENOTTY on kernels
+   * without the call; TypeError/RangeError for bad numbers; KvmStateError while a run is in flight
+   * or after close()
+   */
+  preFaultMemoryOnce(gpa: number | bigint, size: number | bigint): GpaRange {
+    const g = u64(gpa, 'gpa');
+    const sz = u64(size, 'size');
+    const fd = this.#idle();
+    const out = new BigUint64Array(2);
+    const status = native.preFaultMemory(fd, g, sz, 0, out);
+    const left = { gpa: out[0]!, size: out[1]! };
+    if (status !== 0) throw this.#preFaultError(status, g, sz, left);
+    return left;
+  }
+
+  /**
+   * Maps [gpa, gpa + size) into KVM's stage-2 page tables (ioctl KVM_PRE_FAULT_MEMORY), calling
+   * again until all of it is mapped, on the calling thread. A call that stopped before any page
+   * with EINTR ("a signal is pending") or EAGAIN ("a retry may succeed", a racing memslot
+   * change) is retried, at most `maxRetries` times in a row.
+   * @returns the bytes mapped (`size` when it returns)
+   * @throws {@link PreFaultMemoryError} with `remaining` and `mapped` for any other errno (see
+   * {@link preFaultMemoryOnce}), or EINTR/EAGAIN past `maxRetries`; what `onProgress` throws;
+   * TypeError/RangeError for bad arguments; KvmStateError while a run is in flight or after close()
+   */
+  preFaultMemory(gpa: number | bigint, size: number | bigint, opts: PreFaultMemoryOptions = {}): { mapped: bigint } {
+    const g = u64(gpa, 'gpa');
+    const sz = u64(size, 'size');
+    const { onProgress, maxRetries } = preFaultOptions(opts);
+    const fd = this.#idle();
+    const out = new BigUint64Array(2);
+    const loop = new PreFaultLoop(g, sz, maxRetries, onProgress);
+    while (loop.left.size > 0n) {
+      const before = loop.left;
+      const status = native.preFaultMemory(fd, before.gpa, before.size, 0, out);
+      const failed = loop.step(status, { gpa: out[0]!, size: out[1]! });
+      if (failed !== undefined) throw this.#preFaultError(failed, before.gpa, before.size, loop.left, loop.mapped);
+    }
+    return { mapped: loop.mapped };
+  }
+
+  /**
+   * {@link preFaultMemory} with each call on this vCPU's own thread (the one runAsync() uses), so
+   * the event loop and the calling thread stay free meanwhile (e.g. to delete a memslot while the
+   * call runs). While it is in flight the vCPU is busy as during a runAsync(): other calls but
+   * `kick()` and `close()` throw ERR_KVM_VCPU_RUNNING. `kick()` or an abort signals the thread:
+   * the call in flight stops (EINTR, or with the pages done so far) and the loop ends.
+   * @returns (resolves to) the bytes mapped
+   * @throws (rejects) as preFaultMemory(); with the signal's reason once `options.signal` aborted;
+   * KvmStateError ERR_KVM_CLOSED if the vCPU is closed meanwhile. Throws at once for bad
+   * arguments, or a run in flight.
+   */
+  preFaultMemoryAsync(gpa: number | bigint, size: number | bigint, opts: PreFaultMemoryAsyncOptions = {}): Promise<{ mapped: bigint }> {
+    const g = u64(gpa, 'gpa');
+    const sz = u64(size, 'size');
+    const { onProgress, maxRetries } = preFaultOptions(opts);
+    const signal = abortSignal(opts);
+    const loop = new PreFaultLoop(g, sz, maxRetries, onProgress);
+    return this.#preFaultAsync(signal, async (once) => {
+      while (loop.left.size > 0n) {
+        const before = loop.left;
+        const [status, left] = await once(before);
+        const failed = loop.step(status, left);
+        if (signal?.aborted) throw signal.reason;
+        if (failed !== undefined) throw this.#preFaultError(failed, before.gpa, before.size, loop.left, loop.mapped);
+      }
+      return { mapped: loop.mapped };
+    });
+  }
+
+  /**
+   * {@link preFaultMemoryOnce} on this vCPU's own thread: exactly one KVM_PRE_FAULT_MEMORY, with
+   * the vCPU busy (as during a runAsync()) until it settles. `kick()` stops it.
+   * @returns (resolves to) the remaining range
+   * @throws (rejects) {@link PreFaultMemoryError} as preFaultMemoryOnce(); KvmStateError
+   * ERR_KVM_CLOSED if the vCPU is closed meanwhile. Throws at once for bad numbers, or a run in flight.
+   */
+  preFaultMemoryOnceAsync(gpa: number | bigint, size: number | bigint): Promise<GpaRange> {
+    const g = u64(gpa, 'gpa');
+    const sz = u64(size, 'size');
+    return this.#preFaultAsync(undefined, async (once) => {
+      const [status, left] = await once({ gpa: g, size: sz });
+      if (status !== 0) throw this.#preFaultError(status, g, sz, left);
+      return left;
+    });
+  }
+
+  // Runs `body` with the vCPU busy; `once` makes one KVM_PRE_FAULT_MEMORY on the vCPU's thread.
+  #preFaultAsync<T>(
+    signal: AbortSignal | undefined,
+    body: (once: (r: GpaRange) => Promise<[number, GpaRange]>) => Promise<T>,
+  ): Promise<T> {
+    this.#idle();
+    if (signal?.aborted) return Promise.reject(signal.reason as Error);
+    const runner = this.#runner;
+    const out = new BigUint64Array(2);
+    const once = async (r: GpaRange): Promise<[number, GpaRange]> => {
+      const status = await runner.preFaultAsync(r.gpa, r.size, 0);
+      if (this.closed) throw new KvmStateError('ERR_KVM_CLOSED', `Vcpu ${this.id} was closed while pre-faulting memory`);
+      runner.preFaultRange(out);
+      return [status, { gpa: out[0]!, size: out[1]! }];
+    };
+    const onAbort = () => runner.kick();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.#inFlight = true;
+    const done = () => {
+      this.#inFlight = false;
+      signal?.removeEventListener('abort', onAbort);
+    };
+    let p: Promise<T>;
+    try {
+      p = body(once);
+    } catch (e) {
+      done();
+      throw e;
+    }
+    return p.finally(done);
+  }
+
+  #preFaultError(status: number, gpa: bigint, size: bigint, remaining: GpaRange, mapped?: bigint): PreFaultMemoryError {
+    const e = explain(
+      errnoError(status, 'ioctl', `vcpu ${this.id}, gpa=0x${gpa.toString(16)}, size=0x${size.toString(16)}, flags=0x0`, 'KVM_PRE_FAULT_MEMORY'),
+      { call: 'pre-fault-memory', gpa: remaining.gpa, size: remaining.size, slots: this.vm.memslots },
+    ) as KvmError;
+    return Object.assign(e, { remaining, ...(mapped !== undefined ? { mapped } : {}) });
+  }
+
+  /**
    * Stops a runAsync() in flight: sets kvm_run.immediate_exit and signals the vCPU's thread, so
    * KVM_RUN returns EINTR and the run settles with `{ reason: 'intr' }`. The guest's state is kept;
    * run again to continue it.
@@ -251,12 +427,63 @@ export class Vcpu extends FdResource {
     throw errnoError(status, 'ioctl', `vcpu ${this.id}`, 'KVM_RUN');
   }
 
-  /** The fd, if the vCPU is open and not running. */
+  /** The fd, if the vCPU is open and not running (nor pre-faulting on its thread). */
   #idle(): number {
     const fd = this.open();
     if (this.#inFlight) {
-      throw new KvmStateError('ERR_KVM_VCPU_RUNNING', `Vcpu ${this.id} is running (runAsync in flight); kick() it or await the run`);
+      throw new KvmStateError('ERR_KVM_VCPU_RUNNING', `Vcpu ${this.id} is running (runAsync or preFaultMemoryAsync in flight); kick() it or await the run`);
     }
     return fd;
   }
+}
+
+/** The pre-fault loop's bookkeeping, shared by the synchronous and asynchronous loops. */
+class PreFaultLoop {
+  left: GpaRange;
+  mapped = 0n;
+  #retries = 0;
+  constructor(gpa: bigint, size: bigint, readonly maxRetries: number, readonly onProgress?: (done: bigint, left: bigint) => void) {
+    this.left = { gpa, size };
+  }
+
+  /**
+   * Takes one call's result: returns the errno to throw, or undefined to go on. The kernel
+   * returns 0 once any page was mapped, else the first error; EINTR and EAGAIN before any page
+   * are worth a retry (https://docs.kernel.org/virt/kvm/api.html#kvm-pre-fault-memory).
+   */
+  step(status: number, left: GpaRange): number | undefined {
+    const progress = this.left.size > left.size ? this.left.size - left.size : 0n;
+    this.left = left;
+    if (progress > 0n) {
+      this.mapped += progress;
+      this.#retries = 0;
+      this.onProgress?.(this.mapped, left.size);
+      return status === 0 || status === EINTR || status === EAGAIN ? undefined : status;
+    }
+    if (status !== 0 && status !== EINTR && status !== EAGAIN) return status;
+    // No progress: a retry, bounded (a 0 without progress is one too, so the loop always ends).
+    if (++this.#retries > this.maxRetries) return status === 0 ? EAGAIN : status;
+    return undefined;
+  }
+}
+
+function preFaultOptions(opts: PreFaultMemoryOptions): { onProgress?: (done: bigint, left: bigint) => void; maxRetries: number } {
+  const o = options(opts, 'options');
+  const onProgress = o.onProgress;
+  if (onProgress !== undefined && typeof onProgress !== 'function') {
+    throw argTypeError('The "options.onProgress" option must be a function');
+  }
+  const maxRetries = o.maxRetries ?? DEFAULT_MAX_RETRIES;
+  if (typeof maxRetries !== 'number' || !Number.isSafeInteger(maxRetries) || maxRetries < 0) {
+    throw argRangeError(`The "options.maxRetries" option must be a whole number >= 0; received ${describe(maxRetries)}`);
+  }
+  return { ...(onProgress ? { onProgress: onProgress as (done: bigint, left: bigint) => void } : {}), maxRetries };
+}
+
+function abortSignal(opts: PreFaultMemoryAsyncOptions): AbortSignal | undefined {
+  const signal = options(opts, 'options').signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw argTypeError('The "options.signal" argument must be an AbortSignal');
+  }
+  return signal;
 }

@@ -4,7 +4,9 @@
  * tests (guest_memfd slots at other addresses) is the only guest_memfd memory in the VM.
  *
  * Guest-physical layout of slot 0 (2 MiB):
- *   0x1000 ..            page tables (identity map of `identityMapSize`, 2 MiB pages)
+ *   0x1000 .. 0x10000    page tables (identity map of `identityMapSize` and the extra mappings,
+ *                        2 MiB pages; at most 15 pages, e.g. 5 GiB identity-mapped and one
+ *                        extra mapping past 512 GiB take 9)
  *   0x10000 * (1 + i)    vCPU i's copy of its image (each copy has its own struct ucall)
  *   0x90000 + 0x10000*i  vCPU i's stack top (i < 8)
  * @module
@@ -15,7 +17,7 @@ import { replyUcall, runUntilUcall, type Ucall } from '../guest/ucall.js';
 import type { Vcpu } from '../kvm/vcpu.js';
 import type { Vm } from '../kvm/vm.js';
 import type { MmioExit, VcpuExit } from '../kvm/exits.js';
-import { bootGuest } from '../guest/boot.js';
+import { bootGuest, pageTablesSize, type ExtraMapping } from '../guest/boot.js';
 import { VmType } from '../core/constants.js';
 import type { CaseContext } from './harness.js';
 import { argRangeError, argTypeError } from '../core/errors.js';
@@ -40,12 +42,35 @@ export interface SelftestGuest {
 export interface SelftestGuestOptions {
   /** The VM type (default VmType.DEFAULT). */
   vmType?: number;
-  /** How much guest-physical memory the page tables identity-map (default 1 GiB). */
+  /**
+   * How much guest-physical memory the page tables identity-map (default 1 GiB), a multiple of
+   * 2 MiB up to 512 GiB: enough for every address the guests touch, e.g. 4 GiB + n * 4 MiB for
+   * private_mem_conversions_test's n vCPUs at 4 GiB.
+   */
   identityMapSize?: number | bigint;
+  /**
+   * Memory to map beyond the identity map, with 2 MiB pages (see `LongModeOptions.extraMappings`):
+   * e.g. pre_fault_memory_test's slot near the top of the guest-physical space. Default none.
+   */
+  extraMappings?: readonly ExtraMapping[];
 }
 
-/** Creates the VM and its code slot; everything is closed when the case ends. */
+/** Where selftestGuest writes the page tables, and where the first image copy starts. */
+const PAGE_TABLES = 0x1000;
+const FIRST_IMAGE = 0x10000;
+
+/**
+ * Creates the VM and its code slot; everything is closed when the case ends.
+ * @throws RangeError (before creating anything) for a bad identityMapSize or extra mapping, or
+ * when their page tables would not fit below the first image (15 pages)
+ */
 export function selftestGuest(ctx: CaseContext, opts: SelftestGuestOptions = {}): SelftestGuest {
+  const identityMapSize = opts.identityMapSize ?? GiB;
+  const extraMappings = opts.extraMappings ?? [];
+  const tables = pageTablesSize(identityMapSize, extraMappings);
+  if (BigInt(PAGE_TABLES) + tables > BigInt(FIRST_IMAGE)) {
+    throw argRangeError(`selftestGuest: the page tables take ${tables / 4096n} pages; there is room for ${(FIRST_IMAGE - PAGE_TABLES) / 4096}`);
+  }
   const vm = ctx.use(ctx.kvm.createVm(opts.vmType ?? VmType.DEFAULT));
   const code = ctx.use(Mapping.anonymous(CODE_SIZE));
   vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: CODE_SIZE, userspaceAddr: code });
@@ -56,8 +81,8 @@ export function selftestGuest(ctx: CaseContext, opts: SelftestGuestOptions = {})
       if (id >= 8) throw argRangeError('selftestGuest has room for 8 vCPUs');
       const vcpu = ctx.use(vm.createVcpu(id));
       bootGuest(vcpu, {
-        image: guestImage(image), loadAt: 0x10000 * (1 + id), stack: 0x90000 + 0x10000 * id,
-        pageTables: 0x1000, args, identityMapSize: opts.identityMapSize ?? GiB,
+        image: guestImage(image), loadAt: FIRST_IMAGE * (1 + id), stack: 0x90000 + 0x10000 * id,
+        pageTables: PAGE_TABLES, args, identityMapSize, extraMappings,
       });
       return vcpu;
     },

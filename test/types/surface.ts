@@ -13,6 +13,7 @@ expectTypeOf<keyof typeof main>().toEqualTypeOf<
   | 'MAX_MAPPING_LENGTH' | 'Madvise' | 'Mapping' | 'MemPolicy' | 'MemoryFaultFlag' | 'MemslotFlag' | 'PAGE_SIZE'
   | 'RunLayout' | 'SystemEventType' | 'Vcpu' | 'Vm' | 'VmType' | 'classifyFd' | 'decodeBits' | 'exitReasonName'
   | 'fdFacts' | 'fdKind' | 'sigbusCodeName'
+  | 'Hypercall' | 'HypercallError' | 'HypercallExitFlag' | 'MapGpaRangeAttr' | 'MemoryAttribute' | 'mapGpaRange'
 >();
 
 expectTypeOf<keyof typeof guest>().toEqualTypeOf<
