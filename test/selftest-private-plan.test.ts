@@ -67,10 +67,10 @@ describe('private-memory mirrors: plan', () => {
   it('names the source function and the VM type of each case', () => {
     const cases = planSelftests(swProtected()).filter((c) => GROUPS.includes(c.group));
     expect(cases.map((c) => c.source)).toEqual([
-      ...Array(3).fill('test_pre_fault_memory'), 'test_private_access_memslot_deleted', 'test_private_access_memslot_not_private',
-      ...Array(4).fill('test_mem_conversions'),
+      ...Array<string>(3).fill('test_pre_fault_memory'), 'test_private_access_memslot_deleted', 'test_private_access_memslot_not_private',
+      ...Array<string>(4).fill('test_mem_conversions'),
     ]);
-    expect(cases.map((c) => c.vmType)).toEqual(['DEFAULT', ...Array(8).fill('SW_PROTECTED')]);
+    expect(cases.map((c) => c.vmType)).toEqual(['DEFAULT', ...Array<string>(8).fill('SW_PROTECTED')]);
     for (const c of cases) expect(c.summary.length).toBeGreaterThan(20);
   });
 
