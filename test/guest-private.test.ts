@@ -213,7 +213,9 @@ describe('private-memory guests on real KVM', () => {
     guestMemory(g.vm, gpa, size).fill(0x5a);
     const reader = g.boot(0, 'readpages', [gpa, 513]); // pre_fault_memory_test's TEST_NPAGES
     expect((await runUntilUcall(reader, { signal: g.signal })).cmd).toBe('done');
-    expect(reader.getRegs().rax).toBe(0x5a5a_5a5a_5a5a_5a5an); // the last value read
+    // Resumed, the ucall's OUT returns and restores RAX, the last value read, then hlt.
+    expect(reader.run().reason).toBe('hlt');
+    expect(reader.getRegs().rax).toBe(0x5a5a_5a5a_5a5a_5a5an);
     expect(data.bytes.every((b) => b === 0x5a)).toBe(true); // reads only
     // Past the mapping's end the guest page tables have nothing: #PF with no IDT, a triple fault.
     const outside = g.boot(1, 'readpages', [gpa + BigInt(size), 1]);
@@ -253,6 +255,8 @@ describe('private-memory guests on real KVM', () => {
     expect(uc.message).toBe('private_mem_conversions: map_gpa_range failed');
     const enosys = BigInt.asUintN(64, -1000n);
     expect(uc.args).toEqual([enosys, base, 4096n, 1n]); // result, gpa, size, MAP_GPA_SET_ATTRIBUTES
+    // Resumed past the ABORT's OUT (which restores RAX), it halts with the hypercall's result in RAX.
+    expect(vcpu.run().reason).toBe('hlt');
     expect(vcpu.getRegs().rax).toBe(enosys);
     expect(data.bytes[0]).toBe(0x11); // it had written pattern one first
     expect(data.bytes[4096]).toBe(0xcc);
