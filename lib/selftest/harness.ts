@@ -10,7 +10,9 @@ import { GuestAssertionError, UnexpectedExitError } from '../guest/ucall.js';
 import type { HostFacts } from './host.js';
 
 /** The upstream selftest a group of cases mirrors, or `lifecycle` for the design-thread cases. */
-export type SelftestGroup = 'guest_memfd_test' | 'set_memory_region_test' | 'lifecycle';
+export type SelftestGroup =
+  | 'guest_memfd_test' | 'set_memory_region_test' | 'lifecycle'
+  | 'pre_fault_memory_test' | 'private_mem_conversions_test' | 'private_mem_kvm_exits_test';
 
 /** One named check. */
 export interface SelftestCase {
@@ -23,6 +25,7 @@ export interface SelftestCase {
   readonly group: SelftestGroup;
   /**
    * For mirrored cases, the upstream function (in the kernel's tools/testing/selftests/kvm/<group>.c,
+   * or x86/<group>.c for the private_mem_* groups,
    * https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/tools/testing/selftests/kvm)
    * whose checks it makes with the same arguments and expectations; for lifecycle cases, the
    * lore.kernel.org URLs of the design-thread messages whose argument it pins down.

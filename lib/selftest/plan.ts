@@ -1,6 +1,7 @@
 /**
  * The plan: every case for this host, in a fixed order (guest_memfd_test, set_memory_region_test,
- * then the lifecycle group), and the --filter that narrows it.
+ * the lifecycle group, then pre_fault_memory_test, private_mem_kvm_exits_test and
+ * private_mem_conversions_test), and the --filter that narrows it.
  * @module
  */
 import type { SelftestCase } from './harness.js';
@@ -8,11 +9,17 @@ import type { HostFacts } from './host.js';
 import { guestMemfdCases } from './guest-memfd-test.js';
 import { lifecycleCases } from './lifecycle/index.js';
 import { setMemoryRegionCases } from './set-memory-region-test.js';
+import { preFaultMemoryCases } from './pre-fault-memory-test.js';
+import { privateMemKvmExitsCases } from './private-mem-kvm-exits-test.js';
+import { privateMemConversionsCases } from './private-mem-conversions-test.js';
 import { matchesPattern } from './expect.js';
 
 /** Every case for this host. */
 export function planSelftests(host: HostFacts): SelftestCase[] {
-  const cases = [...guestMemfdCases(host), ...setMemoryRegionCases(host), ...lifecycleCases(host)];
+  const cases = [
+    ...guestMemfdCases(host), ...setMemoryRegionCases(host), ...lifecycleCases(host),
+    ...preFaultMemoryCases(host), ...privateMemKvmExitsCases(host), ...privateMemConversionsCases(host),
+  ];
   const seen = new Set<string>();
   for (const c of cases) {
     if (seen.has(c.name)) throw new Error(`duplicate selftest case name: ${c.name}`);
