@@ -46,8 +46,8 @@ export const MAIN_HELP = `usage: kvm-gmem <command> [options]
 commands:
   info       what this host's KVM offers guest_memfd users (API version, capabilities, VM types,
              guest_memfd flags, memslots, paging), or why this process cannot open the device
-  selftest   the kernel's guest_memfd selftests mirrored case by case, plus lifecycle cases;
-             KTAP on stdout
+  selftest   the kernel's guest_memfd and private-memory selftests mirrored case by case, plus
+             lifecycle cases; KTAP on stdout
   exec       run any command on another kernel, in a VM (e.g. node my-vmm.js)
 
 Every command also takes the VM options (see kvm-gmem exec --help): with --kernel IMAGE it
@@ -86,9 +86,10 @@ export function selftestHelp(expectations: string): string {
   return `usage: kvm-gmem selftest [--list] [--filter PATTERN] [--json] [--expect FILE|none]
                          [--device PATH] [VM options]
 
-The kernel's guest_memfd selftests (guest_memfd_test, set_memory_region_test) mirrored case by
-case, for every VM type and guest_memfd flag combination this host offers, plus the lifecycle
-cases. KTAP on stdout; one progress line per case on stderr when stdout is not a terminal.
+The kernel's guest_memfd and private-memory selftests (guest_memfd_test, set_memory_region_test,
+pre_fault_memory_test, x86/private_mem_conversions_test, x86/private_mem_kvm_exits_test) mirrored
+case by case, for every VM type and guest_memfd flag combination this host offers, plus the
+lifecycle cases. KTAP on stdout; one progress line per case on stderr when stdout is not a terminal.
 Without a usable device every case is skipped, with the reason and the fix.
 
 options:
