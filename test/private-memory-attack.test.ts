@@ -481,8 +481,17 @@ describe('pre-faulting: hostile arguments and lifetimes', () => {
     expect(v.running).toBe(false);
     // A wrapping range: the kernel's EINVAL, with the range passed back.
     expectKvmError(() => v.preFaultMemoryOnce(U64_MAX - PAGE + 1n, 2n * PAGE), 'EINVAL', { request: 'KVM_PRE_FAULT_MEMORY' });
-    expectKvmError(() => v.preFaultMemory(0, 0), 'EINVAL');
     expect(v.preFaultMemory(0, 4096)).toEqual({ mapped: PAGE });
+  });
+
+  // BUG: the looping forms never make a call for an empty range, so they accept what the single
+  // call (and the kernel) refuse with EINVAL, misaligned or not.
+  it('the looping forms refuse an empty range (even a misaligned one) as preFaultMemoryOnce does', async (ctx) => {
+    using t = preFaultVm(ctx);
+    const v = t.vcpu;
+    expectKvmError(() => v.preFaultMemoryOnce(0, 0), 'EINVAL', { request: 'KVM_PRE_FAULT_MEMORY' });
+    expectKvmError(() => v.preFaultMemory(0x800, 0), 'EINVAL');
+    await expect(v.preFaultMemoryAsync(0x800, 0)).rejects.toMatchObject({ code: 'EINVAL' });
   });
 
   it('after close(): ERR_KVM_CLOSED from all four', (ctx) => {
