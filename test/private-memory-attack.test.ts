@@ -554,6 +554,16 @@ describe('pre-faulting: hostile arguments and lifetimes', () => {
     expect(t.vcpu.running).toBe(false);
   });
 
+  // kick() interrupts the one KVM_PRE_FAULT_MEMORY in flight; the loop retries EINTR and finishes
+  // (only options.signal or close() ends it early).
+  it('kick() during an async pre-fault interrupts one call; the loop goes on and maps all of it', async (ctx) => {
+    using t = preFaultVm(ctx);
+    const p = t.vcpu.preFaultMemoryAsync(0, 2 * MiB);
+    t.vcpu.kick();
+    await expect(p).resolves.toEqual({ mapped: BigInt(2 * MiB) });
+    expect(t.vcpu.running).toBe(false);
+  });
+
   // BUG: the synchronous loop takes the fd once; an onProgress that closes the vCPU sends the
   // next KVM_PRE_FAULT_MEMORY to a closed fd number, or to whatever file took the number (here
   // another vCPU of the VM), instead of stopping with ERR_KVM_CLOSED.
