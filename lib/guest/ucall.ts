@@ -7,14 +7,14 @@
  * write a reply into its args, and runs the vCPU again.
  * @module
  */
-import { mapGpaRange, type HypercallExit, type VcpuExit } from '../kvm/exits.js';
+import { mapGpaRange, type HypercallExit, type MapGpaRange, type VcpuExit } from '../kvm/exits.js';
 import { HypercallError } from '../core/constants.js';
 import {
   CONSOLE_PORT, UCALL_MAX_ARGS, UCALL_MSG_LEN, UCALL_PORT, UCALL_STRUCT_SIZE, UcallCmd, UcallOffset,
 } from './images.js';
-import { checkU64 } from '../core/numbers.js';
+import { checkU64, describe } from '../core/numbers.js';
 import type { RunAsyncOptions, Vcpu } from '../kvm/vcpu.js';
-import { argRangeError, argTypeError } from '../core/errors.js';
+import { KvmError, argRangeError, argTypeError } from '../core/errors.js';
 import { guestMemory } from './memory.js';
 
 /** A decoded guest call. */
@@ -126,8 +126,12 @@ export interface UcallLoopOptions extends RunAsyncOptions {
    * Convert private memory as a VMM does, with `vcpu.vm.convertMemory()` (options: its
    * `discard`): a memory-fault exit converts its range to what the guest accessed (private or
    * shared) and runs again; a MAP_GPA_RANGE hypercall converts its range by the ENCRYPTED bit and
-   * answers 0, or HypercallError.EINVAL (22) when the range is not all in guest_memfd memslots.
-   * A memory fault outside guest_memfd memslots ends the loop with convertMemory()'s RangeError.
+   * answers 0, or HypercallError.EINVAL (22) when the range is empty, reaches past 2^64, is not
+   * all in guest_memfd memslots, or KVM_SET_MEMORY_ATTRIBUTES refuses it (EINVAL, e.g.
+   * unaligned): a hostile guest cannot end the loop. Other failures (a closed Vm, GuestMemfd or
+   * Mapping, ENOMEM...) end it with convertMemory()'s error. A memory fault outside guest_memfd
+   * memslots ends the loop with convertMemory()'s RangeError. Checked, like `onHypercall`,
+   * before the vCPU first runs.
    */
   privateMemory?: true | { discard?: boolean };
 }
@@ -137,8 +141,44 @@ function privateMemoryOptions(o: UcallLoopOptions): { discard?: boolean } | unde
   const p = o.privateMemory;
   if (p === undefined) return undefined;
   if (p === true) return {};
-  if (typeof p !== 'object' || p === null) throw argTypeError('The "options.privateMemory" option must be true or an object');
-  return p.discard === undefined ? {} : { discard: p.discard };
+  if (typeof p !== 'object' || p === null) throw argTypeError(`The "options.privateMemory" option must be true or an object; received ${describe(p)}`);
+  const discard = p.discard;
+  if (discard !== undefined && typeof discard !== 'boolean') {
+    throw argTypeError(`The "options.privateMemory.discard" option must be a boolean; received ${describe(discard)}`);
+  }
+  return discard === undefined ? {} : { discard };
+}
+
+/** Checks the loop's hooks before the vCPU first runs, so a mistake is not found only when the exit that needs it comes. */
+function checkLoopOptions(o: UcallLoopOptions): void {
+  if (o.onHypercall !== undefined && typeof o.onHypercall !== 'function') {
+    throw argTypeError(`The "options.onHypercall" option must be a function; received ${describe(o.onHypercall)}`);
+  }
+  privateMemoryOptions(o);
+}
+
+const GPA_LIMIT = 1n << 64n;
+
+/**
+ * Converts the range of a MAP_GPA_RANGE hypercall and returns the guest's answer: 0, or
+ * KVM_EINVAL for a range that cannot be converted. The page count is the guest's: an empty range
+ * or one past 2^64 is refused without a call, as KVM refuses them
+ * (https://docs.kernel.org/virt/kvm/x86/hypercalls.html, KVM_HC_MAP_GPA_RANGE).
+ */
+function mapForGuest(vcpu: Vcpu, map: MapGpaRange, convert: { discard?: boolean }): bigint {
+  const einval = BigInt(HypercallError.EINVAL);
+  if (map.size === 0n || map.gpa + map.size > GPA_LIMIT) return einval;
+  try {
+    vcpu.vm.convertMemory(map.gpa, map.size, map.private ? 'private' : 'shared', convert);
+    return 0n;
+  } catch (e) {
+    // The range is the guest's mistake (not in guest_memfd memslots, a bad number, or refused by
+    // KVM_SET_MEMORY_ATTRIBUTES, e.g. unaligned); anything else (a closed object, ENOMEM...) is the VMM's.
+    const code = (e as { code?: unknown }).code;
+    if (e instanceof RangeError && (code === 'ERR_KVM_NOT_GUEST_MEMFD' || code === 'ERR_OUT_OF_RANGE')) return einval;
+    if (e instanceof KvmError && e.code === 'EINVAL' && e.request === 'KVM_SET_MEMORY_ATTRIBUTES') return einval;
+    throw e;
+  }
 }
 
 /** Whether the private-memory exits of `exit` were handled (the vCPU runs on). */
@@ -152,15 +192,7 @@ function handlePrivate(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): boolean
   }
   const map = mapGpaRange(exit);
   if (map === undefined || exit.reason !== 'hypercall') return false;
-  try {
-    vcpu.vm.convertMemory(map.gpa, map.size, map.private ? 'private' : 'shared', convert);
-    exit.ret[0] = 0n;
-  } catch (e) {
-    // Not convertible: the guest gets KVM_EINVAL, what KVM itself answers for a range it refuses
-    // (https://docs.kernel.org/virt/kvm/x86/hypercalls.html, KVM_HC_MAP_GPA_RANGE).
-    if (!(e instanceof RangeError) || (e as { code?: unknown }).code !== 'ERR_KVM_NOT_GUEST_MEMFD') throw e;
-    exit.ret[0] = BigInt(HypercallError.EINVAL);
-  }
+  exit.ret[0] = mapForGuest(vcpu, map, convert);
   return true;
 }
 
@@ -189,10 +221,13 @@ function handle(vcpu: Vcpu, exit: VcpuExit, o: UcallLoopOptions): Ucall | undefi
  * hypercalls to `options.onHypercall`, memory faults and MAP_GPA_RANGE hypercalls to
  * `options.privateMemory` when set, other exits to `options.onExit`.
  * @throws (rejects) GuestAssertionError for an ABORT call; UnexpectedExitError for an exit
- * nobody handled (mmio, hlt, shutdown...) or after `maxExits`; what runAsync() throws
+ * nobody handled (mmio, hlt, shutdown...) or after `maxExits`; what runAsync() throws;
+ * TypeError for an `onHypercall` that is not a function or a bad `privateMemory`, and RangeError
+ * for a bad `maxExits`, before the vCPU runs
  */
 export async function runUntilUcall(vcpu: Vcpu, opts: UcallLoopOptions = {}): Promise<Ucall> {
   if (opts.sync) return runUntilUcallSync(vcpu, opts);
+  checkLoopOptions(opts);
   const runOpts: RunAsyncOptions = opts.signal ? { signal: opts.signal } : {};
   const max = maxExits(opts);
   let exit: VcpuExit | undefined;
@@ -206,6 +241,7 @@ export async function runUntilUcall(vcpu: Vcpu, opts: UcallLoopOptions = {}): Pr
 
 /** {@link runUntilUcall} with the synchronous `run()`, returning at once. */
 export function runUntilUcallSync(vcpu: Vcpu, opts: Omit<UcallLoopOptions, 'sync' | 'signal'> = {}): Ucall {
+  checkLoopOptions(opts);
   const max = maxExits(opts);
   let exit: VcpuExit | undefined;
   for (let n = 0; n < max; n++) {

@@ -133,7 +133,11 @@ export interface HypercallExit extends ExitBase {
 export interface MapGpaRange {
   /** Guest-physical address of the range's first byte. */
   gpa: bigint;
-  /** The range's length in bytes (the guest passes pages of 4 KiB). */
+  /**
+   * The range's length in bytes (the guest passes pages of 4 KiB): the exact product, so it
+   * exceeds 2^64 - 1 when the guest's page count does (such a range is not valid; KVM answers
+   * KVM_EINVAL to one that wraps), and `gpa + size` may pass 2^64.
+   */
   size: bigint;
   /** The raw MapGpaRangeAttr bits (args[2], passed through by KVM unchecked). */
   attributes: bigint;
@@ -182,8 +186,8 @@ export function mapGpaRange(exit: VcpuExit): MapGpaRange | undefined {
   const pageSize = sz === MapGpaRangeAttr.PAGE_SZ_2M ? 2 << 20 : sz === MapGpaRangeAttr.PAGE_SZ_1G ? 1 << 30 : PAGE_SIZE;
   return {
     gpa: exit.args[0] ?? 0n,
-    // u64 like the kernel's: a page count the guest made up cannot make a negative or huge-wrapped size.
-    size: BigInt.asUintN(64, (exit.args[1] ?? 0n) * BigInt(PAGE_SIZE)),
+    // Exact, not cut to 64 bits: a made-up page count must not shrink to a small, valid-looking size.
+    size: (exit.args[1] ?? 0n) * BigInt(PAGE_SIZE),
     attributes,
     private: (attributes & MapGpaRangeAttr.ENCRYPTED) !== 0n,
     pageSize,

@@ -100,7 +100,10 @@ export class Vcpu extends FdResource {
     this.#page = new DataView(this.#buffer);
   }
 
-  /** Whether a runAsync() (or a preFaultMemoryAsync() / preFaultMemoryOnceAsync()) is in flight. */
+  /**
+   * Whether a runAsync() (or a preFaultMemoryAsync() / preFaultMemoryOnceAsync()) is in flight,
+   * or a preFaultMemory() loop (seen from its `onProgress`).
+   */
   get running(): boolean {
     return this.#inFlight;
   }
@@ -271,24 +274,38 @@ export class Vcpu extends FdResource {
    * Maps [gpa, gpa + size) into KVM's stage-2 page tables (ioctl KVM_PRE_FAULT_MEMORY), calling
    * again until all of it is mapped, on the calling thread. A call that stopped before any page
    * with EINTR ("a signal is pending") or EAGAIN ("a retry may succeed", a racing memslot
-   * change) is retried, at most `maxRetries` times in a row.
+   * change) is retried, at most `maxRetries` times in a row. An empty range makes one call, which
+   * the kernel refuses (EINVAL). The vCPU is busy until it returns, as during a runAsync(): from
+   * `onProgress`, other calls but `kick()` and `close()` throw ERR_KVM_VCPU_RUNNING, and a
+   * close() there ends the loop with ERR_KVM_CLOSED.
    * @returns the bytes mapped (`size` when it returns)
    * @throws {@link PreFaultMemoryError} with `remaining` and `mapped` for any other errno (see
    * {@link preFaultMemoryOnce}), or EINTR/EAGAIN past `maxRetries`; what `onProgress` throws;
    * TypeError/RangeError for bad arguments; KvmStateError while a run is in flight or after close()
+   * (also a close() from `onProgress`)
    */
   preFaultMemory(gpa: number | bigint, size: number | bigint, opts: PreFaultMemoryOptions = {}): { mapped: bigint } {
     const g = u64(gpa, 'gpa');
     const sz = u64(size, 'size');
     const { onProgress, maxRetries } = preFaultOptions(opts);
-    const fd = this.#idle();
+    this.#idle();
     const out = new BigUint64Array(2);
     const loop = new PreFaultLoop(g, sz, maxRetries, onProgress);
-    while (loop.left.size > 0n) {
-      const before = loop.left;
-      const status = native.preFaultMemory(fd, before.gpa, before.size, 0, out);
-      const failed = loop.step(status, { gpa: out[0]!, size: out[1]! });
-      if (failed !== undefined) throw this.#preFaultError(failed, before.gpa, before.size, loop.left, loop.mapped);
+    // Busy for the whole loop: onProgress cannot start a run (whose KVM_RUN would hold the vCPU
+    // mutex our next call waits on, on this very thread) nor another pre-fault.
+    this.#inFlight = true;
+    try {
+      // At least one call: an empty range gets the kernel's answer (EINVAL), as preFaultMemoryOnce's does.
+      do {
+        // The fd again on every pass: onProgress may have closed this vCPU (and its number been reused).
+        const fd = this.open();
+        const before = loop.left;
+        const status = native.preFaultMemory(fd, before.gpa, before.size, 0, out);
+        const failed = loop.step(status, { gpa: out[0]!, size: out[1]! });
+        if (failed !== undefined) throw this.#preFaultError(failed, before.gpa, before.size, loop.left, loop.mapped);
+      } while (loop.left.size > 0n);
+    } finally {
+      this.#inFlight = false;
     }
     return { mapped: loop.mapped };
   }
@@ -297,8 +314,11 @@ export class Vcpu extends FdResource {
    * {@link preFaultMemory} with each call on this vCPU's own thread (the one runAsync() uses), so
    * the event loop and the calling thread stay free meanwhile (e.g. to delete a memslot while the
    * call runs). While it is in flight the vCPU is busy as during a runAsync(): other calls but
-   * `kick()` and `close()` throw ERR_KVM_VCPU_RUNNING. `kick()` or an abort signals the thread:
-   * the call in flight stops (EINTR, or with the pages done so far) and the loop ends.
+   * `kick()` and `close()` throw ERR_KVM_VCPU_RUNNING. `kick()` interrupts only the call in
+   * flight (EINTR, or a return with the pages done so far), which the loop then continues like any
+   * EINTR (see `maxRetries`); to end the loop, abort `options.signal` (the signal's reason is
+   * thrown after the call in flight stops) or close() the vCPU. An empty range makes one call, as
+   * preFaultMemory() does.
    * @returns (resolves to) the bytes mapped
    * @throws (rejects) as preFaultMemory(); with the signal's reason once `options.signal` aborted;
    * KvmStateError ERR_KVM_CLOSED if the vCPU is closed meanwhile. Throws at once for bad
@@ -311,13 +331,14 @@ export class Vcpu extends FdResource {
     const signal = abortSignal(opts);
     const loop = new PreFaultLoop(g, sz, maxRetries, onProgress);
     return this.#preFaultAsync(signal, async (once) => {
-      while (loop.left.size > 0n) {
+      // At least one call, as in preFaultMemory().
+      do {
         const before = loop.left;
         const [status, left] = await once(before);
         const failed = loop.step(status, left);
         if (signal?.aborted) throw signal.reason;
         if (failed !== undefined) throw this.#preFaultError(failed, before.gpa, before.size, loop.left, loop.mapped);
-      }
+      } while (loop.left.size > 0n);
       return { mapped: loop.mapped };
     });
   }
@@ -431,7 +452,7 @@ export class Vcpu extends FdResource {
   #idle(): number {
     const fd = this.open();
     if (this.#inFlight) {
-      throw new KvmStateError('ERR_KVM_VCPU_RUNNING', `Vcpu ${this.id} is running (runAsync or preFaultMemoryAsync in flight); kick() it or await the run`);
+      throw new KvmStateError('ERR_KVM_VCPU_RUNNING', `Vcpu ${this.id} is running (runAsync, preFaultMemory or preFaultMemoryAsync in flight); kick() it or await the run`);
     }
     return fd;
   }

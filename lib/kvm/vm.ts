@@ -4,7 +4,7 @@
  */
 import type { CpuidEntry } from './cpuid.js';
 import { Cap, Madvise, MemoryAttribute, MemslotFlag, VmType } from '../core/constants.js';
-import { argTypeError, argRangeError, explain } from '../core/errors.js';
+import { KvmStateError, argTypeError, argRangeError, explain } from '../core/errors.js';
 import type { FdFacts } from '../core/fd-identity.js';
 import type { ReceivedFd } from '../ipc/message.js';
 import { dupOption, fdArgument, takeOver } from './adopt.js';
@@ -402,15 +402,16 @@ export class Vm extends FdResource {
    * duplicate) has its own record.
    * @param gpa with `size`, the window to report; without, every range whose attributes are not 0
    * @param size the window's length
-   * @returns sorted, disjoint ranges; for a window, ranges covering all of it (attributes 0n where nothing was set)
-   * @throws TypeError/RangeError for bad numbers, or a `gpa` without `size`
+   * @returns sorted, disjoint, non-empty ranges; for a window, ranges covering all of it
+   * (attributes 0n where nothing was set), [] for an empty one
+   * @throws TypeError/RangeError for bad numbers, a `gpa` without `size`, or a window ending past 2^64
    */
   memoryAttributes(gpa?: number | bigint, size?: number | bigint): readonly MemoryAttributeRange[] {
     if (gpa === undefined && size === undefined) return this.#attributes.map((r) => ({ ...r }));
     if (gpa === undefined || size === undefined) throw argTypeError('The "gpa" and "size" arguments must be given together');
-    const start = u64(gpa, 'gpa');
-    const end = start + u64(size, 'size');
+    const [start, end] = gpaRange(gpa, size);
     const out: MemoryAttributeRange[] = [];
+    if (start === end) return out;
     let at = start;
     for (const r of this.#attributes) {
       if (r.end <= at) continue;
@@ -430,11 +431,10 @@ export class Vm extends FdResource {
    * punch-hole on the guest_memfd behind a guest-physical range.
    * @throws RangeError (code 'ERR_KVM_NOT_GUEST_MEMFD') if some address of the range is in no
    * memslot set by this Vm, in one without a guest_memfd, or in one whose guest_memfd was given
-   * as a bare fd number; TypeError/RangeError for bad numbers
+   * as a bare fd number; TypeError/RangeError for bad numbers or a range ending past 2^64
    */
   guestMemfdRanges(gpa: number | bigint, size: number | bigint): GuestMemfdRange[] {
-    const start = u64(gpa, 'gpa');
-    const end = start + u64(size, 'size');
+    const [start, end] = gpaRange(gpa, size);
     const out: GuestMemfdRange[] = [];
     for (let at = start; at < end;) {
       const s = [...this.#slots.values()].find((m) => m.guestPhysAddr <= at && at < m.guestPhysAddr + m.memorySize);
@@ -466,9 +466,10 @@ export class Vm extends FdResource {
    * Every address must be in a guest_memfd memslot of this Vm ({@link guestMemfdRanges}),
    * checked before anything changes.
    * @throws RangeError (code 'ERR_KVM_NOT_GUEST_MEMFD') for a range not all in guest_memfd
-   * memslots; TypeError/RangeError for bad arguments; KvmError from KVM_SET_MEMORY_ATTRIBUTES,
-   * fallocate or madvise (the attributes are set once a discard fails); ERR_KVM_CLOSED if this
-   * Vm, a GuestMemfd or a Mapping is closed
+   * memslots; TypeError/RangeError for bad arguments or a range ending past 2^64; KvmError from
+   * KVM_SET_MEMORY_ATTRIBUTES, fallocate or madvise (the attributes are set once a discard
+   * fails); KvmStateError ERR_KVM_CLOSED if this Vm, or a GuestMemfd or Mapping the discard
+   * needs (or needs to tell apart), is closed: all checked before the attributes change
    */
   convertMemory(gpa: number | bigint, size: number | bigint, to: 'private' | 'shared', opts: ConvertMemoryOptions = {}): void {
     const g = u64(gpa, 'gpa');
@@ -476,25 +477,34 @@ export class Vm extends FdResource {
     if (to !== 'private' && to !== 'shared') throw argTypeError(`The "to" argument must be 'private' or 'shared'; received ${describe(to)}`);
     const discard = options(opts, 'options').discard ?? true;
     if (typeof discard !== 'boolean') throw argTypeError(`The "options.discard" option must be a boolean; received ${describe(discard)}`);
+    this.open(); // ERR_KVM_CLOSED before anything else is looked at
     const pieces = this.guestMemfdRanges(g, sz);
+    // Every discard target is checked before the attributes change, so a closed object leaves nothing half done.
+    const discards = discard ? pieces.map((p) => this.#discardOf(p, to)) : [];
     this.setMemoryAttributes(g, sz, to === 'private' ? MemoryAttribute.PRIVATE : 0n);
-    if (!discard) return;
     // Attributes first, then the discard, as QEMU's kvm_convert_memory() does: once the guest's
     // accesses go to the new side, the old side's pages are unreachable and can be freed.
-    for (const p of pieces) {
-      const slot = this.#slots.get(p.slot);
-      const m = slot?.mapping;
-      const file = m === undefined ? undefined : guestMemfdOfMapping(m);
-      // One file on both sides (the slot's host memory maps its own guest_memfd): nothing to free.
-      if (file !== undefined && sameFile(file, p.guestMemfd)) continue;
-      if (to === 'shared') {
-        p.guestMemfd.punchHole(p.offset, p.length);
-        continue;
-      }
-      if (slot === undefined || m === undefined) continue;
-      const offset = slot.userspaceAddr - m.address + (p.gpa - slot.guestPhysAddr);
-      m.advise(file !== undefined ? Madvise.REMOVE : Madvise.DONTNEED, offset, p.length);
+    for (const d of discards) d?.();
+  }
+
+  /**
+   * What discarding the side a piece leaves takes (undefined: nothing), with every object it
+   * needs checked open now.
+   */
+  #discardOf(p: GuestMemfdRange, to: 'private' | 'shared'): (() => void) | undefined {
+    const slot = this.#slots.get(p.slot);
+    const m = slot?.mapping;
+    const file = m === undefined ? undefined : guestMemfdOfMapping(m);
+    // One file on both sides (the slot's host memory maps its own guest_memfd): nothing to free.
+    if (file !== undefined && sameFile(file, p.guestMemfd)) return undefined;
+    if (to === 'shared') {
+      void p.guestMemfd.fd; // ERR_KVM_CLOSED for a closed GuestMemfd
+      return () => p.guestMemfd.punchHole(p.offset, p.length);
     }
+    if (slot === undefined || m === undefined) return undefined;
+    if (m.closed) throw new KvmStateError('ERR_KVM_CLOSED', `The Mapping of memslot ${slot.slot} is closed`);
+    const offset = slot.userspaceAddr - m.address + (p.gpa - slot.guestPhysAddr);
+    return () => m.advise(file !== undefined ? Madvise.REMOVE : Madvise.DONTNEED, offset, p.length);
   }
 
   #recordAttributes(start: bigint, end: bigint, attributes: bigint): void {
@@ -682,14 +692,26 @@ export function supportedCpuidOf(kvm: Kvm): () => CpuidEntry[] {
   };
 }
 
-/** Whether two GuestMemfd objects are the same file (an adopted duplicate is another object). */
+/**
+ * Whether two GuestMemfd objects are the same file (an adopted duplicate is another object).
+ * @throws KvmStateError ERR_KVM_CLOSED if either is closed and they are not one object: a closed
+ * one cannot be told apart, and guessing "different" would discard the memory just converted to
+ */
 function sameFile(a: GuestMemfd, b: GuestMemfd): boolean {
   if (a === b) return true;
-  try {
-    return a.stat().ino === b.stat().ino && a.stat().dev === b.stat().dev;
-  } catch {
-    return false;
+  const sa = a.stat();
+  const sb = b.stat();
+  return sa.ino === sb.ino && sa.dev === sb.dev;
+}
+
+/** [start, end) of a guest-physical range, refused when it ends past 2^64. */
+function gpaRange(gpa: unknown, size: unknown): [bigint, bigint] {
+  const start = u64(gpa, 'gpa');
+  const end = start + u64(size, 'size');
+  if (end > 1n << 64n) {
+    throw argRangeError(`The range [0x${start.toString(16)}, +0x${(end - start).toString(16)}) ends past 2^64`);
   }
+  return [start, end];
 }
 
 /**
