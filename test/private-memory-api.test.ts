@@ -3,31 +3,19 @@
 // ucall loop's privateMemory option. Decoding, layout and argument checks run everywhere; the
 // kernel calls need KVM, and a SW_PROTECTED VM for anything private (a skip naming the missing
 // capability elsewhere, a failure under KVM_GMEM_REQUIRE_KVM=1).
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { describe, expect, it, type TestContext } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { bootGuest, runUntilUcallSync } from '../lib/guest/index.js';
 import {
   Cap, ExitReason, Hypercall, HypercallError, HypercallExitFlag, KvmError, MapGpaRangeAttr, Mapping, MemoryAttribute,
-  RunLayout, Vm, VmType, mapGpaRange, type GuestMemfd, type HypercallExit, type Kvm,
+  RunLayout, mapGpaRange, type HypercallExit,
 } from '../lib/index.js';
 import { decodeExit } from '../lib/kvm/exits.js';
 import { native } from '../lib/core/native.js';
-import { fixture } from './c-fixtures.js';
+import { fakeVm, filePages, preFaultVm, privateSlot, swProtectedVm } from './private-memory-host.js';
 import { expectKvmError, needCap, openKvm, skipOrFail, thrown } from './kvm-host.js';
 
 const MiB = 1 << 20;
-
-/**
- * The pages a guest_memfd holds, from cachestat(2) (test/fixtures/cachestat.c): fstat's st_blocks
- * stays 0 for guest_memfd, so it cannot show a punch.
- */
-function filePages(g: GuestMemfd): number {
-  const r = spawnSync(fixture('cachestat'), [], { stdio: ['ignore', 'pipe', 'pipe', g.fd], encoding: 'utf8' });
-  expect(r.stderr, 'cachestat(2) on the guest_memfd').toBe('');
-  expect(r.status).toBe(0);
-  return (JSON.parse(r.stdout) as { cache: number }).cache;
-}
 
 /** A fake kvm_run page with a hypercall exit in it. */
 function hypercallPage(nr: bigint, args: bigint[], flags: bigint): { v: DataView; buf: ArrayBuffer } {
@@ -98,11 +86,6 @@ describe('host CPUID', () => {
   });
 });
 
-/** A Vm object on a memfd: the library's checks run, and any ioctl that gets through fails (ENOTTY). */
-function fakeVm(): Vm {
-  return Vm.fromCreated(native.memfdCreate('kvm-gmem-not-a-vm'), VmType.DEFAULT, 4096, () => []);
-}
-
 describe('argument checks (before any ioctl)', () => {
   it('enableCap', () => {
     using vm = fakeVm();
@@ -142,27 +125,6 @@ describe('argument checks (before any ioctl)', () => {
 });
 
 // ---- Real KVM ----
-
-/** A SW_PROTECTED VM whose KVM_CAP_MEMORY_ATTRIBUTES has PRIVATE, or a skip naming what is missing. */
-function swProtectedVm(ctx: TestContext, kvm: Kvm): Vm {
-  const types = kvm.checkExtension(Cap.VM_TYPES);
-  skipOrFail(ctx, types & (1 << VmType.SW_PROTECTED) ? undefined : `KVM_CAP_VM_TYPES 0x${types.toString(16)} lacks KVM_X86_SW_PROTECTED_VM`);
-  const vm = kvm.createVm(VmType.SW_PROTECTED);
-  const attrs = BigInt(vm.checkExtension(Cap.MEMORY_ATTRIBUTES));
-  if (!(attrs & MemoryAttribute.PRIVATE)) {
-    vm.close();
-    skipOrFail(ctx, `KVM_CAP_MEMORY_ATTRIBUTES on a SW_PROTECTED VM (0x${attrs.toString(16)}) lacks PRIVATE`);
-  }
-  return vm;
-}
-
-/** A private-capable memslot: anonymous host memory for the shared side, a guest_memfd (flags 0) for the private side. */
-function privateSlot(vm: Vm, slot: number, gpa: number, size: number): { anon: Mapping; gmem: GuestMemfd } & Disposable {
-  const anon = Mapping.anonymous(size);
-  const gmem = vm.createGuestMemfd({ size });
-  vm.setUserMemoryRegion2({ slot, guestPhysAddr: gpa, memorySize: size, userspaceAddr: anon, guestMemfd: gmem });
-  return { anon, gmem, [Symbol.dispose]: () => { anon.close(); gmem.close(); } };
-}
 
 describe('KVM_SET_MEMORY_ATTRIBUTES', () => {
   it('makes a range private on a SW_PROTECTED VM, with or without a memslot, and records it', (ctx) => {
@@ -218,18 +180,6 @@ describe('KVM_ENABLE_CAP', () => {
     expect(e.hint).toContain('asked 0x2000');
   });
 });
-
-/** A DEFAULT VM with a 2 MiB anonymous memslot at 0 and vCPU 0, when the host can pre-fault. */
-function preFaultVm(ctx: TestContext) {
-  const kvm = openKvm(ctx);
-  needCap(ctx, kvm, Cap.PRE_FAULT_MEMORY, 'PRE_FAULT_MEMORY');
-  const vm = kvm.createVm();
-  const mem = Mapping.anonymous(2 * MiB);
-  vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memorySize: 2 * MiB, userspaceAddr: mem });
-  const vcpu = vm.createVcpu(0);
-  vcpu.setCpuid2(kvm.getSupportedCpuid());
-  return { kvm, vm, mem, vcpu, [Symbol.dispose]: () => { vcpu.close(); vm.close(); mem.close(); kvm.close(); } };
-}
 
 describe('KVM_PRE_FAULT_MEMORY', () => {
   it('maps a whole 2 MiB slot, reporting progress; ENOENT outside with the remaining range', (ctx) => {

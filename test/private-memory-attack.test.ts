@@ -14,22 +14,16 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it, type TestContext } from 'vitest';
 import { runUntilUcallSync } from '../lib/guest/index.js';
 import {
-  Cap, ExitReason, Hypercall, HypercallError, KvmError, MapGpaRangeAttr, Mapping, MemoryAttribute,
-  RunLayout, Vm, VmType, mapGpaRange, type GuestMemfd, type HypercallExit, type Kvm, type Vcpu, type VcpuExit,
+  Cap, ExitReason, Hypercall, HypercallError, KvmError, MapGpaRangeAttr, MemoryAttribute,
+  RunLayout, Vm, VmType, mapGpaRange, type HypercallExit, type Vcpu, type VcpuExit,
 } from '../lib/index.js';
 import { decodeExit } from '../lib/kvm/exits.js';
-import { native } from '../lib/core/native.js';
-import { fixture } from './c-fixtures.js';
-import { REQUIRE_KVM, expectKvmError, hangBound, needCap, openKvm, skipOrFail, thrown } from './kvm-host.js';
+import { fakeVm, filePages, preFaultVm, privateSlot, swProtectedVm } from './private-memory-host.js';
+import { REQUIRE_KVM, expectKvmError, hangBound, needCap, openKvm, thrown } from './kvm-host.js';
 
 const MiB = 1 << 20;
 const PAGE = 4096n;
 const U64_MAX = (1n << 64n) - 1n;
-
-/** A Vm object on a memfd: the library's checks run, and any ioctl that gets through fails (ENOTTY). */
-function fakeVm(): Vm {
-  return Vm.fromCreated(native.memfdCreate('kvm-gmem-attack-not-a-vm'), VmType.DEFAULT, 4096, () => []);
-}
 
 /** A fake kvm_run page holding a hypercall exit, decoded as a vCPU would decode it. */
 function hypercallExit(nr: bigint, args: bigint[]): HypercallExit {
@@ -238,35 +232,6 @@ describe('MAP_GPA_RANGE from a hostile guest', () => {
 
 // ---- Real KVM ----
 
-/** A SW_PROTECTED VM whose KVM_CAP_MEMORY_ATTRIBUTES has PRIVATE, or a skip naming what is missing. */
-function swProtectedVm(ctx: TestContext, kvm: Kvm): Vm {
-  const types = kvm.checkExtension(Cap.VM_TYPES);
-  skipOrFail(ctx, types & (1 << VmType.SW_PROTECTED) ? undefined : `KVM_CAP_VM_TYPES 0x${types.toString(16)} lacks KVM_X86_SW_PROTECTED_VM`);
-  const vm = kvm.createVm(VmType.SW_PROTECTED);
-  const attrs = BigInt(vm.checkExtension(Cap.MEMORY_ATTRIBUTES));
-  if (!(attrs & MemoryAttribute.PRIVATE)) {
-    vm.close();
-    skipOrFail(ctx, `KVM_CAP_MEMORY_ATTRIBUTES on a SW_PROTECTED VM (0x${attrs.toString(16)}) lacks PRIVATE`);
-  }
-  return vm;
-}
-
-/** A private-capable memslot: anonymous host memory for the shared side, a guest_memfd for the private side. */
-function privateSlot(vm: Vm, slot: number, gpa: number, size: number): { anon: Mapping; gmem: GuestMemfd } & Disposable {
-  const anon = Mapping.anonymous(size);
-  const gmem = vm.createGuestMemfd({ size });
-  vm.setUserMemoryRegion2({ slot, guestPhysAddr: gpa, memorySize: size, userspaceAddr: anon, guestMemfd: gmem });
-  return { anon, gmem, [Symbol.dispose]: () => { anon.close(); gmem.close(); } };
-}
-
-/** The pages a guest_memfd holds, from cachestat(2) (test/fixtures/cachestat.c; st_blocks stays 0 for guest_memfd). */
-function filePages(g: GuestMemfd): number {
-  const r = spawnSync(fixture('cachestat'), [], { stdio: ['ignore', 'pipe', 'pipe', g.fd], encoding: 'utf8' });
-  expect(r.stderr, 'cachestat(2) on the guest_memfd').toBe('');
-  expect(r.status).toBe(0);
-  return (JSON.parse(r.stdout) as { cache: number }).cache;
-}
-
 /** A small deterministic PRNG (xorshift32), so a failing sequence can be replayed. */
 function prng(seed: number): () => number {
   let s = seed >>> 0 || 1;
@@ -440,18 +405,6 @@ describe('convertMemory: closed objects, slots crossed, partial failure (SW_PROT
     expect(vm.memoryAttributes()).toEqual([{ start: 0n, end: BigInt(MiB), attributes: MemoryAttribute.PRIVATE }]);
   });
 });
-
-/** A default VM with a 2 MiB anonymous slot at 0 and vCPU 0, or a skip without PRE_FAULT_MEMORY. */
-function preFaultVm(ctx: TestContext) {
-  const kvm = openKvm(ctx);
-  needCap(ctx, kvm, Cap.PRE_FAULT_MEMORY, 'PRE_FAULT_MEMORY');
-  const vm = kvm.createVm();
-  const mem = Mapping.anonymous(2 * MiB);
-  vm.setUserMemoryRegion({ slot: 0, guestPhysAddr: 0, memorySize: 2 * MiB, userspaceAddr: mem });
-  const vcpu = vm.createVcpu(0);
-  vcpu.setCpuid2(kvm.getSupportedCpuid());
-  return { kvm, vm, mem, vcpu, [Symbol.dispose]: () => { vcpu.close(); vm.close(); mem.close(); kvm.close(); } };
-}
 
 describe('pre-faulting: hostile arguments and lifetimes', () => {
   it('every argument of the four calls: typed errors, and the vCPU stays idle', (ctx) => {
