@@ -17,17 +17,17 @@ import { $, argv, fs, os, path } from 'zx';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const USAGE = 'usage: npm run bench -- [--quick] [--json]';
+const USAGE = 'usage: npm run bench -- [--quick] [--json] [--only GROUP,...]';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 if (argv.help === true) {
-  console.log(`${USAGE}\n  --quick  fewer rounds and smaller batches (a smoke run)\n  --json   machine-readable output on stdout`);
+  console.log(`${USAGE}\n  --quick  fewer rounds and smaller batches (a smoke run)\n  --json   machine-readable output on stdout\n  --only   run only these groups (the names bench.c takes, e.g. mem_attributes,convert,prefault)`);
   process.exit(0);
 }
 const bad = [
   ...argv._,
   ...Object.entries(argv)
-    .filter(([k, v]) => k !== '_' && !(['quick', 'json'].includes(k) && typeof v === 'boolean'))
+    .filter(([k, v]) => k !== '_' && !(['quick', 'json'].includes(k) && typeof v === 'boolean') && !(k === 'only' && typeof v === 'string'))
     .map(([k, v]) => (v === true ? `--${k}` : `--${k}=${v}`)),
 ];
 if (bad.length) {
@@ -120,7 +120,14 @@ const METRICS = [
   { key: 'convert', group: 'convert', name: 'convertMemory 2 MiB private<->shared (attributes + discard)', unit: 'ns', max: 1.15 },
   { key: 'prefault', group: 'prefault', name: 'KVM_PRE_FAULT_MEMORY 2 MiB', unit: 'ns', max: 1.15 },
 ];
-const GROUPS = [...new Set(METRICS.map((m) => m.group))];
+const ONLY = typeof argv.only === 'string' ? new Set(argv.only.split(',')) : null;
+const unknownGroups = ONLY ? [...ONLY].filter((g) => !METRICS.some((m) => m.group === g)) : [];
+if (unknownGroups.length) {
+  console.error(`bench: unknown group(s) for --only: ${unknownGroups.join(', ')}\n${USAGE}`);
+  process.exit(2);
+}
+const ROWS = ONLY ? METRICS.filter((m) => ONLY.has(m.group)) : METRICS;
+const GROUPS = [...new Set(ROWS.map((m) => m.group))];
 // Groups also timed through the raw addon. Not runAsync(): the library's hand-back (polling when
 // it has a second CPU) is its own code, which a bare `await runner.runAsync()` would not match.
 const ADDON_GROUPS = new Set(['check_extension', 'vm', 'gmem', 'memslot', 'vcpu_exit', 'mem_attributes', 'convert', 'prefault']);
@@ -654,7 +661,7 @@ async function main() {
     }
     if (tty) process.stderr.write('\r\x1b[K');
 
-    const results = METRICS.map((m) => {
+    const results = ROWS.map((m) => {
       const target = m.max !== undefined ? { max: m.max } : { min: m.min };
       if (skipped[m.group] !== undefined) return { key: m.key, operation: m.name, unit: m.unit, target, skipped: skipped[m.group] };
       const c = median(samples.c[m.key]);
@@ -677,7 +684,7 @@ async function main() {
       console.log(JSON.stringify({ quick: !!argv.quick, plan, host, vmas, results }, null, 2));
     } else {
       printTable(results);
-      console.log(
+      if (vmas.lib.vm !== undefined) console.log(
         `VM create+close walks every VMA of the calling process (mmu_notifier_register -> mm_take_all_locks):` +
           ` ${vmas.lib.vm} VMAs in this process, ${vmas.c.vm} in bench.c.`,
       );
