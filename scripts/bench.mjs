@@ -90,14 +90,14 @@ const plan = argv.quick
       rounds: 2, warmupMs: 50, perCallReps: 3, fallocReps: 2, fillReps: 1,
       batch: {
         check_extension: 10000, vm: 20, gmem: 500, memslot: 200, vcpu_exit: 2000, vcpu_exit_async: 2000,
-        mem_attributes: 2000, convert: 10, prefault: 10,
+        mem_attributes: 500, convert: 10, prefault: 10,
       },
     }
   : {
       rounds: 5, warmupMs: 100, perCallReps: 7, fallocReps: 4, fillReps: 2,
       batch: {
         check_extension: 50000, vm: 50, gmem: 2000, memslot: 1000, vcpu_exit: 20000, vcpu_exit_async: 20000,
-        mem_attributes: 10000, convert: 50, prefault: 50,
+        mem_attributes: 2000, convert: 50, prefault: 50,
       },
     };
 
