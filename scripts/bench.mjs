@@ -17,17 +17,17 @@ import { $, argv, fs, os, path } from 'zx';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const USAGE = 'usage: npm run bench -- [--quick] [--json]';
+const USAGE = 'usage: npm run bench -- [--quick] [--json] [--only GROUP,...]';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 if (argv.help === true) {
-  console.log(`${USAGE}\n  --quick  fewer rounds and smaller batches (a smoke run)\n  --json   machine-readable output on stdout`);
+  console.log(`${USAGE}\n  --quick  fewer rounds and smaller batches (a smoke run)\n  --json   machine-readable output on stdout\n  --only   run only these groups (the names bench.c takes, e.g. mem_attributes,convert,prefault)`);
   process.exit(0);
 }
 const bad = [
   ...argv._,
   ...Object.entries(argv)
-    .filter(([k, v]) => k !== '_' && !(['quick', 'json'].includes(k) && typeof v === 'boolean'))
+    .filter(([k, v]) => k !== '_' && !(['quick', 'json'].includes(k) && typeof v === 'boolean') && !(k === 'only' && typeof v === 'string'))
     .map(([k, v]) => (v === true ? `--${k}` : `--${k}=${v}`)),
 ];
 if (bad.length) {
@@ -88,11 +88,17 @@ const BIG = GiB;
 const plan = argv.quick
   ? {
       rounds: 2, warmupMs: 50, perCallReps: 3, fallocReps: 2, fillReps: 1,
-      batch: { check_extension: 10000, vm: 20, gmem: 500, memslot: 200, vcpu_exit: 2000, vcpu_exit_async: 2000 },
+      batch: {
+        check_extension: 10000, vm: 20, gmem: 500, memslot: 200, vcpu_exit: 2000, vcpu_exit_async: 2000,
+        mem_attributes: 500, convert: 10, prefault: 10,
+      },
     }
   : {
       rounds: 5, warmupMs: 100, perCallReps: 7, fallocReps: 4, fillReps: 2,
-      batch: { check_extension: 50000, vm: 50, gmem: 2000, memslot: 1000, vcpu_exit: 20000, vcpu_exit_async: 20000 },
+      batch: {
+        check_extension: 50000, vm: 50, gmem: 2000, memslot: 1000, vcpu_exit: 20000, vcpu_exit_async: 20000,
+        mem_attributes: 2000, convert: 50, prefault: 50,
+      },
     };
 
 // The table's rows, in order. `group` is what one C run / library run measures (two metrics for
@@ -108,11 +114,26 @@ const METRICS = [
   { key: 'memslot', group: 'memslot', name: 'memslot add+delete (2 MiB)', unit: 'ns', max: 1.15 },
   { key: 'vcpu_exit', group: 'vcpu_exit', name: 'vCPU port exit, run()', unit: 'ns', max: 1.1 },
   { key: 'vcpu_exit_async', group: 'vcpu_exit_async', name: 'vCPU port exit, runAsync()', unit: 'ns', max: 1.5 },
+  // Private memory (SW_PROTECTED VM): a few syscalls on 2 MiB each, microseconds, so per-call
+  // targets like memslot add+delete (2 MiB), not the bulk rows' 1.05.
+  { key: 'mem_attributes', group: 'mem_attributes', name: 'KVM_SET_MEMORY_ATTRIBUTES 2 MiB (private <-> shared)', unit: 'ns', max: 1.15 },
+  { key: 'convert', group: 'convert', name: 'convertMemory 2 MiB private<->shared (attributes + discard)', unit: 'ns', max: 1.15 },
+  { key: 'prefault', group: 'prefault', name: 'KVM_PRE_FAULT_MEMORY 2 MiB', unit: 'ns', max: 1.15 },
 ];
-const GROUPS = [...new Set(METRICS.map((m) => m.group))];
+const ONLY = typeof argv.only === 'string' ? new Set(argv.only.split(',')) : null;
+const unknownGroups = ONLY ? [...ONLY].filter((g) => !METRICS.some((m) => m.group === g)) : [];
+if (unknownGroups.length) {
+  console.error(`bench: unknown group(s) for --only: ${unknownGroups.join(', ')}\n${USAGE}`);
+  process.exit(2);
+}
+const ROWS = ONLY ? METRICS.filter((m) => ONLY.has(m.group)) : METRICS;
+const GROUPS = [...new Set(ROWS.map((m) => m.group))];
 // Groups also timed through the raw addon. Not runAsync(): the library's hand-back (polling when
 // it has a second CPU) is its own code, which a bare `await runner.runAsync()` would not match.
-const ADDON_GROUPS = new Set(['check_extension', 'vm', 'gmem', 'memslot', 'vcpu_exit']);
+const ADDON_GROUPS = new Set(['check_extension', 'vm', 'gmem', 'memslot', 'vcpu_exit', 'mem_attributes', 'convert', 'prefault']);
+// Groups on a SW_PROTECTED VM: skipped (both sides) on a host without that VM type, the PRIVATE
+// attribute, or (prefault) KVM_PRE_FAULT_MEMORY, which needs two-dimensional paging.
+const PRIVATE_GROUPS = new Set(['mem_attributes', 'convert', 'prefault']);
 // The C program's group for each library group: C has one KVM_RUN loop, the baseline for both rows.
 const C_GROUP = { vcpu_exit_async: 'vcpu_exit' };
 const VCPU_GROUPS = new Set(['vcpu_exit', 'vcpu_exit_async']);
@@ -138,8 +159,10 @@ async function loadLibrary() {
   const newer = fs.readdirSync(libDir, { recursive: true }).filter((f) => f.endsWith('.ts') && fs.statSync(path.join(libDir, f)).mtimeMs > built);
   if (newer.length) console.error(`bench: warning: dist/ is older than lib/ (${newer.join(', ')}): run npm run build to bench the current sources`);
   const lib = await import(pathToFileURL(dist).href);
+  // The guest helpers (bootGuest, guestImage...) are the kvm-gmem/guest entry point's.
+  const guest = await import(pathToFileURL(path.join(root, 'dist', 'guest', 'index.js')).href);
   const { native } = await import(pathToFileURL(path.join(root, 'dist', 'core', 'native.js')).href);
-  return { ...lib, native };
+  return { ...lib, ...guest, native };
 }
 
 // This process's VMA count (lines of /proc/self/maps): KVM_CREATE_VM walks every VMA of the
@@ -149,7 +172,9 @@ const countVmas = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').l
 
 // The library side of each group: returns { vmas, samples: { metricKey: samples[] } }, the same
 // content as bench.c prints.
-function libraryRunner({ Kvm, Cap, GuestMemfdFlag, MemslotFlag, native, bootGuest, setEntry, guestImage }) {
+function libraryRunner({
+  Kvm, Cap, GuestMemfdFlag, MemslotFlag, VmType, MemoryAttribute, Madvise, Mapping, native, bootGuest, setEntry, guestImage,
+}) {
   const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
   const now = () => Number(process.hrtime.bigint());
 
@@ -385,8 +410,146 @@ function libraryRunner({ Kvm, Cap, GuestMemfdFlag, MemslotFlag, native, bootGues
     }
   }
 
+  // Private memory: the same fixture as bench.c's private groups, a SW_PROTECTED VM, a 2 MiB
+  // guest_memfd (flags 0) and 2 MiB of anonymous memory (Mapping.anonymous) in memslot 0 at gpa 0.
+  // Each loop returns the nanoseconds it timed: all of it for mem_attributes; only the
+  // conversions for convert (before each pair, untimed, the shared pages are written and the
+  // guest_memfd allocated, so each discard frees 2 MiB); only the pre-fault for prefault (the
+  // memslot is added before and deleted after each call, untimed, so each call maps all of it).
+  const PRIVATE = MemoryAttribute.PRIVATE;
+  const PUNCH = 3; // FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+  const slot = (p) => ({ slot: 0, guestPhysAddr: 0, memorySize: SMALL, userspaceAddr: p.shared, guestMemfd: p.gmem });
+  const privateLoops = {
+    lib: {
+      mem_attributes: ({ vm }) => (n) => {
+        const t0 = now();
+        for (let i = 0; i < n; i++) vm.setMemoryAttributes(0, SMALL, i & 1 ? 0n : PRIVATE);
+        return now() - t0;
+      },
+      convert: ({ vm, gmem, shared }) => (n) => {
+        let timed = 0;
+        for (let i = 0; i < n; i++) {
+          shared.bytes.fill(1);
+          gmem.allocate(0, SMALL);
+          const t0 = now();
+          vm.convertMemory(0, SMALL, 'private');
+          vm.convertMemory(0, SMALL, 'shared');
+          timed += now() - t0;
+        }
+        return timed;
+      },
+      prefault: (p) => (n) => {
+        let timed = 0;
+        for (let i = 0; i < n; i++) {
+          p.vm.setUserMemoryRegion2(slot(p));
+          const t0 = now();
+          p.vcpu.preFaultMemory(0, SMALL);
+          timed += now() - t0;
+          p.vm.deleteMemoryRegion(0);
+        }
+        return timed;
+      },
+    },
+    addon: {
+      mem_attributes: ({ vm }) => {
+        const fd = vm.fd;
+        return (n) => {
+          const t0 = now();
+          for (let i = 0; i < n; i++) native.setMemoryAttributes(fd, 0, SMALL, i & 1 ? 0n : PRIVATE, 0);
+          return now() - t0;
+        };
+      },
+      convert: ({ vm, gmem, shared }) => {
+        const [fd, gfd, buffer, bytes] = [vm.fd, gmem.fd, shared.bytes.buffer, shared.bytes];
+        return (n) => {
+          let timed = 0;
+          for (let i = 0; i < n; i++) {
+            bytes.fill(1);
+            gmem.allocate(0, SMALL);
+            const t0 = now();
+            native.setMemoryAttributes(fd, 0, SMALL, PRIVATE, 0);
+            native.madvise(buffer, 0, SMALL, Madvise.DONTNEED);
+            native.setMemoryAttributes(fd, 0, SMALL, 0n, 0);
+            native.fallocate(gfd, PUNCH, 0, SMALL);
+            timed += now() - t0;
+          }
+          return timed;
+        };
+      },
+      prefault: ({ vm, gmem, shared, vcpu }) => {
+        const [fd, gfd, addr, vfd] = [vm.fd, gmem.fd, shared.address, vcpu.fd];
+        const out = new BigUint64Array(2);
+        return (n) => {
+          let timed = 0;
+          for (let i = 0; i < n; i++) {
+            native.setUserMemoryRegion2(fd, 0, MemslotFlag.GUEST_MEMFD, 0, SMALL, addr, 0, gfd);
+            const t0 = now();
+            let [gpa, size] = [0n, BigInt(SMALL)];
+            for (let retries = 0; size > 0n;) {
+              const err = native.preFaultMemory(vfd, gpa, size, 0, out);
+              if (err !== 0 && !((err === 4 || err === 11) && ++retries <= 100)) throw new Error(`KVM_PRE_FAULT_MEMORY failed: errno ${err}`);
+              if (err === 0) retries = 0;
+              [gpa, size] = [out[0], out[1]];
+            }
+            timed += now() - t0;
+            native.setUserMemoryRegion2(fd, 0, 0, 0, 0, 0, 0, 0);
+          }
+          return timed;
+        };
+      },
+    },
+  };
+
+  // Why this host cannot run `group` (the same checks as bench.c), or undefined.
+  function privateSkip(kvm, vm, group) {
+    const types = kvm.checkExtension(Cap.VM_TYPES);
+    if (!(types & (1 << VmType.SW_PROTECTED))) return `no SW_PROTECTED VM type (KVM_CAP_VM_TYPES 0x${types.toString(16)})`;
+    if (vm === undefined) return undefined;
+    const attrs = vm.checkExtension(Cap.MEMORY_ATTRIBUTES);
+    if (!(BigInt(attrs) & PRIVATE)) return `no PRIVATE attribute on a SW_PROTECTED VM (KVM_CAP_MEMORY_ATTRIBUTES 0x${attrs.toString(16)})`;
+    if (group === 'prefault' && vm.checkExtension(Cap.PRE_FAULT_MEMORY) <= 0) return 'KVM_CAP_PRE_FAULT_MEMORY 0 (no TDP)';
+    return undefined;
+  }
+
+  function runPrivate(group, reps, batch, warmupMs, side) {
+    const kvm = Kvm.open();
+    const p = { kvm };
+    try {
+      const early = privateSkip(kvm, undefined, group);
+      if (early !== undefined) return { vmas: countVmas(), skipped: early };
+      p.vm = kvm.createVm(VmType.SW_PROTECTED);
+      const skipped = privateSkip(kvm, p.vm, group);
+      if (skipped !== undefined) return { vmas: countVmas(), skipped };
+      p.gmem = p.vm.createGuestMemfd({ size: SMALL });
+      p.shared = Mapping.anonymous(SMALL);
+      p.vm.setUserMemoryRegion2(slot(p));
+      if (group === 'prefault') {
+        p.vcpu = p.vm.createVcpu(0);
+        p.vm.setMemoryAttributes(0, SMALL, PRIVATE);
+        p.gmem.allocate(0, SMALL); // allocated once: the calls map, not allocate
+        p.vm.deleteMemoryRegion(0);
+      }
+      const run = privateLoops[side === 'addon' ? 'addon' : 'lib'][group](p);
+      const vmas = countVmas();
+      const warmEnd = now() + warmupMs * 1e6;
+      do run(batch);
+      while (now() < warmEnd);
+      const samples = [];
+      for (let rep = 0; rep < reps; rep++) samples.push(run(batch) / batch);
+      return { vmas, samples: { [group]: samples } };
+    } finally {
+      p.vcpu?.close();
+      if (p.vm?.memslots.has(0)) p.vm.deleteMemoryRegion(0);
+      p.shared?.close();
+      p.gmem?.close();
+      p.vm?.close();
+      kvm.close();
+    }
+  }
+
   return (group, reps, batch, warmupMs, side) =>
-    group === 'falloc' ? runFalloc(reps)
+    PRIVATE_GROUPS.has(group) ? runPrivate(group, reps, batch, warmupMs, side)
+    : group === 'falloc' ? runFalloc(reps)
     : group === 'fill' ? runFill(reps)
     : VCPU_GROUPS.has(group) ? runVcpuExit(group, reps, batch, warmupMs, side)
     : runPerCall(group, reps, batch, warmupMs, side);
@@ -406,7 +569,8 @@ async function compileC(dir) {
     const extra = VCPU_GROUPS.has(group) ? [image] : [];
     const out = await $`${bin} ${cGroup} ${reps} ${batch} ${warmupMs} ${extra}`.quiet().nothrow();
     if (out.exitCode !== 0) throw new Error(`the C baseline failed (${cGroup}, exit ${out.exitCode ?? out.signal}): ${out.stderr.trim()}`);
-    const { vmas, ...metrics } = JSON.parse(out.stdout);
+    const { vmas, skipped, ...metrics } = JSON.parse(out.stdout);
+    if (skipped !== undefined) return { vmas, skipped };
     // Samples under the library group's metric names (vcpu_exit_async: C's vcpu_exit loop).
     return { vmas, samples: Object.fromEntries(Object.entries(metrics).map(([k, v]) => [cGroup === group ? k : group, v.samples])) };
   };
@@ -422,7 +586,11 @@ function fmtValue(unit, v) {
 function printTable(results) {
   const rows = [
     ['operation', 'C median', 'library median', 'lib/C', 'target', 'result', 'addon median', 'addon/C'],
-    ...results.map((r) => [
+    ...results.map((r) => r.skipped !== undefined ? [
+      r.operation, 'skipped', 'skipped', '-',
+      r.target.max !== undefined ? `<= ${r.target.max.toFixed(2)}` : `>= ${r.target.min.toFixed(2)}`,
+      'SKIP', '-', '-',
+    ] : [
       r.operation, fmtValue(r.unit, r.c.median), fmtValue(r.unit, r.lib.median), r.ratio.toFixed(3),
       r.target.max !== undefined ? `<= ${r.target.max.toFixed(2)}` : `>= ${r.target.min.toFixed(2)}`,
       r.pass ? 'PASS' : 'MISS',
@@ -443,8 +611,15 @@ function printTable(results) {
       `\nvCPU port exit rows: the port_loop guest makes ${plan.batch.vcpu_exit} port-write exits per batch` +
       ` (${plan.perCallReps} batches per round and side), time per exit; C runs KVM_RUN in a loop on its main thread.` +
       `\n  run(): the library's main thread runs KVM_RUN${pin === null ? '' : ` (CPU ${pin.cpu})`}; addon: the raw runner's run().` +
-      `\n  runAsync(): ${asyncPlacement()}; no addon column (the library's hand-back is its own code).`,
+      `\n  runAsync(): ${asyncPlacement()}; no addon column (the library's hand-back is its own code).` +
+      `\nPrivate-memory rows: a SW_PROTECTED VM, a 2 MiB guest_memfd (flags 0) and 2 MiB of anonymous memory in memslot 0.` +
+      `\n  KVM_SET_MEMORY_ATTRIBUTES: one call sets PRIVATE or 0 on the 2 MiB in turn (library: vm.setMemoryAttributes(), which also keeps its record).` +
+      `\n  convertMemory: time per private -> shared pair (library: vm.convertMemory(); C: attributes + MADV_DONTNEED of the shared side,` +
+      ` attributes + PUNCH_HOLE of the guest_memfd); untimed before each pair, the shared pages are written and the guest_memfd allocated.` +
+      `\n  KVM_PRE_FAULT_MEMORY: only the pre-fault of the private 2 MiB (allocated) from vCPU 0 is timed; the memslot is added before` +
+      ` and deleted after each one (untimed), so every call maps all of it again.`,
   );
+  for (const r of results.filter((x) => x.skipped !== undefined)) console.log(`skipped: ${r.operation}: ${r.skipped}`);
 }
 
 // Where the runAsync() row ran, for the report.
@@ -466,14 +641,19 @@ async function main() {
     const runC = await compileC(dir);
     const samples = { c: {}, lib: {}, addon: {} };
     const vmas = { c: {}, lib: {}, addon: {} }; // per group, the largest count seen
+    const skipped = {}; // group -> why (the first side that could not run it says)
     for (const [gi, group] of GROUPS.entries()) {
       const reps = group === 'falloc' ? plan.fallocReps : group === 'fill' ? plan.fillReps : plan.perCallReps;
       const batch = plan.batch[group] ?? 1;
-      for (let round = 0; round < plan.rounds; round++) {
+      for (let round = 0; round < plan.rounds && skipped[group] === undefined; round++) {
         const sides = ADDON_GROUPS.has(group) ? ['c', 'lib', 'addon'] : ['c', 'lib'];
         for (const side of round % 2 ? sides.reverse() : sides) {
           progress(`bench: [${gi + 1}/${GROUPS.length}] ${group}: round ${round + 1}/${plan.rounds}, ${side === 'c' ? 'C' : side === 'lib' ? 'library' : 'addon'}`);
           const got = side === 'c' ? await runC(group, reps, batch, plan.warmupMs, image) : await runLib(group, reps, batch, plan.warmupMs, side);
+          if (got.skipped !== undefined) {
+            skipped[group] = `${side === 'c' ? 'C' : side === 'lib' ? 'library' : 'addon'}: ${got.skipped}`;
+            break;
+          }
           for (const [k, xs] of Object.entries(got.samples)) (samples[side][k] ??= []).push(...xs);
           vmas[side][group] = Math.max(vmas[side][group] ?? 0, got.vmas);
         }
@@ -481,11 +661,12 @@ async function main() {
     }
     if (tty) process.stderr.write('\r\x1b[K');
 
-    const results = METRICS.map((m) => {
+    const results = ROWS.map((m) => {
+      const target = m.max !== undefined ? { max: m.max } : { min: m.min };
+      if (skipped[m.group] !== undefined) return { key: m.key, operation: m.name, unit: m.unit, target, skipped: skipped[m.group] };
       const c = median(samples.c[m.key]);
       const lib = median(samples.lib[m.key]);
       const ratio = lib / c;
-      const target = m.max !== undefined ? { max: m.max } : { min: m.min };
       const addon = samples.addon[m.key] ? median(samples.addon[m.key]) : undefined;
       return {
         key: m.key, operation: m.name, unit: m.unit,
@@ -503,7 +684,7 @@ async function main() {
       console.log(JSON.stringify({ quick: !!argv.quick, plan, host, vmas, results }, null, 2));
     } else {
       printTable(results);
-      console.log(
+      if (vmas.lib.vm !== undefined) console.log(
         `VM create+close walks every VMA of the calling process (mmu_notifier_register -> mm_take_all_locks):` +
           ` ${vmas.lib.vm} VMAs in this process, ${vmas.c.vm} in bench.c.`,
       );

@@ -3,13 +3,21 @@
 //
 //   bench GROUP REPS BATCH WARMUP_MS [IMAGE]
 //
-// GROUP is one of: check_extension, vm, gmem, memslot (per-call; BATCH calls are timed together
+// GROUP is one of: check_extension, vm, gmem, memslot, mem_attributes (per-call; BATCH calls are timed together
 // and divided; untimed batches run first for WARMUP_MS, at least one), falloc (-> fallocate,
 // punch_hole), fill (-> fill_first, fill_warm) (bulk, on a 1 GiB guest_memfd, after one untimed
 // repetition; BATCH and WARMUP_MS are ignored), vcpu_exit (IMAGE = the port_loop guest,
 // build/Release/guest/port_loop.bin: one sample = a guest making BATCH port-write exits, timed
 // from the first KVM_RUN to the KVM_EXIT_HLT after the last one, divided by BATCH; untimed
-// batches first for WARMUP_MS, at least one). Prints one
+// batches first for WARMUP_MS, at least one); the private-memory groups, on a SW_PROTECTED VM
+// with a 2 MiB guest_memfd (flags 0) and 2 MiB of anonymous memory in memslot 0 at gpa 0:
+// mem_attributes (per-call: KVM_SET_MEMORY_ATTRIBUTES over the 2 MiB, PRIVATE and 0 in turn),
+// convert (one sample = BATCH private -> shared pairs as vm.convertMemory() does them: attributes
+// then MADV_DONTNEED of the shared side, attributes then PUNCH_HOLE of the guest_memfd; before
+// each pair, untimed, both sides are populated, so each discard frees 2 MiB), prefault (one
+// sample = BATCH KVM_PRE_FAULT_MEMORY of the private 2 MiB from vCPU 0; the memslot is added
+// before and deleted after each one, untimed, so every call maps all of it again). A host without
+// them prints {"vmas": n, "skipped": "reason"}. Prints one
 // JSON object: {"vmas": n, "metric": {"unit": "ns" | "B/s", "median": x, "samples": [...]}, ...}
 // where vmas is this process's VMA count during the run (KVM_CREATE_VM's cost grows with it).
 //
@@ -57,6 +65,28 @@ struct kvm_userspace_memory_region2 {
 #define KVM_SET_USER_MEMORY_REGION2 _IOW(KVMIO, 0x49, struct kvm_userspace_memory_region2)
 #define KVM_MEM_GUEST_MEMFD (1u << 2)
 
+// Private memory (KVM_X86_SW_PROTECTED_VM): attributes, pre-fault, and the caps that say whether
+// the host has them.
+#define KVM_CAP_MEMORY_ATTRIBUTES 233
+#define KVM_CAP_VM_TYPES 235
+#define KVM_CAP_PRE_FAULT_MEMORY 236
+#define KVM_X86_SW_PROTECTED_VM 1
+struct kvm_memory_attributes {
+  uint64_t address;
+  uint64_t size;
+  uint64_t attributes;
+  uint64_t flags;
+};
+#define KVM_SET_MEMORY_ATTRIBUTES _IOW(KVMIO, 0xd2, struct kvm_memory_attributes)
+#define KVM_MEMORY_ATTRIBUTE_PRIVATE (1ull << 3)
+struct kvm_pre_fault_memory {
+  uint64_t gpa;
+  uint64_t size;
+  uint64_t flags;
+  uint64_t padding[5];
+};
+#define KVM_PRE_FAULT_MEMORY _IOWR(KVMIO, 0xd5, struct kvm_pre_fault_memory)
+
 // The vCPU part, for vcpu_exit (x86-64): only what the exit loop and the long-mode setup use.
 #define KVM_GET_VCPU_MMAP_SIZE _IO(KVMIO, 0x04)
 #define KVM_CREATE_VCPU _IO(KVMIO, 0x41)
@@ -83,6 +113,15 @@ struct kvm_sregs {
   uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base;
   uint64_t interrupt_bitmap[4];
 };
+struct kvm_cpuid_entry2 {
+  uint32_t function, index, flags, eax, ebx, ecx, edx, padding[3];
+};
+struct kvm_cpuid2 {
+  uint32_t nent, padding;
+  struct kvm_cpuid_entry2 entries[];
+};
+#define KVM_GET_SUPPORTED_CPUID _IOWR(KVMIO, 0x05, struct kvm_cpuid2)
+#define KVM_SET_CPUID2 _IOW(KVMIO, 0x90, struct kvm_cpuid2)
 #define KVM_GET_REGS _IOR(KVMIO, 0x81, struct kvm_regs)
 #define KVM_SET_REGS _IOW(KVMIO, 0x82, struct kvm_regs)
 #define KVM_GET_SREGS _IOR(KVMIO, 0x83, struct kvm_sregs)
@@ -110,11 +149,15 @@ _Static_assert(sizeof(struct kvm_create_guest_memfd) == 64, "kvm_create_guest_me
 _Static_assert(sizeof(struct kvm_userspace_memory_region2) == 160, "region2 size");
 _Static_assert(KVM_CREATE_GUEST_MEMFD == 0xc040aed4ul, "KVM_CREATE_GUEST_MEMFD number");
 _Static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40a0ae49ul, "KVM_SET_USER_MEMORY_REGION2 number");
+_Static_assert(KVM_SET_MEMORY_ATTRIBUTES == 0x4020aed2ul, "KVM_SET_MEMORY_ATTRIBUTES number");
+_Static_assert(KVM_PRE_FAULT_MEMORY == 0xc040aed5ul, "KVM_PRE_FAULT_MEMORY number");
 _Static_assert(sizeof(struct kvm_regs) == 144, "kvm_regs size");
 _Static_assert(sizeof(struct kvm_segment) == 24, "kvm_segment size");
 _Static_assert(sizeof(struct kvm_sregs) == 312, "kvm_sregs size");
 _Static_assert(offsetof(struct kvm_run_head, exit_reason) == 8, "kvm_run.exit_reason offset");
 _Static_assert(offsetof(struct kvm_run_head, io) == 32, "kvm_run.io offset");
+_Static_assert(sizeof(struct kvm_cpuid_entry2) == 40, "kvm_cpuid_entry2 size");
+_Static_assert(KVM_SET_CPUID2 == 0x4008ae90ul, "KVM_SET_CPUID2 number");
 _Static_assert(KVM_SET_REGS == 0x4090ae82ul, "KVM_SET_REGS number");
 _Static_assert(KVM_SET_SREGS == 0x4138ae84ul, "KVM_SET_SREGS number");
 
@@ -177,13 +220,14 @@ static int open_kvm(void) {
   return fd;
 }
 
-static int create_vm(int kvm) {
+static int create_vm_type(int kvm, unsigned long type) {
   int fd;
-  do fd = ioctl(kvm, KVM_CREATE_VM, 0);
+  do fd = ioctl(kvm, KVM_CREATE_VM, type);
   while (fd < 0 && errno == EINTR);  // the library retries EINTR too
   if (fd < 0) die("KVM_CREATE_VM");
   return fd;
 }
+static int create_vm(int kvm) { return create_vm_type(kvm, 0); }
 
 // KVM_CREATE_GUEST_MEMFD plus FD_CLOEXEC, exactly as vm.createGuestMemfd() does.
 static int create_gmem(int vm, uint64_t size, uint64_t flags) {
@@ -377,6 +421,15 @@ static void vcpu_exit_group(struct metric *m, const char *image, int reps, long 
   struct kvm_run_head *run = mmap(NULL, run_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu, 0);
   if (run == MAP_FAILED) die("mmap kvm_run");
 
+  // As bootGuest(): all the CPUID KVM supports first, since KVM refuses EFER.LME to a vCPU whose
+  // CPUID lacks long mode.
+  struct kvm_cpuid2 *cpuid = calloc(1, sizeof *cpuid + 256 * sizeof(struct kvm_cpuid_entry2));
+  if (!cpuid) die("calloc");
+  cpuid->nent = 256;
+  if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, cpuid) != 0) die("KVM_GET_SUPPORTED_CPUID");
+  if (ioctl(vcpu, KVM_SET_CPUID2, cpuid) != 0) die("KVM_SET_CPUID2");
+  free(cpuid);
+
   struct kvm_sregs s;
   if (ioctl(vcpu, KVM_GET_SREGS, &s) != 0) die("KVM_GET_SREGS");
   struct kvm_segment code = {.limit = 0xffffffff, .selector = 0x08, .type = 11, .present = 1, .s = 1, .l = 1, .g = 1};
@@ -413,6 +466,135 @@ static void vcpu_exit_group(struct metric *m, const char *image, int reps, long 
   close(gmem), close(vm), close(kvm);
 }
 
+// The private-memory groups' fixture: a SW_PROTECTED VM, a 2 MiB guest_memfd (flags 0: private
+// only) and 2 MiB of anonymous memory (as Mapping.anonymous()) for the shared side, in memslot 0.
+struct priv {
+  int kvm, vm, gmem, vcpu;
+  unsigned char *shared;
+};
+
+static void set_attributes(int vm, uint64_t attributes) {
+  struct kvm_memory_attributes a = {.address = 0, .size = SMALL, .attributes = attributes};
+  if (ioctl(vm, KVM_SET_MEMORY_ATTRIBUTES, &a) != 0) die("KVM_SET_MEMORY_ATTRIBUTES");
+}
+
+static void priv_slot(struct priv *p) {
+  set_region2(p->vm, (struct kvm_userspace_memory_region2){
+                         .slot = 0,
+                         .flags = KVM_MEM_GUEST_MEMFD,
+                         .guest_phys_addr = 0,
+                         .memory_size = SMALL,
+                         .userspace_addr = (uintptr_t)p->shared,
+                         .guest_memfd = (uint32_t)p->gmem,
+                     });
+}
+
+// NULL with the fixture set up, or why the host cannot run the group (printed as "skipped").
+static const char *priv_open(struct priv *p, const char *group) {
+  static char why[160];
+  p->kvm = open_kvm();
+  int types = ioctl(p->kvm, KVM_CHECK_EXTENSION, KVM_CAP_VM_TYPES);
+  if (types < 0 || !(types & (1 << KVM_X86_SW_PROTECTED_VM))) {
+    snprintf(why, sizeof why, "no SW_PROTECTED VM type (KVM_CAP_VM_TYPES 0x%x)", types < 0 ? 0 : types);
+    return why;
+  }
+  p->vm = create_vm_type(p->kvm, KVM_X86_SW_PROTECTED_VM);
+  int attrs = ioctl(p->vm, KVM_CHECK_EXTENSION, KVM_CAP_MEMORY_ATTRIBUTES);
+  if (attrs < 0 || !(attrs & KVM_MEMORY_ATTRIBUTE_PRIVATE)) {
+    snprintf(why, sizeof why, "no PRIVATE attribute on a SW_PROTECTED VM (KVM_CAP_MEMORY_ATTRIBUTES 0x%x)", attrs < 0 ? 0 : attrs);
+    return why;
+  }
+  if (!strcmp(group, "prefault") && ioctl(p->vm, KVM_CHECK_EXTENSION, KVM_CAP_PRE_FAULT_MEMORY) <= 0) {
+    snprintf(why, sizeof why, "KVM_CAP_PRE_FAULT_MEMORY 0 (no TDP)");
+    return why;
+  }
+  p->gmem = create_gmem(p->vm, SMALL, 0);
+  p->shared = mmap(NULL, SMALL, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p->shared == MAP_FAILED) die("mmap anonymous");
+  priv_slot(p);
+  p->vcpu = -1;
+  if (!strcmp(group, "prefault")) {
+    p->vcpu = ioctl(p->vm, KVM_CREATE_VCPU, 0);
+    if (p->vcpu < 0) die("KVM_CREATE_VCPU");
+    if (fcntl(p->vcpu, F_SETFD, FD_CLOEXEC) != 0) die("fcntl FD_CLOEXEC");
+  }
+  return NULL;
+}
+
+// One call: PRIVATE on even i, 0 (shared) on odd i, as the library's loop.
+static double attributes_run(struct priv *p, long n) {
+  double t0 = now_ns();
+  for (long i = 0; i < n; i++) set_attributes(p->vm, i & 1 ? 0 : KVM_MEMORY_ATTRIBUTE_PRIVATE);
+  return now_ns() - t0;
+}
+
+// BATCH pairs; only the conversions are timed. Before each pair both sides hold 2 MiB: the shared
+// pages written, the guest_memfd allocated.
+static double convert_run(struct priv *p, long n) {
+  double timed = 0;
+  for (long i = 0; i < n; i++) {
+    memset(p->shared, 1, SMALL);
+    falloc(p->gmem, FALLOC_FL_KEEP_SIZE, SMALL);
+    double t0 = now_ns();
+    set_attributes(p->vm, KVM_MEMORY_ATTRIBUTE_PRIVATE);
+    if (madvise(p->shared, SMALL, MADV_DONTNEED) != 0) die("madvise MADV_DONTNEED");
+    set_attributes(p->vm, 0);
+    falloc(p->gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, SMALL);
+    timed += now_ns() - t0;
+  }
+  return timed;
+}
+
+// BATCH pre-faults of the private 2 MiB; only KVM_PRE_FAULT_MEMORY is timed. Deleting the memslot
+// in between unmaps it all, so each call maps all 512 pages again.
+static double prefault_run(struct priv *p, long n) {
+  double timed = 0;
+  for (long i = 0; i < n; i++) {
+    priv_slot(p);
+    double t0 = now_ns();
+    struct kvm_pre_fault_memory r = {.gpa = 0, .size = SMALL};
+    int retries = 0;
+    while (r.size > 0) {
+      if (ioctl(p->vcpu, KVM_PRE_FAULT_MEMORY, &r) != 0) {
+        // As the library's preFaultMemory(): EINTR/EAGAIN before any page are tried again.
+        if ((errno == EINTR || errno == EAGAIN) && ++retries <= 100) continue;
+        die("KVM_PRE_FAULT_MEMORY");
+      }
+      retries = 0;
+    }
+    timed += now_ns() - t0;
+    set_region2(p->vm, (struct kvm_userspace_memory_region2){.slot = 0});
+  }
+  return timed;
+}
+
+static void private_group(const char *group, struct metric *m, int reps, long batch, double warmup_ms) {
+  struct priv p;
+  const char *skip = priv_open(&p, group);
+  if (skip) {
+    printf("{\"vmas\":%d,\"skipped\":\"%s\"}\n", count_vmas(), skip);
+    return;
+  }
+  double (*run)(struct priv *, long) = !strcmp(group, "mem_attributes") ? attributes_run
+                                       : !strcmp(group, "convert")      ? convert_run
+                                                                        : prefault_run;
+  if (run == prefault_run) {
+    set_attributes(p.vm, KVM_MEMORY_ATTRIBUTE_PRIVATE);
+    falloc(p.gmem, FALLOC_FL_KEEP_SIZE, SMALL);  // allocated once: the calls map, not allocate
+    set_region2(p.vm, (struct kvm_userspace_memory_region2){.slot = 0});
+  }
+  vmas = count_vmas();
+  double warm_end = now_ns() + warmup_ms * 1e6;
+  do run(&p, batch);
+  while (now_ns() < warm_end);
+  for (int rep = 0; rep < reps; rep++) m->samples[m->n++] = run(&p, batch) / batch;
+  print_metrics(m, 1);
+  if (p.vcpu >= 0) close(p.vcpu);
+  if (run != prefault_run) set_region2(p.vm, (struct kvm_userspace_memory_region2){.slot = 0});  // prefault_run deleted it
+  munmap(p.shared, SMALL);
+  close(p.gmem), close(p.vm), close(p.kvm);
+}
+
 int main(int argc, char **argv) {
   if (argc != 5 && !(argc == 6 && !strcmp(argv[1], "vcpu_exit"))) {
     fprintf(stderr, "usage: %s GROUP REPS BATCH WARMUP_MS [IMAGE (vcpu_exit)]\n", argv[0]);
@@ -446,6 +628,9 @@ int main(int argc, char **argv) {
     m[1] = (struct metric){.name = "fill_warm", .unit = "B/s"};
     fill_group(&m[0], &m[1], reps);
     print_metrics(m, 2);
+  } else if (!strcmp(group, "mem_attributes") || !strcmp(group, "convert") || !strcmp(group, "prefault")) {
+    m[0] = (struct metric){.name = group, .unit = "ns"};
+    private_group(group, &m[0], reps, batch, warmup_ms);
   } else if (!strcmp(group, "vcpu_exit")) {
     if (argc != 6) {
       fprintf(stderr, "bench.c: vcpu_exit needs IMAGE, the port_loop guest\n");
