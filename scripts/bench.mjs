@@ -360,6 +360,9 @@ function libraryRunner({
     },
   };
 
+  // struct kvm_regs and kvm_sregs sizes, from the addon's own layout.
+  const RAW_REGS_SIZE = native.uapiLayout().kvm_regs.size;
+  const RAW_SREGS_SIZE = native.uapiLayout().kvm_sregs.size;
   const VM_SIZE = 4 * MiB;
   const boot = { loadAt: 0x10000, stack: 0x90000, pageTables: 0x1000 };
   async function runVcpuExit(group, reps, batch, warmupMs, side) {
@@ -368,7 +371,7 @@ function libraryRunner({
     const vm = kvm.createVm();
     const gmem = vm.createGuestMemfd({ size: VM_SIZE, flags: SHARED });
     const mapping = gmem.map();
-    let vcpu, runner, spread = false;
+    let vcpu, runner, rawFd, spread = false;
     try {
       vm.setUserMemoryRegion2({ slot: 0, guestPhysAddr: 0, memorySize: VM_SIZE, userspaceAddr: mapping, guestMemfd: gmem });
       vcpu = vm.createVcpu(0);
@@ -383,17 +386,33 @@ function libraryRunner({
         setAffinity(process.pid, pin.second, true);
         setAffinity(vcpu.threadId, pin.cpu);
       }
-      if (side === 'addon') runner = new native.VcpuRunner(vcpu.fd, kvm.vcpuMmapSize());
+      // The raw runner needs a vCPU no library Vcpu owns (one runner per vCPU): vCPU 1, made by
+      // the addon and given vCPU 0's CPUID, special and general registers.
+      const regs = new Uint8Array(RAW_REGS_SIZE);
+      const restartRaw = (n) => {
+        restart(n);
+        native.getRegs(vcpu.fd, regs);
+        native.setRegs(rawFd, regs);
+      };
+      if (side === 'addon') {
+        rawFd = native.createVcpu(vm.fd, 1);
+        native.setCpuid2(rawFd, native.getCpuid2(vcpu.fd));
+        const sregs = new Uint8Array(RAW_SREGS_SIZE);
+        native.getSregs(vcpu.fd, sregs);
+        native.setSregs(rawFd, sregs);
+        runner = new native.VcpuRunner(rawFd, kvm.vcpuMmapSize());
+      }
+      const start = side === 'addon' ? restartRaw : restart;
       const loop = vcpuLoops[side === 'addon' ? 'addon' : async ? 'lib_async' : 'lib'](vcpu, batch, runner);
       const vmas = countVmas();
       const warmEnd = now() + warmupMs * 1e6;
       do {
-        restart(batch);
+        start(batch);
         await loop();
       } while (now() < warmEnd);
       const samples = [];
       for (let rep = 0; rep < reps; rep++) {
-        restart(batch);
+        start(batch);
         const t0 = now();
         await loop();
         samples.push((now() - t0) / batch);
@@ -402,6 +421,7 @@ function libraryRunner({
     } finally {
       if (spread) setAffinity(process.pid, pin.cpu, true);
       runner?.close();
+      if (rawFd !== undefined) native.close(rawFd);
       vcpu?.close();
       vm.close();
       mapping.close();
@@ -607,12 +627,18 @@ function printTable(results) {
       `\naddon: the same calls through the raw addon without the TypeScript layer (the floor of Node-API` +
       ` plus a multi-threaded process); library - addon is what the library's own code costs.` +
       `\n${plan.rounds} rounds, C and library alternating; per-call rows: ${plan.perCallReps} batches per round and side;` +
-      ` ${pin === null ? 'not pinned' : `both pinned to CPU ${pin.cpu}`}.` +
-      `\nvCPU port exit rows: the port_loop guest makes ${plan.batch.vcpu_exit} port-write exits per batch` +
+      ` ${pin === null ? 'not pinned' : `both pinned to CPU ${pin.cpu}`}.`,
+  );
+  // Each group's notes only when its rows ran (--only may leave them out).
+  const ran = (g) => GROUPS.includes(g);
+  if (ran('vcpu_exit') || ran('vcpu_exit_async')) console.log(
+      `vCPU port exit rows: the port_loop guest makes ${plan.batch.vcpu_exit} port-write exits per batch` +
       ` (${plan.perCallReps} batches per round and side), time per exit; C runs KVM_RUN in a loop on its main thread.` +
       `\n  run(): the library's main thread runs KVM_RUN${pin === null ? '' : ` (CPU ${pin.cpu})`}; addon: the raw runner's run().` +
-      `\n  runAsync(): ${asyncPlacement()}; no addon column (the library's hand-back is its own code).` +
-      `\nPrivate-memory rows: a SW_PROTECTED VM, a 2 MiB guest_memfd (flags 0) and 2 MiB of anonymous memory in memslot 0.` +
+      `\n  runAsync(): ${asyncPlacement()}; no addon column (the library's hand-back is its own code).`,
+  );
+  if ([...PRIVATE_GROUPS].some(ran)) console.log(
+      `Private-memory rows: a SW_PROTECTED VM, a 2 MiB guest_memfd (flags 0) and 2 MiB of anonymous memory in memslot 0.` +
       `\n  KVM_SET_MEMORY_ATTRIBUTES: one call sets PRIVATE or 0 on the 2 MiB in turn (library: vm.setMemoryAttributes(), which also keeps its record).` +
       `\n  convertMemory: time per private -> shared pair (library: vm.convertMemory(); C: attributes + MADV_DONTNEED of the shared side,` +
       ` attributes + PUNCH_HOLE of the guest_memfd); untimed before each pair, the shared pages are written and the guest_memfd allocated.` +
