@@ -7,7 +7,8 @@ import { Cap, GuestMemfdFlag, GuestMemoryFaultError, KvmError, MemoryAttribute, 
 import { lifecycleCases } from '../lib/selftest/lifecycle/index.js';
 import type { VmTypeFacts } from '../lib/selftest/host.js';
 import { host as fakeHost } from './selftest-fixtures.js';
-import { countFds, openFds, openKvm } from './kvm-host.js';
+import { countFds, openFds, openKvm, skipOrFail } from './kvm-host.js';
+import { swProtectedVm } from './private-memory-host.js';
 
 const SHARED = GuestMemfdFlag.MMAP | GuestMemfdFlag.INIT_SHARED;
 const MiB = 1 << 20;
@@ -75,27 +76,22 @@ describe('private memory (SW_PROTECTED VMs)', () => {
     for (const r of Object.values(skips([type(0)], 0, false))) expect(r).toBeUndefined();
   });
 
-  /** A SW_PROTECTED VM with PRIVATE attributes, or a skip naming what the host lacks. */
-  function swProtectedVm(ctx: Parameters<typeof openKvm>[0], kvm: Kvm) {
-    if (process.arch !== 'x64') ctx.skip('KVM_X86_SW_PROTECTED_VM is an x86 VM type');
-    const types = kvm.checkExtension(Cap.VM_TYPES);
-    if (!(types & (1 << VmType.SW_PROTECTED))) ctx.skip(`KVM_CAP_VM_TYPES 0x${types.toString(16)} lacks KVM_X86_SW_PROTECTED_VM`);
-    const vm = kvm.createVm(VmType.SW_PROTECTED);
-    const attrs = BigInt(vm.checkExtension(Cap.MEMORY_ATTRIBUTES));
-    if (!(attrs & MemoryAttribute.PRIVATE)) {
-      vm.close();
-      ctx.skip(`KVM_CAP_MEMORY_ATTRIBUTES on a SW_PROTECTED VM is 0x${attrs.toString(16)}, without PRIVATE`);
-    }
+  /**
+   * A SW_PROTECTED VM with PRIVATE attributes and MMAP guest_memfds, or a skip naming what the host
+   * lacks (a failure with KVM_GMEM_REQUIRE_KVM=1: these are security properties, never skipped in CI).
+   */
+  function mmapSwProtectedVm(ctx: Parameters<typeof openKvm>[0], kvm: Kvm) {
+    const vm = swProtectedVm(ctx, kvm);
     if (!(BigInt(vm.checkExtension(Cap.GUEST_MEMFD_FLAGS)) & GuestMemfdFlag.MMAP)) {
       vm.close();
-      ctx.skip('KVM_CAP_GUEST_MEMFD_FLAGS on a SW_PROTECTED VM lacks GUEST_MEMFD_FLAG_MMAP');
+      skipOrFail(ctx, 'KVM_CAP_GUEST_MEMFD_FLAGS on a SW_PROTECTED VM lacks GUEST_MEMFD_FLAG_MMAP');
     }
     return vm;
   }
 
   it('its guest_memfd cannot be mapped with flags 0 (ENODEV); with MMAP it maps, but a host access faults (SIGBUS)', (ctx) => {
     using kvm = openKvm(ctx);
-    using vm = swProtectedVm(ctx, kvm);
+    using vm = mmapSwProtectedVm(ctx, kvm);
     using g0 = vm.createGuestMemfd({ size: MiB });
     expect(() => g0.map()).toThrow(expect.objectContaining({ code: 'ENODEV', syscall: 'mmap' }) as KvmError);
     using g = vm.createGuestMemfd({ size: MiB, flags: GuestMemfdFlag.MMAP });
@@ -114,7 +110,7 @@ describe('private memory (SW_PROTECTED VMs)', () => {
 
   it('its guest_memfd keeps the VM: after vm.close() it allocates and punches, and its memory is still not the host\'s', (ctx) => {
     using kvm = openKvm(ctx);
-    const vm = swProtectedVm(ctx, kvm);
+    const vm = mmapSwProtectedVm(ctx, kvm);
     using g = vm.createGuestMemfd({ size: 4 * MiB, flags: GuestMemfdFlag.MMAP });
     vm.setUserMemoryRegion2({ slot: 1, guestPhysAddr: 1 << 30, memorySize: 4 * MiB, userspaceAddr: 0, guestMemfd: g });
     vm.setMemoryAttributes(1 << 30, 4 * MiB, MemoryAttribute.PRIVATE);
